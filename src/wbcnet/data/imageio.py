@@ -1,0 +1,106 @@
+"""The one place that opens image files.
+
+Every image that enters wbcnet, for training, evaluation or prediction, comes through
+`load_rgb`: it turns whatever a microscope or a user hands us (JPEG, PNG, TIFF, BMP; grayscale,
+RGBA, palette, CMYK, 16-bit; EXIF-rotated; huge) into an RGB uint8 array of a fixed size,
+or raises `ImageReadError` with a one-line reason.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+
+# A cell crop is at most a few thousand pixels wide; anything above this is a slide scan or a
+# decompression bomb, and we refuse it rather than fill the memory.
+MAX_PIXELS = 16_000 * 16_000
+
+
+class ImageReadError(Exception):
+    """An image that cannot be used. str(err) is 'PATH: reason'."""
+
+    def __init__(self, path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def is_candidate(path: Path) -> bool:
+    """Files worth trying to open: image extensions, not hidden (.DS_Store, ._foo.jpg)."""
+    return not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit or float grayscale: stretch the full range PIL can hold into 8 bits.
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # Transparent pixels become white, the colour of an empty slide.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    # L, P, CMYK, YCbCr, LAB, 1: PIL knows the conversion (CMYK through its own profile-free path).
+    return img.convert("RGB")
+
+
+def _pad_square(arr: np.ndarray) -> np.ndarray:
+    """Centre a non-square crop on a square by repeating its edges, so the cell is not squashed."""
+    h, w = arr.shape[:2]
+    if h == w:
+        return arr
+    d = abs(h - w)
+    before, after = d // 2, d - d // 2
+    pad = ((before, after), (0, 0), (0, 0)) if h < w else ((0, 0), (before, after), (0, 0))
+    return np.pad(arr, pad, mode="edge")
+
+
+def load_rgb(path, size: int | None = None) -> np.ndarray:
+    """Read `path` as an RGB uint8 array (H, W, 3); with `size`, padded square and resized to it.
+
+    JPEGs are decoded with DCT scaling ("draft" mode) to the smallest scale that is still at
+    least twice `size`, which makes 575 px originals about 4x cheaper to decode at no visible cost
+    after the final antialiased resize.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise ImageReadError(path, "empty file (0 bytes)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if img.width * img.height > MAX_PIXELS:
+                    raise ImageReadError(path, f"image too large ({img.width}x{img.height} pixels)")
+                if size is not None and img.format == "JPEG" and img.mode in ("RGB", "L"):
+                    img.draft("RGB", (2 * size, 2 * size))
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                img = _to_rgb(img)
+    except ImageReadError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageReadError(path, "not an image file PIL can read") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageReadError(path, "image too large (decompression bomb guard)") from None
+    except OSError as e:
+        reason = str(e) or type(e).__name__
+        if "truncated" in reason:
+            reason = "truncated or corrupt image data"
+        raise ImageReadError(path, reason) from None
+    except (ValueError, SyntaxError) as e:  # broken headers
+        raise ImageReadError(path, f"corrupt image ({e})") from None
+    arr = np.asarray(img, dtype=np.uint8)
+    if size is None:
+        return arr
+    arr = _pad_square(arr)
+    if arr.shape[0] != size:
+        arr = np.asarray(Image.fromarray(arr).resize((size, size), Image.Resampling.LANCZOS))
+    return arr

@@ -1,0 +1,127 @@
+"""Find the samples of a dataset: an ImageFolder (one folder per class) or a CSV manifest.
+
+A sample is (path, label, group). `label` indexes `classes`; `group` is the field of view the
+cell came from, so that splits never put two cells of one field on both sides.
+"""
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .imageio import IMAGE_EXTENSIONS, is_candidate
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: str
+    label: int
+    group: str
+
+
+@dataclass
+class ScanResult:
+    samples: list[Sample]
+    classes: list[str]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    missing_classes: list[str] = field(default_factory=list)     # asked for, no folder or no images
+    unknown_folders: list[str] = field(default_factory=list)     # folders that match no class
+
+    def counts(self) -> dict[str, int]:
+        out = {c: 0 for c in self.classes}
+        for s in self.samples:
+            out[self.classes[s.label]] += 1
+        return out
+
+
+def default_group(path: str | Path) -> str:
+    """Field of view of a Raabin-style name: '95-5-10-1_1001_3.jpg' -> '95-5-10-1_1001'."""
+    stem = Path(path).stem
+    return re.sub(r"_\d+$", "", stem) or stem
+
+
+def _canonical_index(names: list[str], classes: list[str]) -> dict[str, int]:
+    lower = {c.lower(): i for i, c in enumerate(classes)}
+    return {n: lower[n.lower()] for n in names if n.lower() in lower}
+
+
+def scan_folder(root, classes: list[str] | None = None) -> ScanResult:
+    """Scan an ImageFolder. With `classes` (a checkpoint's), folders are matched case-insensitively
+    and folders of other names are reported in `unknown_folders`, not loaded."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: not a folder")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise ValueError(f"{root}: no class folders inside (expected one folder per class)")
+    if classes is None:
+        seen: dict[str, str] = {}
+        for f in folders:
+            if f.name.lower() in seen:
+                raise ValueError(f"{root}: class folders '{seen[f.name.lower()]}' and '{f.name}' differ only in case")
+            seen[f.name.lower()] = f.name
+        classes = [f.name for f in folders]
+    index = _canonical_index([f.name for f in folders], classes)
+    result = ScanResult(samples=[], classes=list(classes))
+    result.unknown_folders = [str(f) for f in folders if f.name not in index]
+    for f in folders:
+        if f.name not in index:
+            continue
+        for p in sorted(f.rglob("*")):
+            if not p.is_file():
+                continue
+            if is_candidate(p):
+                result.samples.append(Sample(str(p), index[f.name], default_group(p)))
+            elif p.name.startswith("."):
+                result.skipped.append((str(p), "hidden file, skipped"))
+            else:
+                result.skipped.append((str(p), f"not an image extension ({p.suffix or 'none'}), skipped"))
+    present = {s.label for s in result.samples}
+    result.missing_classes = [c for i, c in enumerate(classes) if i not in present]
+    return result
+
+
+def scan_csv(manifest, classes: list[str] | None = None) -> ScanResult:
+    """Scan a CSV with columns path,label[,group]; relative paths are relative to the CSV."""
+    manifest = Path(manifest)
+    with open(manifest, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or not {"path", "label"} <= set(rows[0]):
+        raise ValueError(f"{manifest}: a manifest needs a header with 'path' and 'label' columns")
+    names = sorted({r["label"].strip() for r in rows}, key=str.lower)
+    if classes is None:
+        classes = []
+        for n in names:
+            if n.lower() not in {c.lower() for c in classes}:
+                classes.append(n)
+    index = _canonical_index(names, classes)
+    result = ScanResult(samples=[], classes=list(classes))
+    unknown = set()
+    for r in rows:
+        label = r["label"].strip()
+        p = Path(r["path"])
+        p = p if p.is_absolute() else manifest.parent / p
+        if label not in index:
+            unknown.add(label)
+            continue
+        if not is_candidate(p):
+            result.skipped.append((str(p), "not an image extension or hidden, skipped"))
+            continue
+        group = (r.get("group") or "").strip() or default_group(p)
+        result.samples.append(Sample(str(p), index[label], group))
+    result.unknown_folders = sorted(unknown)
+    present = {s.label for s in result.samples}
+    result.missing_classes = [c for i, c in enumerate(classes) if i not in present]
+    return result
+
+
+def scan(source, classes: list[str] | None = None) -> ScanResult:
+    """An ImageFolder directory or a .csv manifest."""
+    source = Path(source)
+    if source.suffix.lower() == ".csv" and source.is_file():
+        return scan_csv(source, classes)
+    return scan_folder(source, classes)
+
+
+__all__ = ["Sample", "ScanResult", "scan", "scan_folder", "scan_csv", "default_group", "IMAGE_EXTENSIONS"]

@@ -1,0 +1,70 @@
+"""Stratified, grouped, seeded train/val/test splits, and their CSV form."""
+from __future__ import annotations
+
+import csv
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from .scan import Sample
+
+SPLITS = ("train", "val", "test")
+
+
+def grouped_split(samples: list[Sample], val_frac: float, test_frac: float, seed: int) -> dict[str, list[Sample]]:
+    """Split so that every group (field of view) lies in exactly one split.
+
+    Groups are stratified by their majority class: within each class, groups are shuffled with
+    `seed` and dealt to test, then val, until each holds its fraction of that class's images.
+    """
+    if not (0 <= val_frac < 1 and 0 <= test_frac < 1 and val_frac + test_frac < 1):
+        raise ValueError(f"val_frac={val_frac} and test_frac={test_frac} must be in [0, 1) and sum below 1")
+    by_group: dict[str, list[Sample]] = defaultdict(list)
+    for s in samples:
+        by_group[s.group].append(s)
+    stratum: dict[int, list[str]] = defaultdict(list)
+    for g in sorted(by_group):
+        majority = Counter(s.label for s in by_group[g]).most_common(1)[0][0]
+        stratum[majority].append(g)
+    rng = np.random.default_rng(seed)
+    assign: dict[str, str] = {}
+    for label in sorted(stratum):
+        groups = stratum[label]
+        groups = [groups[i] for i in rng.permutation(len(groups))]
+        total = sum(len(by_group[g]) for g in groups)
+        targets = {"test": test_frac * total, "val": val_frac * total}
+        filled = {"test": 0, "val": 0}
+        for g in groups:
+            for split in ("test", "val"):
+                if filled[split] < targets[split] and (filled[split] == 0 or filled[split] + len(by_group[g]) / 2 <= targets[split]):
+                    assign[g] = split
+                    filled[split] += len(by_group[g])
+                    break
+            else:
+                assign[g] = "train"
+    out = {k: [] for k in SPLITS}
+    for s in samples:
+        out[assign[s.group]].append(s)
+    return out
+
+
+def write_split(path, split: dict[str, list[Sample]], classes: list[str]) -> None:
+    path = Path(path)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label", "group", "split"])
+        for name in SPLITS:
+            for s in split.get(name, []):
+                w.writerow([s.path, classes[s.label], s.group, name])
+    tmp.replace(path)
+
+
+def read_split(path, classes: list[str]) -> dict[str, list[Sample]]:
+    index = {c: i for i, c in enumerate(classes)}
+    out = {k: [] for k in SPLITS}
+    with open(path, newline="") as fh:
+        for r in csv.DictReader(fh):
+            out[r["split"]].append(Sample(r["path"], index[r["label"]], r["group"]))
+    return out

@@ -1,0 +1,106 @@
+"""mhcnn: a compact multi-head attention CNN for white-cell crops, sized for a 2-core CPU.
+
+    image (S x S) -> conv stem, stride 16 -> (S/16)^2 spatial tokens + learned positions
+          -> transformer blocks (multi-head self-attention + MLP)
+          -> attention pooling (a learned query attends over the tokens) -> dropout -> classes
+
+The convolutions find texture and granules cheaply; the attention relates nucleus lobes and
+cytoplasm across the cell; attention pooling gives a per-image map of where the model looked.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def conv_bn(cin, cout, stride=1):
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = conv_bn(cin, cout, stride)
+        self.conv2 = nn.Sequential(nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
+        self.skip = (nn.Identity() if stride == 1 and cin == cout else
+                     nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)))
+
+    def forward(self, x):
+        return F.relu(self.conv2(self.conv1(x)) + self.skip(x), inplace=True)
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, dim, heads, mlp_ratio=2.0, drop=0.0):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, int(dim * mlp_ratio)), nn.GELU(), nn.Linear(int(dim * mlp_ratio), dim))
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x):
+        n, t, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(n, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, t, d)
+        x = x + self.drop(self.proj(y))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+
+class AttentionPool(nn.Module):
+    """A learned query attends over the tokens; returns the pooled vector and the attention map."""
+
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads = heads
+        self.query = nn.Parameter(torch.zeros(1, 1, dim))
+        self.norm = nn.LayerNorm(dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+        nn.init.trunc_normal_(self.query, std=0.02)
+
+    def forward(self, x):
+        n, t, d = x.shape
+        k, v = self.kv(self.norm(x)).view(n, t, 2, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q = self.query.expand(n, -1, -1).view(n, 1, self.heads, d // self.heads).transpose(1, 2)
+        attn = (q @ k.transpose(-2, -1) * (d // self.heads) ** -0.5).softmax(-1)  # (n, heads, 1, t)
+        y = (attn @ v).transpose(1, 2).reshape(n, d)
+        return self.proj(y), attn.mean(1).squeeze(1)
+
+
+class MHCNN(nn.Module):
+    default_img_size = 112
+
+    def __init__(self, num_classes: int = 5, img_size: int = 112, widths=(24, 64, 128, 192), depth: int = 2,
+                 heads: int = 6, mlp_ratio: float = 2.0, dropout: float = 0.2, attn_dropout: float = 0.0):
+        super().__init__()
+        w0, w1, w2, w3 = widths
+        # Two plain strided convs take the image to S/4 cheaply; residual blocks do the rest.
+        self.stem = nn.Sequential(conv_bn(3, w0, 2), conv_bn(w0, w1, 2))                      # S/4
+        self.stages = nn.Sequential(ResidualBlock(w1, w2, 2), ResidualBlock(w2, w3, 2))       # S/8, S/16
+        self.grid = max(1, img_size // 16)
+        self.pos = nn.Parameter(torch.zeros(1, w3, self.grid, self.grid))
+        nn.init.trunc_normal_(self.pos, std=0.02)
+        self.blocks = nn.Sequential(*[TransformerBlock(w3, heads, mlp_ratio, attn_dropout) for _ in range(depth)])
+        self.pool = AttentionPool(w3, heads)
+        self.norm = nn.LayerNorm(w3)
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(w3, num_classes)
+
+    def tokens(self, x):
+        x = self.stages(self.stem(x))
+        pos = self.pos if x.shape[-2:] == self.pos.shape[-2:] else F.interpolate(
+            self.pos, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        x = x + pos
+        return x.flatten(2).transpose(1, 2), x.shape[-2:]
+
+    def forward_with_attention(self, x):
+        """Logits and the pooling attention as a (N, h, w) map over the token grid."""
+        t, hw = self.tokens(x)
+        pooled, attn = self.pool(self.blocks(t))
+        return self.fc(self.drop(self.norm(pooled))), attn.view(-1, *hw)
+
+    def forward(self, x):
+        return self.forward_with_attention(x)[0]

@@ -1,0 +1,74 @@
+"""Numbers -> pictures. Takes metrics dicts and metric tables, never models."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def plot_confusion(metrics: dict, path, title: str | None = None) -> Path:
+    """Counts and row-normalised (recall) matrices side by side, class names on both axes."""
+    cm = np.asarray(metrics["confusion_matrix"], dtype=float)
+    classes = metrics["classes"]
+    rows = cm.sum(1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    k = len(classes)
+    fig, axes = plt.subplots(1, 2, figsize=(5.2 * 2 + 1, 4.6 + 0.15 * k))
+    for ax, data, sub, fmt in ((axes[0], cm, "counts", "{:.0f}"), (axes[1], norm, "row-normalised (recall)", "{:.2f}")):
+        im = ax.imshow(data, cmap="Blues", vmin=0, vmax=data.max() if data.max() > 0 else 1)
+        ax.set_xticks(range(k), classes, rotation=35, ha="right")
+        ax.set_yticks(range(k), classes)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(sub)
+        for i in range(k):
+            for j in range(k):
+                v = data[i, j]
+                ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=9,
+                        color="white" if v > 0.6 * (data.max() or 1) else "black")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    head = title or "Confusion matrix"
+    fig.suptitle(f"{head}  (n={metrics.get('n', int(cm.sum()))}, accuracy={metrics.get('accuracy', float('nan')):.4f}, "
+                 f"macro-F1={metrics.get('macro_f1', float('nan')):.4f})")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def read_history(metrics_csv) -> dict[str, list[float]]:
+    with open(metrics_csv, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return {k: [float(r[k]) for r in rows if r[k] != ""] for k in (rows[0] if rows else {})}
+
+
+def plot_curves(metrics_csv, path) -> Path:
+    """Loss, accuracy / macro-F1 and learning rate per epoch from a run's metrics.csv."""
+    h = read_history(metrics_csv)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    ep = h["epoch"]
+    axes[0].plot(ep, h["train_loss"], label="train")
+    axes[0].plot(ep, h["val_loss"], label="validation")
+    axes[0].set_title("loss")
+    axes[1].plot(ep, h["train_acc"], label="train accuracy (augmented)")
+    axes[1].plot(ep, h["val_acc"], label="validation accuracy")
+    axes[1].plot(ep, h["val_macro_f1"], label="validation macro-F1")
+    axes[1].set_title("accuracy and macro-F1")
+    axes[2].plot(ep, h["lr"])
+    axes[2].set_title("learning rate")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if ax is not axes[2]:
+            ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,67 @@
+"""Paths -> CSV rows: path, predicted class, confidence, per-class probabilities (or an error)."""
+from __future__ import annotations
+
+import csv
+import glob
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .data.cache import decode_images
+from .data.imageio import is_candidate
+from .evaluate import predict_logits, softmax
+
+
+def expand_inputs(inputs: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Files, folders (searched recursively) and globs -> (image paths, skipped (path, reason))."""
+    paths, skipped = [], []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            for f in sorted(p.rglob("*")):
+                if f.is_file():
+                    (paths.append(str(f)) if is_candidate(f) else
+                     skipped.append((str(f), "hidden file, skipped" if f.name.startswith(".") else
+                                     f"not an image extension ({f.suffix or 'none'}), skipped")))
+        elif p.is_file():
+            paths.append(str(p))  # named explicitly: try it whatever its extension
+        else:
+            matches = sorted(glob.glob(item, recursive=True))
+            if not matches:
+                skipped.append((item, "no such file, folder or glob match"))
+            paths.extend(m for m in matches if Path(m).is_file() and is_candidate(Path(m)))
+    return paths, skipped
+
+
+def predict_paths(model, meta: dict, paths: list[str], batch_size: int = 64, workers: int | None = None,
+                  min_confidence: float = 0.0, backend=None, progress: bool = True) -> list[dict]:
+    """One row per path, in input order. Unreadable files get `error` and no class."""
+    classes = meta["classes"]
+    decoded = decode_images(paths, meta["img_size"], workers, "decoding", progress)
+    if backend is not None:
+        logits = backend(decoded.images)
+    else:
+        logits = predict_logits(model, decoded.images, meta["mean"], meta["std"], batch_size)
+    probs = softmax(logits, meta.get("temperature", 1.0)) if len(decoded.index) else np.zeros((0, len(classes)))
+    rows = [{"path": p, "predicted": "", "confidence": "", "error": ""} for p in paths]
+    failed = sorted(set(range(len(paths))) - set(decoded.index.tolist()))
+    for i, (_, reason) in zip(failed, decoded.errors):  # both in input order
+        rows[i]["error"] = reason
+    for i, pr in zip(decoded.index, probs):
+        k = int(pr.argmax())
+        rows[i].update(predicted=classes[k] if pr[k] >= min_confidence else "refer",
+                       confidence=f"{pr[k]:.4f}", **{f"p_{c}": f"{v:.4f}" for c, v in zip(classes, pr)})
+    return rows
+
+
+def write_rows(rows: list[dict], classes: list[str], out) -> None:
+    fields = ["path", "predicted", "confidence"] + [f"p_{c}" for c in classes] + ["error"]
+    fh = open(out, "w", newline="") if out not in (None, "-") else sys.stdout
+    try:
+        w = csv.DictWriter(fh, fieldnames=fields, restval="")
+        w.writeheader()
+        w.writerows(rows)
+    finally:
+        if fh is not sys.stdout:
+            fh.close()

@@ -1,0 +1,314 @@
+"""Training: fit() runs a whole job, train_one_epoch() one pass; checkpoints via checkpoint.py.
+
+Every epoch draws its shuffling, augmentation and dropout from generators seeded with
+(seed, epoch), and the learning rate is a pure function of the step, so a run resumed from its
+last checkpoint continues exactly as if it had never stopped.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import checkpoint as ckpt
+from .config import TrainConfig
+from .data.augment import augment_batch, normalize
+from .data.cache import cached_decode
+from .data.scan import Sample, scan
+from .data.split import SPLITS, grouped_split, read_split, write_split
+from .evaluate import evaluate_samples, predict_logits, softmax, use_bf16
+from .metrics import macro_f1
+from .models import create_model, default_img_size
+
+HISTORY_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "lr", "epoch_s", "img_per_s"]
+
+
+class RunData:
+    """The decoded images of one split, aligned with its samples."""
+
+    def __init__(self, samples: list[Sample], images: np.ndarray):
+        self.samples, self.images = samples, images
+        self.labels = np.array([s.label for s in samples], dtype=np.int64)
+
+
+def lr_at(step: int, total: int, warmup: int, base_lr: float) -> float:
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base_lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    w = np.where(counts > 0, counts.sum() / (num_classes * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def epoch_order(labels: np.ndarray, balance: str, g: torch.Generator) -> torch.Tensor:
+    if balance == "sampler":
+        w = class_weights(labels, int(labels.max()) + 1)[torch.from_numpy(labels)]
+        return torch.multinomial(w, len(labels), replacement=True, generator=g)
+    return torch.randperm(len(labels), generator=g)
+
+
+class EMA:
+    """Exponential moving average of a model's weights (buffers copied as they are)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        import copy
+
+        self.decay = decay
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model):
+        for e, m in zip(self.module.state_dict().values(), model.state_dict().values()):
+            if e.dtype.is_floating_point:
+                e.mul_(self.decay).add_(m.detach(), alpha=1 - self.decay)
+            else:
+                e.copy_(m)
+
+    def state_dict(self):
+        return self.module.state_dict()
+
+
+def train_one_epoch(model, criterion, optimizer, data: RunData, cfg: TrainConfig, epoch: int, step: int,
+                    total_steps: int, warmup_steps: int, mean, std, bf16: bool, channels_last: bool, ema=None):
+    """One pass over `data`. Returns (mean loss, accuracy on augmented batches, next step)."""
+    model.train()
+    g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout
+    order = epoch_order(data.labels, cfg.balance, g)
+    n_batches = len(order) // cfg.batch_size  # drop the ragged last batch: BatchNorm dislikes size 1
+    total_loss, correct, seen = 0.0, 0, 0
+    bar = tqdm(range(n_batches), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
+               disable=not cfg.progress, dynamic_ncols=True)
+    for b in bar:
+        idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size].numpy()
+        idx_sorted = np.sort(idx)  # memory-mapped caches read faster in order
+        x = torch.from_numpy(np.ascontiguousarray(data.images[idx_sorted]))
+        y = torch.from_numpy(data.labels[idx_sorted])
+        x = normalize(augment_batch(x, cfg.augment, g), mean, std)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, total_steps, warmup_steps, cfg.lr)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)
+        loss = criterion(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if ema is not None:
+            ema.update(model)
+        step += 1
+        total_loss += loss.item() * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += len(y)
+        bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+    return total_loss / max(seen, 1), correct / max(seen, 1), step
+
+
+def validate(model, data: RunData, mean, std, bf16, batch_size) -> tuple[float, float, float]:
+    logits = predict_logits(model, data.images, mean, std, batch_size, bf16)
+    loss = F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(data.labels)).item()
+    pred = logits.argmax(1)
+    return loss, float((pred == data.labels).mean()), macro_f1(data.labels, pred)
+
+
+def new_run_dir(cfg: TrainConfig) -> Path:
+    if cfg.out:
+        out = Path(cfg.out)
+        if out.exists() and any(out.iterdir()):
+            raise FileExistsError(f"{out}: run folder exists and is not empty; pick a new --out or use --resume {out}")
+        return out
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path("runs") / f"{cfg.model}-{stamp}"
+    k = 1
+    while out.exists():
+        out = Path("runs") / f"{cfg.model}-{stamp}-{k}"
+        k += 1
+    return out
+
+
+def load_data(cfg: TrainConfig, run_dir: Path, img_size: int):
+    """Scan, split (or read the run's split), decode once. Returns classes and RunData per split."""
+    found = scan(cfg.data, cfg.classes)
+    for path, reason in found.skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    for folder in found.unknown_folders:
+        print(f"warning: {folder} is not one of the classes {found.classes}; ignored", file=sys.stderr)
+    if found.missing_classes:
+        raise ValueError(f"{cfg.data}: no images for class(es) {', '.join(found.missing_classes)}")
+    classes = found.classes
+    split_csv = run_dir / "split.csv"
+    if split_csv.exists():
+        split = read_split(split_csv, classes)
+    else:
+        split = grouped_split(found.samples, 0.0 if cfg.val_data else cfg.val_frac,
+                              0.0 if cfg.test_data else cfg.test_frac, cfg.seed)
+        for name, extra in (("val", cfg.val_data), ("test", cfg.test_data)):
+            if extra:
+                more = scan(extra, classes)
+                split[name] = more.samples
+        write_split(split_csv, split, classes)
+    data, bad = {}, []
+    for name in SPLITS:
+        samples = split[name]
+        if not samples:
+            data[name] = None
+            continue
+        decoded = cached_decode([s.path for s in samples], img_size, cfg.cache_dir, cfg.workers, f"decoding {name}",
+                                cfg.progress)
+        bad.extend(decoded.errors)
+        data[name] = RunData([samples[i] for i in decoded.index], decoded.images)
+    for path, reason in bad:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    if bad:
+        with open(run_dir / "bad_files.csv", "w", newline="") as fh:
+            csv.writer(fh).writerows([("path", "reason")] + bad)
+    counts = np.bincount(data["train"].labels, minlength=len(classes))
+    empty = [c for c, n in zip(classes, counts) if n == 0]
+    if empty:
+        raise ValueError(f"{cfg.data}: no usable training images for class(es) {', '.join(empty)}")
+    return classes, data
+
+
+def channel_stats(images: np.ndarray, limit: int = 2000) -> tuple[list[float], list[float]]:
+    sub = images[np.linspace(0, len(images) - 1, min(limit, len(images))).astype(int)].astype(np.float32) / 255
+    return sub.mean((0, 2, 3)).round(4).tolist(), sub.std((0, 2, 3)).round(4).tolist()
+
+
+def write_history(path: Path, history: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=HISTORY_FIELDS)
+        w.writeheader()
+        w.writerows(history)
+    tmp.replace(path)
+
+
+def fit(cfg: TrainConfig, resume: str | Path | None = None, on_epoch_end=None) -> Path:
+    """Train as `cfg` says (or continue the run in `resume`); returns the run folder.
+
+    `on_epoch_end(epoch)` is called after each epoch's checkpoint is on disk (tests use it to
+    simulate an interrupt)."""
+    if resume:
+        run_dir = Path(resume)
+        cfg = TrainConfig.from_yaml(run_dir / "config.yaml")
+    else:
+        if not cfg.data:
+            raise ValueError("no training data: pass --data DIR (an ImageFolder) or a CSV manifest")
+        run_dir = new_run_dir(cfg)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.img_size = cfg.img_size or default_img_size(cfg.model)
+        cfg.out = str(run_dir)
+        cfg.to_yaml(run_dir / "config.yaml")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    bf16 = use_bf16(cfg.bf16)
+    channels_last = bf16 if cfg.channels_last is None else cfg.channels_last
+    print(f"run folder: {run_dir}  (model {cfg.model}, {cfg.img_size} px, bf16={bf16}, channels_last={channels_last})")
+
+    classes, data = load_data(cfg, run_dir, cfg.img_size)
+    train, val, test = data["train"], data["val"], data["test"]
+    print("images: " + ", ".join(f"{k} {len(v.samples) if v else 0}" for k, v in data.items()))
+    mean, std = channel_stats(train.images)
+
+    model_args = dict(cfg.model_args)
+    if cfg.model in ("mhcnn", "seed-mhcnn"):
+        model_args.setdefault("img_size", cfg.img_size)
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.model, num_classes=len(classes), pretrained=cfg.pretrained, **model_args)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (decay if p.ndim > 1 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+    elif cfg.optimizer == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
+    else:
+        raise ValueError(f"optimizer must be adamw or sgd, not {cfg.optimizer!r}")
+    ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    weight = class_weights(train.labels, len(classes)) if cfg.balance == "weighted_loss" else None
+    criterion = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+
+    meta = {"classes": classes, "model": cfg.model, "model_args": model_args, "img_size": cfg.img_size,
+            "mean": mean, "std": std, "temperature": 1.0, "config": cfg.to_dict(), "git_commit": ckpt.git_commit(),
+            "data": str(cfg.data), "seed": cfg.seed}
+    start_epoch, history, best_f1, since_best = 0, [], -1.0, 0
+    last = run_dir / "last.safetensors"
+    if resume and last.exists():
+        tensors, saved = ckpt.read_checkpoint(last)
+        model.load_state_dict(ckpt.part(tensors, "model"))
+        if ema is not None:
+            ema.module.load_state_dict(ckpt.part(tensors, "ema"))
+        ckpt.optimizer_from_parts(optimizer, tensors, saved["optimizer"])
+        state = saved["train_state"]
+        start_epoch, best_f1, since_best = state["epoch"] + 1, state["best_f1"], state["since_best"]
+        history = state["history"]
+        meta["mean"], meta["std"] = saved["mean"], saved["std"]
+        mean, std = saved["mean"], saved["std"]
+        print(f"resuming after epoch {start_epoch} (best validation macro-F1 so far {best_f1:.4f})")
+
+    steps_per_epoch = len(train.samples) // cfg.batch_size
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup_steps = int(cfg.warmup_epochs * steps_per_epoch)
+    step = start_epoch * steps_per_epoch
+    eval_model = ema.module if ema is not None else model
+    stopped = start_epoch >= cfg.epochs or (cfg.patience and since_best >= cfg.patience)
+    for epoch in range(start_epoch, cfg.epochs):
+        if stopped:
+            break
+        t0 = time.time()
+        train_loss, train_acc, step = train_one_epoch(model, criterion, optimizer, train, cfg, epoch, step, total_steps,
+                                                      warmup_steps, mean, std, bf16, channels_last, ema)
+        train_s = time.time() - t0
+        val_loss, val_acc, val_f1 = validate(eval_model, val, mean, std, bf16, 256) if val else (float("nan"),) * 3
+        row = {"epoch": epoch + 1, "train_loss": round(train_loss, 5), "train_acc": round(train_acc, 5),
+               "val_loss": round(val_loss, 5), "val_acc": round(val_acc, 5), "val_macro_f1": round(val_f1, 5),
+               "lr": f"{optimizer.param_groups[0]['lr']:.3e}", "epoch_s": round(time.time() - t0, 1),
+               "img_per_s": round(steps_per_epoch * cfg.batch_size / train_s, 1)}
+        history.append(row)
+        improved = val is None or val_f1 > best_f1
+        best_f1, since_best = (val_f1, 0) if improved else (best_f1, since_best + 1)
+        stopped = bool(cfg.patience) and since_best >= cfg.patience
+        meta["train_state"] = {"epoch": epoch, "best_f1": best_f1, "since_best": since_best, "history": history}
+        if improved:
+            meta["best_epoch"], meta["val_macro_f1"], meta["val_accuracy"] = epoch + 1, val_f1, val_acc
+            ckpt.save_checkpoint(run_dir / "best", eval_model, meta)
+        ckpt.save_checkpoint(last, model, meta, optimizer=optimizer, ema=ema)
+        write_history(run_dir / "metrics.csv", history)
+        print(f"epoch {epoch + 1:3d}/{cfg.epochs}  loss {train_loss:.4f}  val loss {val_loss:.4f}  "
+              f"val acc {val_acc:.4f}  val macro-F1 {val_f1:.4f}{'  *' if improved else ''}  "
+              f"({row['epoch_s']}s, {row['img_per_s']} img/s)", flush=True)
+        if stopped:
+            print(f"early stop: no validation macro-F1 gain for {cfg.patience} epochs")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch)
+
+    model, best_meta = ckpt.load_model(run_dir / "best")
+    if test is not None:
+        result = evaluate_samples(model, best_meta, test.samples, run_dir / "test", title="test split", run_dir=run_dir,
+                                  images=test.images, progress=cfg.progress)
+        print(f"test split: n={result['n']}  accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}  "
+              f"-> {run_dir / 'test'}")
+    if val is not None:
+        evaluate_samples(model, best_meta, val.samples, run_dir / "val", title="validation split", run_dir=run_dir,
+                         images=val.images, progress=cfg.progress)
+    (run_dir / "DONE").write_text(json.dumps({"finished": datetime.now().isoformat(timespec="seconds")}))
+    return run_dir
