@@ -1,7 +1,7 @@
 """Batched augmentation on uint8 tensors, on whatever device the batch is on.
 
 One affine warp per image does the reference project's Keras ImageDataGenerator set (rotation
-+-30 deg, width/height shift 0.2, shear 0.25, zoom 0.2, horizontal flip, nearest fill) plus a
++-30 deg, width/height shift 0.2, shear 0.25, zoom 0.2, horizontal flip, bilinear sampling, nearest fill) plus a
 vertical flip and 90-degree turns, since a cell on a slide has no up. A mild colour jitter
 (brightness, contrast, saturation, hue, per-channel gain) stands in for stain and camera
 differences, and keeps a model from learning one class's colour instead of its shape.
@@ -94,8 +94,9 @@ def augment_batch(images: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) 
     x = images.float().div_(255)
     theta = affine_matrices(x.shape[0], cfg, g, x.device)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    # 'border' repeats edge pixels: Keras' fill_mode='nearest'.
-    x = F.grid_sample(x, grid, mode="nearest", padding_mode="border", align_corners=False)
+    # Bilinear like Keras' apply_affine_transform (order=1); 'border' repeats edge pixels, which is
+    # Keras' fill_mode='nearest'.
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     return color_jitter(x, cfg, g)
 
 

@@ -1,0 +1,62 @@
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "src" / "wbcnet" / "assets" / "sample"
+SHARED = REPO.parent / "shared" / "datasets"
+RAABIN = SHARED / "raabin-wbc-train"
+BCCD = SHARED / "bccd-wbc-crops"
+
+needs_shared = pytest.mark.skipif(not RAABIN.is_dir(), reason="../shared/datasets is not here")
+
+
+def sample_paths(per_class: int = 2) -> list[Path]:
+    out = []
+    for d in sorted(SAMPLE.iterdir()):
+        if d.is_dir():
+            out.extend(sorted(d.glob("*.jpg"))[:per_class])
+    return out
+
+
+def write_bad_files(folder: Path) -> dict[str, str]:
+    """Every kind of awkward file a user's folder holds. Returns {name: kind}: 'bad' files must be
+    reported, 'good' ones must load."""
+    folder.mkdir(parents=True, exist_ok=True)
+    good = np.asarray(Image.open(sample_paths(1)[0]).convert("RGB"))
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "text.png").write_text("this is not a picture\n")
+    buf = io.BytesIO()
+    Image.fromarray(good).save(buf, "JPEG", quality=90)
+    (folder / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 3])
+    sixteen = (good.mean(2).astype(np.uint16) * 257)
+    Image.fromarray(sixteen).save(folder / "sixteen.png")  # mode I;16
+    Image.fromarray(good).convert("CMYK").save(folder / "cmyk.jpg", "JPEG")
+    rgba = np.dstack([good, np.full(good.shape[:2], 200, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(folder / "rgba.png")
+    Image.fromarray(good).convert("L").save(folder / "gray.png")
+    Image.fromarray(good).convert("P").save(folder / "palette.gif")
+    (folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1" + b"\x00" * 100)
+    img = Image.fromarray(good[:, :150])  # non-square
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    img.save(folder / "exif_rotated.jpg", exif=exif.tobytes())
+    return {"empty.jpg": "bad", "text.png": "bad", "truncated.jpg": "bad", "sixteen.png": "good", "cmyk.jpg": "good",
+            "rgba.png": "good", "gray.png": "good", "palette.gif": "good", "exif_rotated.jpg": "good",
+            ".DS_Store": "hidden"}
+
+
+@pytest.fixture
+def tiny_imagefolder(tmp_path):
+    """A copy of 8 real cells per class from the bundled sample."""
+    root = tmp_path / "data"
+    for d in sorted(SAMPLE.iterdir()):
+        if d.is_dir():
+            (root / d.name).mkdir(parents=True)
+            for p in sorted(d.glob("*.jpg"))[:8]:
+                shutil.copy(p, root / d.name / p.name)
+    return root

@@ -1,0 +1,88 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from wbcnet.data import imageio
+from wbcnet.data.imageio import ImageReadError, load_rgb
+from wbcnet.data.scan import scan
+
+from conftest import sample_paths, write_bad_files
+
+
+def test_every_awkward_file_loads_or_fails_with_its_reason(tmp_path):
+    kinds = write_bad_files(tmp_path)
+    for name, kind in kinds.items():
+        path = tmp_path / name
+        if kind == "good":
+            arr = load_rgb(path, 64)
+            assert arr.shape == (64, 64, 3) and arr.dtype == np.uint8, name
+            assert arr.std() > 5, f"{name} decoded to a flat image"
+        elif kind == "bad":
+            with pytest.raises(ImageReadError) as err:
+                load_rgb(path, 64)
+            assert str(path) in str(err.value) and err.value.reason
+
+
+def test_bad_file_reasons_are_specific(tmp_path):
+    write_bad_files(tmp_path)
+    reasons = {}
+    for name in ("empty.jpg", "text.png", "truncated.jpg"):
+        with pytest.raises(ImageReadError) as err:
+            load_rgb(tmp_path / name, 64)
+        reasons[name] = err.value.reason
+    assert "empty" in reasons["empty.jpg"]
+    assert "not an image" in reasons["text.png"]
+    assert "truncated" in reasons["truncated.jpg"]
+
+
+def test_exif_rotation_is_applied(tmp_path):
+    write_bad_files(tmp_path)
+    raw = Image.open(tmp_path / "exif_rotated.jpg")
+    assert raw.size == (150, 224)
+    assert load_rgb(tmp_path / "exif_rotated.jpg").shape == (150, 224, 3)  # turned: width 224, height 150
+
+
+def test_rgba_transparent_pixels_become_white(tmp_path):
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "clear.png")
+    assert load_rgb(tmp_path / "clear.png").min() == 255
+
+
+def test_sixteen_bit_keeps_its_range(tmp_path):
+    ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (64, 1))
+    Image.fromarray(ramp).save(tmp_path / "ramp.png")
+    arr = load_rgb(tmp_path / "ramp.png")
+    assert arr.min() == 0 and arr.max() == 255
+
+
+def test_huge_image_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(imageio, "MAX_PIXELS", 100 * 100)
+    Image.new("RGB", (200, 200)).save(tmp_path / "big.png")
+    with pytest.raises(ImageReadError, match="too large"):
+        load_rgb(tmp_path / "big.png", 64)
+
+
+def test_resize_is_square_and_draft_decoding_stays_close(tmp_path):
+    src = sample_paths(1)[0]
+    big = Image.open(src).resize((575, 575), Image.Resampling.LANCZOS)
+    big.save(tmp_path / "big.jpg", quality=95)
+    a = load_rgb(src, 112).astype(float)
+    b = load_rgb(tmp_path / "big.jpg", 112).astype(float)
+    assert np.abs(a - b).mean() < 4.0  # same cell, whatever size it arrives at
+
+
+def test_scan_reports_hidden_and_non_image_files_and_matches_case(tmp_path):
+    root = tmp_path / "data"
+    for folder in ("neutrophil", "LYMPHOCYTE"):
+        write_bad_files(root / folder)
+    (root / "neutrophil" / "notes.txt").write_text("hi")
+    result = scan(root, classes=["Lymphocyte", "Neutrophil", "Monocyte"])
+    assert result.missing_classes == ["Monocyte"]
+    assert {s.label for s in result.samples} == {0, 1}
+    skipped = {p.split("/")[-1]: r for p, r in result.skipped}
+    assert "hidden" in skipped[".DS_Store"] and "not an image" in skipped["notes.txt"]
+
+
+def test_scan_rejects_a_folder_without_classes(tmp_path):
+    with pytest.raises(ValueError, match="no class folders"):
+        scan(tmp_path)

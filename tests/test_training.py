@@ -1,0 +1,92 @@
+"""Checkpoint round trip, resume, and training refusing bad input."""
+import json
+
+import pytest
+import torch
+
+from wbcnet import checkpoint as ckpt
+from wbcnet.config import TrainConfig
+from wbcnet.models import create_model
+from wbcnet.train import fit
+
+
+def small_config(data, out, **kw):
+    base = dict(data=str(data), out=str(out), model="mhcnn", img_size=48, epochs=3, batch_size=8, lr=2e-3,
+                warmup_epochs=1, patience=0, val_frac=0.25, test_frac=0.25, seed=7, cache_dir=None, progress=False,
+                ema_decay=0.9, model_args={"widths": [8, 16, 32, 48], "heads": 2, "depth": 1})
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("mhcnn", num_classes=3, img_size=64).eval()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randn(2, 3, 64, 64)).sum().backward()
+    opt.step()
+    meta = {"classes": ["a", "b", "c"], "model": "mhcnn", "model_args": {"img_size": 64}, "img_size": 64,
+            "mean": [0.5] * 3, "std": [0.2] * 3}
+    ckpt.save_checkpoint(tmp_path / "m", model, meta, optimizer=opt)
+    loaded, lmeta = ckpt.load_model(tmp_path / "m.safetensors")
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.equal(model(x), loaded(x))
+    assert lmeta["classes"] == ["a", "b", "c"]
+    tensors, saved = ckpt.read_checkpoint(tmp_path / "m")
+    opt2 = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ckpt.optimizer_from_parts(opt2, tensors, saved["optimizer"])
+    s1, s2 = opt.state_dict()["state"], opt2.state_dict()["state"]
+    assert all(torch.equal(s1[k]["exp_avg"], s2[k]["exp_avg"]) for k in s1)
+    assert not list(tmp_path.glob(".*tmp"))  # atomic writes leave nothing behind
+
+
+def test_checkpoint_errors_are_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        ckpt.read_checkpoint(tmp_path / "nope.safetensors")
+    (tmp_path / "bad.safetensors").write_bytes(b"garbage")
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="bad.safetensors"):
+        ckpt.read_checkpoint(tmp_path / "bad.safetensors")
+
+
+def test_resume_reproduces_an_uninterrupted_run(tiny_imagefolder, tmp_path):
+    straight = fit(small_config(tiny_imagefolder, tmp_path / "straight"))
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_first(epoch):
+        if epoch == 0:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        fit(small_config(tiny_imagefolder, tmp_path / "resumed"), on_epoch_end=stop_after_first)
+    assert not (tmp_path / "resumed" / "DONE").exists()
+    resumed = fit(None, resume=tmp_path / "resumed")
+    a, _ = ckpt.read_checkpoint(straight / "last.safetensors")
+    b, _ = ckpt.read_checkpoint(resumed / "last.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    history = (resumed / "metrics.csv").read_text().splitlines()
+    assert len(history) == 1 + 3
+    assert (resumed / "split.csv").read_text() == (straight / "split.csv").read_text()
+    assert json.loads((resumed / "test" / "metrics.json").read_text())["n"] > 0
+
+
+def test_a_run_folder_is_never_overwritten(tiny_imagefolder, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "keep.txt").write_text("x")
+    with pytest.raises(FileExistsError):
+        fit(small_config(tiny_imagefolder, tmp_path / "run"))
+
+
+def test_a_requested_class_without_images_is_an_error(tiny_imagefolder, tmp_path):
+    (tiny_imagefolder / "Blast").mkdir()
+    with pytest.raises(ValueError, match="Blast"):
+        fit(small_config(tiny_imagefolder, tmp_path / "run"))
+
+
+@pytest.mark.parametrize("balance", ["sampler", "none"])
+def test_balance_options_train(tiny_imagefolder, tmp_path, balance):
+    run = fit(small_config(tiny_imagefolder, tmp_path / balance, epochs=1, balance=balance, optimizer="sgd"))
+    assert (run / "best.safetensors").exists()
