@@ -95,6 +95,17 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import TOLERANCE, export_onnx
+
+    path, diff = export_onnx(args.checkpoint, args.out, args.opset)
+    if diff >= TOLERANCE:
+        print(f"wbcnet export: error: ONNX Runtime and PyTorch disagree (max abs difference {diff:.2e} "
+              f">= {TOLERANCE:.0e}); {path} is not to be trusted", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_models(args) -> int:
     from .models import TIMM_EXAMPLES, list_models
 
@@ -200,6 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", help="ONNX file for --backend onnxruntime (default: beside the checkpoint)")
     _add_common(p)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX, checked against PyTorch")
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--checkpoint", help="run folder or .safetensors (default: the shipped model)")
+    p.add_argument("--out", help="ONNX path (default: beside the checkpoint, same name, .onnx)")
+    p.add_argument("--opset", type=int, default=17)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("models", help="list the models")
     p.set_defaults(func=cmd_models)

@@ -227,8 +227,7 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None, on_epoch_end=None) -
     mean, std = channel_stats(train.images)
 
     model_args = dict(cfg.model_args)
-    if cfg.model in ("mhcnn", "seed-mhcnn"):
-        model_args.setdefault("img_size", cfg.img_size)
+    model_args.setdefault("img_size", cfg.img_size)
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model, num_classes=len(classes), pretrained=cfg.pretrained, **model_args)
     if channels_last:

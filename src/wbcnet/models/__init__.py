@@ -40,8 +40,14 @@ def create_model(name: str, num_classes: int = 5, pretrained: str | Path | None 
         if not timm.list_models(name):
             raise ValueError(f"unknown model '{name}': ours are {sorted(_REGISTRY)}; otherwise any timm model name "
                              f"(e.g. {', '.join(TIMM_EXAMPLES)})")
-        kwargs.pop("img_size", None) if not name.startswith(("vit", "deit", "swin", "eva")) else None
-        model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+        try:
+            model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+        except TypeError:
+            if "img_size" not in kwargs:
+                raise
+            # Only size-aware families (ViT, Swin, ...) take img_size; CNNs take any size.
+            kwargs.pop("img_size")
+            model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
     if pretrained:
         load_pretrained(model, pretrained)
     return model
