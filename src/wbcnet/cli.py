@@ -106,6 +106,17 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_data_audit(args) -> int:
+    from .audit import format_table, run_audit
+
+    out = Path(args.out or f"wbcnet-audit-{datetime.now():%Y%m%d-%H%M%S}")
+    result = run_audit(args.data, against=args.against, out_dir=out, workers=args.workers,
+                       progress=not args.no_progress)
+    print(format_table(result))
+    print(f"\naudit.json and audit.html in {out}")
+    return 0
+
+
 def cmd_models(args) -> int:
     from .models import TIMM_EXAMPLES, list_models
 
@@ -218,6 +229,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="ONNX path (default: beside the checkpoint, same name, .onnx)")
     p.add_argument("--opset", type=int, default=17)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("data", help="dataset tools")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    p = data_sub.add_parser("audit", help="class balance, unreadable files, sizes, duplicates and near-duplicates "
+                            "(rotation/flip robust), colour shortcuts")
+    p.add_argument("data", help="ImageFolder or CSV manifest")
+    p.add_argument("--against", help="a second set: report the duplicates shared between the two")
+    p.add_argument("--out", help="folder for audit.json and audit.html (default wbcnet-audit-<time>)")
+    p.add_argument("--workers", type=int)
+    _add_common(p)
+    p.set_defaults(func=cmd_data_audit)
 
     p = sub.add_parser("models", help="list the models")
     p.set_defaults(func=cmd_models)
