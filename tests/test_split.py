@@ -48,3 +48,18 @@ def test_split_csv_round_trip(tmp_path):
     split = grouped_split(make_samples(), 0.15, 0.15, seed=0)
     write_split(tmp_path / "split.csv", split, classes)
     assert read_split(tmp_path / "split.csv", classes) == split
+
+
+def test_linked_groups_are_merged_and_split_together():
+    from wbcnet.data.split import merge_linked_groups
+
+    samples = make_samples(200)
+    a, b = samples[0], samples[-1]
+    assert a.group != b.group
+    merged = merge_linked_groups(samples, [(a.path, b.path), ("/not/there.jpg", a.path)])
+    groups = {s.path: s.group for s in merged}
+    assert groups[a.path] == groups[b.path]
+    assert len({s.group for s in merged}) == len({s.group for s in samples}) - 1
+    split = grouped_split(merged, 0.3, 0.3, seed=0)
+    side = {s.path: name for name, items in split.items() for s in items}
+    assert side[a.path] == side[b.path]

@@ -90,3 +90,18 @@ def test_a_requested_class_without_images_is_an_error(tiny_imagefolder, tmp_path
 def test_balance_options_train(tiny_imagefolder, tmp_path, balance):
     run = fit(small_config(tiny_imagefolder, tmp_path / balance, epochs=1, balance=balance, optimizer="sgd"))
     assert (run / "best.safetensors").exists()
+
+
+def test_a_rotated_copy_never_lands_on_the_other_side_of_the_split(tiny_imagefolder, tmp_path):
+    from PIL import Image
+
+    from wbcnet.data.split import read_split
+
+    originals = sorted((tiny_imagefolder / "Neutrophil").glob("*.jpg"))
+    for k, p in enumerate(originals):  # each cell again, turned, under another field-of-view name
+        Image.open(p).rotate(90 + 17 * k).save(p.parent / f"copy{k}_1_1.jpg", quality=92)
+    run = fit(small_config(tiny_imagefolder, tmp_path / "run", epochs=1))
+    split = read_split(run / "split.csv", ["Basophil", "Eosinophil", "Lymphocyte", "Monocyte", "Neutrophil"])
+    side = {s.path.split("/")[-1]: name for name, items in split.items() for s in items}
+    for k, p in enumerate(originals):
+        assert side[p.name] == side[f"copy{k}_1_1.jpg"], p.name

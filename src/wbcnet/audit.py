@@ -773,3 +773,23 @@ def _html_duplicates(exact: list[dict], near: list[dict], summary: dict) -> str:
 
 
 __all__ = ["run_audit", "format_table", "write_audit", "NEAR_DUPLICATE_MIN_SCORE", "SHORTCUT_CRITERION"]
+
+
+def near_duplicate_pairs(paths: list[str], workers: int | None = None,
+                         progress: bool = True) -> list[tuple[str, str, float]]:
+    """(path_a, path_b, score) for every near-duplicate (or byte-identical) pair among `paths`.
+
+    Used by training to keep one cell photographed twice, under two field-of-view names, on one
+    side of a split. Unreadable paths are left out silently: the training scan reports them."""
+    from .data.cache import decode_images
+
+    decoded = decode_images(paths, THUMB_SIZE, workers, "near-duplicate search", progress)
+    if len(decoded.index) < 2:
+        return []
+    features = _match_features(decoded.images.transpose(0, 2, 3, 1), progress)
+    pairs = _candidate_pairs(features.descriptors, None)
+    scores = _pair_scores(features.spectra, features.spectra, pairs, progress)
+    keep = scores >= NEAR_DUPLICATE_MIN_SCORE
+    index = decoded.index
+    return [(paths[index[i]], paths[index[j]], round(float(s), 4))
+            for (i, j), s in zip(pairs[keep].tolist(), scores[keep].tolist())]

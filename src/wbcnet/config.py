@@ -30,6 +30,7 @@ class TrainConfig:
     balance: str = "weighted_loss"     # weighted_loss | sampler | none
     ema_decay: float = 0.0             # 0 turns EMA off
     patience: int = 10                 # early stopping on validation macro-F1; 0 turns it off
+    merge_near_duplicates: bool = True  # one cell photographed twice stays on one side of the split
     val_frac: float = 0.15
     test_frac: float = 0.15
     seed: int = 0

@@ -24,7 +24,7 @@ from .config import TrainConfig
 from .data.augment import augment_batch, normalize
 from .data.cache import cached_decode
 from .data.scan import Sample, scan
-from .data.split import SPLITS, grouped_split, read_split, write_split
+from .data.split import SPLITS, grouped_split, merge_linked_groups, read_split, write_split
 from .evaluate import evaluate_samples, predict_logits, softmax, use_bf16
 from .metrics import macro_f1
 from .models import create_model, default_img_size
@@ -156,7 +156,14 @@ def load_data(cfg: TrainConfig, run_dir: Path, img_size: int):
     if split_csv.exists():
         split = read_split(split_csv, classes)
     else:
-        split = grouped_split(found.samples, 0.0 if cfg.val_data else cfg.val_frac,
+        samples = found.samples
+        if cfg.merge_near_duplicates:
+            from .audit import near_duplicate_pairs
+
+            links = near_duplicate_pairs([s.path for s in samples], cfg.workers, cfg.progress)
+            samples = merge_linked_groups(samples, [(a, b) for a, b, _ in links])
+            print(f"near-duplicates: {len(links)} pairs; their fields of view are kept on one side of the split")
+        split = grouped_split(samples, 0.0 if cfg.val_data else cfg.val_frac,
                               0.0 if cfg.test_data else cfg.test_frac, cfg.seed)
         for name, extra in (("val", cfg.val_data), ("test", cfg.test_data)):
             if extra:

@@ -12,6 +12,25 @@ from .scan import Sample
 SPLITS = ("train", "val", "test")
 
 
+def merge_linked_groups(samples: list[Sample], links: list[tuple[str, str]]) -> list[Sample]:
+    """Join the groups of linked paths (near-duplicates: one cell photographed twice under two
+    field-of-view names), so that a grouped split keeps both copies on one side."""
+    parent: dict[str, str] = {}
+
+    def root(g):
+        while parent.get(g, g) != g:
+            g = parent[g]
+        return g
+
+    group_of = {s.path: s.group for s in samples}
+    for a, b in links:
+        if a in group_of and b in group_of:
+            ra, rb = root(group_of[a]), root(group_of[b])
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+    return [Sample(s.path, s.label, root(s.group)) for s in samples]
+
+
 def grouped_split(samples: list[Sample], val_frac: float, test_frac: float, seed: int) -> dict[str, list[Sample]]:
     """Split so that every group (field of view) lies in exactly one split.
 
