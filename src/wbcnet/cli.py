@@ -50,9 +50,12 @@ def cmd_evaluate(args) -> int:
     out = Path(args.out)
     run_dir = args.run or (Path(meta["checkpoint_path"]).parent if args.checkpoint else None)
     result = evaluate_folder(model, meta, args.data, out, run_dir=run_dir, batch_size=args.batch_size,
-                             workers=args.workers, progress=not args.no_progress)
-    print(f"n={result['n']}  accuracy {result['accuracy']:.4f}  balanced accuracy {result['balanced_accuracy']:.4f}  "
-          f"macro-F1 {result['macro_f1']:.4f}  -> {out}")
+                             workers=args.workers, progress=not args.no_progress, explain_maps=not args.no_explain,
+                             n_resamples=args.bootstrap)
+    ci = result["ci"].get("accuracy")
+    print(f"n={result['n']}  accuracy {result['accuracy']:.4f}" + (f" (95% CI {ci[0]:.4f}-{ci[1]:.4f})" if ci else "")
+          + f"  balanced accuracy {result['balanced_accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}  "
+          f"ECE {result['ece']:.4f}  -> {out / 'report.html'}")
     return 0
 
 
@@ -201,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="run folder or .safetensors (default: the shipped model)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--run", help="run folder whose training curves to draw")
+    p.add_argument("--no-explain", action="store_true", help="skip the Grad-CAM/attention grids")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                   help="bootstrap resamples for the 95%% confidence intervals (default 1000; 0: none)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int)
     _add_common(p)

@@ -1,16 +1,21 @@
-"""Run a model over images -> predictions, and write an evaluation folder."""
+"""Run a model over images -> predictions, and write an evaluation folder.
+
+The folder holds the numbers (metrics.json with bootstrap intervals, calibration and the top
+confusions; predictions.csv), the pictures, and report.html, which shows all of it in one file."""
 from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from . import analysis, explain, plots, report
+from . import calibration as cal
 from . import metrics as M
-from . import plots
 from .data.augment import normalize, to_float
 from .data.cache import decode_images
 from .data.scan import Sample, scan
@@ -27,7 +32,6 @@ def use_bf16(flag: bool | None = None) -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
-@torch.inference_mode()
 def predict_logits(model: torch.nn.Module, images: np.ndarray, mean, std, batch_size: int = 128,
                    bf16: bool | None = None, channels_last: bool | None = None) -> np.ndarray:
     """uint8 (N, 3, S, S) -> float32 logits (N, C)."""
@@ -35,14 +39,17 @@ def predict_logits(model: torch.nn.Module, images: np.ndarray, mean, std, batch_
     channels_last = bf16 if channels_last is None else channels_last
     model.eval()
     if channels_last:
+        # Outside inference mode: converting the weights inside it would turn them into inference
+        # tensors, and the model could never be run with gradients again (Grad-CAM, training).
         model = model.to(memory_format=torch.channels_last)
     out = []
-    for i in range(0, len(images), batch_size):
-        x = normalize(to_float(torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size]))), mean, std)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out.append(model(x).float())
+    with torch.inference_mode():
+        for i in range(0, len(images), batch_size):
+            x = normalize(to_float(torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size]))), mean, std)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                out.append(model(x).float())
     return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
 
 
@@ -54,14 +61,39 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 
 
 def write_evaluation(out, paths: list[str], y_true: np.ndarray, probs: np.ndarray, classes: list[str],
-                     title: str | None = None, run_dir=None, extra: dict | None = None) -> dict:
-    """metrics.json, classification_report.txt, predictions.csv, confusion_matrix.png
-    (and training_curves.png when `run_dir` has a metrics.csv)."""
+                     title: str | None = None, run_dir=None, extra: dict | None = None, *,
+                     logits: np.ndarray | None = None, temperature: float = 1.0, images: np.ndarray | None = None,
+                     figures: dict[str, Path] | None = None, n_resamples: int = analysis.N_RESAMPLES,
+                     seed: int = analysis.SEED) -> dict:
+    """metrics.json, classification_report.txt, predictions.csv, confusion_matrix.png, per_class.png,
+    reliability.png, coverage.png, training_curves.png (when `run_dir` has a metrics.csv),
+    error_gallery.png (when the decoded `images` are given and there are mistakes) and report.html,
+    which also shows any `figures` made beforehand (the Grad-CAM grids).
+
+    `probs` are the probabilities reported (logits / `temperature`); with the raw `logits` too,
+    calibration is also reported at T = 1, to show what the temperature bought."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    y_pred = probs.argmax(1)
+    y_true = np.asarray(y_true)
+    y_pred, confidence = probs.argmax(1), probs.max(1)
     result = M.compute_metrics(y_true, y_pred, classes)
     result.update(extra or {})
+    result["ci"] = analysis.bootstrap_ci(y_true, y_pred, classes, n_resamples, seed)
+    result["top_confusions"] = analysis.top_confusions(result["confusion_matrix"], classes)
+    bins = cal.reliability_bins(probs, y_true)
+    result["ece"] = bins["ece"]
+    result["calibration"] = {"n_bins": cal.N_BINS, "temperature": float(temperature), "ece": bins["ece"]}
+    panels = [(f"with the checkpoint's temperature, T = {temperature:.3g}" if temperature != 1.0
+               else "no temperature scaling (T = 1)", bins)]
+    if logits is not None and len(y_true):
+        raw = cal.reliability_bins(cal.softmax(logits), y_true)
+        result["calibration"].update(nll=cal.nll(logits, y_true, temperature), ece_uncalibrated=raw["ece"],
+                                     nll_uncalibrated=cal.nll(logits, y_true))
+        if temperature != 1.0:
+            panels.insert(0, ("without temperature scaling (T = 1)", raw))
+    curve = analysis.coverage_curve(y_true, y_pred, confidence)
+    result["selective"] = analysis.coverage_table(curve)
+
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
     (out / "classification_report.txt").write_text(M.report_text(y_true, y_pred, classes))
     with open(out / "predictions.csv", "w", newline="") as fh:
@@ -69,27 +101,52 @@ def write_evaluation(out, paths: list[str], y_true: np.ndarray, probs: np.ndarra
         w.writerow(["path", "true", "predicted", "confidence"] + [f"p_{c}" for c in classes])
         for p, t, q, row in zip(paths, y_true, y_pred, probs):
             w.writerow([p, classes[t], classes[q], f"{row[q]:.4f}"] + [f"{v:.4f}" for v in row])
-    plots.plot_confusion(result, out / "confusion_matrix.png", title)
+
+    figs = {"confusion": plots.plot_confusion(result, out / "confusion_matrix.png", title),
+            "per_class": analysis.plot_per_class(result, out / "per_class.png"),
+            "reliability": cal.plot_reliability(panels, out / "reliability.png"),
+            "coverage": analysis.plot_coverage(curve, out / "coverage.png")}
     if run_dir is not None and (Path(run_dir) / "metrics.csv").exists():
-        plots.plot_curves(Path(run_dir) / "metrics.csv", out / "training_curves.png")
+        figs["training_curves"] = plots.plot_curves(Path(run_dir) / "metrics.csv", out / "training_curves.png")
+    if images is not None:
+        figs["error_gallery"] = explain.plot_error_gallery(images, y_true, y_pred, confidence, classes,
+                                                           out / "error_gallery.png")
+    figs.update(figures or {})
+    report.write_report(out, result, figs, title)
     return result
 
 
 def evaluate_samples(model, meta: dict, samples: list[Sample], out, title=None, run_dir=None,
                      batch_size: int = 128, workers: int | None = None, bf16: bool | None = None,
-                     images: np.ndarray | None = None, progress: bool = True) -> dict:
-    """Decode (unless `images` are given, aligned with `samples`), predict, and write the folder."""
+                     images: np.ndarray | None = None, progress: bool = True, explain_maps: bool = True,
+                     source: str | None = None, n_resamples: int = analysis.N_RESAMPLES) -> dict:
+    """Decode (unless `images` are given, aligned with `samples`), predict, and write the folder.
+
+    `explain_maps=False` skips the Grad-CAM/attention grids, the one part that runs the model
+    backwards; `source` names the images in the report (default: the folder they share)."""
     if images is None:
         decoded = decode_images([s.path for s in samples], meta["img_size"], workers, "decoding", progress)
         for path, reason in decoded.errors:
             print(f"skipped {path}: {reason}", file=sys.stderr)
         samples = [samples[i] for i in decoded.index]
         images = decoded.images
+    if not len(samples):
+        raise ValueError("no readable images to evaluate")
     logits = predict_logits(model, images, meta["mean"], meta["std"], batch_size, bf16)
-    probs = softmax(logits, meta.get("temperature", 1.0))
+    temperature = float(meta.get("temperature", 1.0))
+    probs = softmax(logits, temperature)
     y_true = np.array([s.label for s in samples], dtype=np.int64)
-    return write_evaluation(out, [s.path for s in samples], y_true, probs, meta["classes"], title, run_dir,
-                            extra={"checkpoint": meta.get("checkpoint_path"), "model": meta["model"]})
+    paths = [s.path for s in samples]
+    figures = explain.write_explanations(model, meta, images, y_true, probs, out) if explain_maps else {}
+    if source is None:
+        try:
+            source = os.path.commonpath([os.path.abspath(p) for p in paths])
+        except ValueError:  # paths on different drives
+            source = None
+    return write_evaluation(out, paths, y_true, probs, meta["classes"], title, run_dir,
+                            extra={"checkpoint": meta.get("checkpoint_path"), "model": meta["model"], "source": source},
+                            logits=logits, temperature=temperature, images=images, figures=figures,
+                            n_resamples=n_resamples)
 
 
 def evaluate_folder(model, meta: dict, data, out, run_dir=None, **kw) -> dict:
@@ -103,4 +160,5 @@ def evaluate_folder(model, meta: dict, data, out, run_dir=None, **kw) -> dict:
         print(f"note: class '{c}' has no images in {data}; its row of the matrix stays empty", file=sys.stderr)
     if not found.samples:
         raise ValueError(f"{data}: no images of the model's classes {meta['classes']}")
+    kw.setdefault("source", str(Path(data).resolve()))
     return evaluate_samples(model, meta, found.samples, out, title=f"{Path(data).name}", run_dir=run_dir, **kw)

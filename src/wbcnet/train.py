@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import checkpoint as ckpt
+from .calibration import calibration_summary, fit_temperature, format_summary
 from .config import TrainConfig
 from .data.augment import augment_batch, normalize
 from .data.cache import cached_decode
@@ -308,6 +309,15 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None, on_epoch_end=None) -
             on_epoch_end(epoch)
 
     model, best_meta = ckpt.load_model(run_dir / "best")
+    if val is not None:
+        # Temperature scaling: one scalar fitted on the validation logits (accuracy unchanged);
+        # predict and evaluate divide the logits by meta["temperature"].
+        val_logits = predict_logits(model, val.images, best_meta["mean"], best_meta["std"], 256, bf16)
+        temperature = fit_temperature(val_logits, val.labels)
+        calibration = calibration_summary(val_logits, val.labels, temperature)
+        print(format_summary(calibration, "validation"))
+        best_meta.update(temperature=temperature, calibration=calibration)
+        ckpt.save_checkpoint(run_dir / "best", model, {k: v for k, v in best_meta.items() if k != "checkpoint_path"})
     if test is not None:
         result = evaluate_samples(model, best_meta, test.samples, run_dir / "test", title="test split", run_dir=run_dir,
                                   images=test.images, progress=cfg.progress)

@@ -1,0 +1,186 @@
+"""One self-contained report.html per evaluation: every number and picture in one file.
+
+Pictures are embedded as base64 data URIs, so the file can be mailed or archived on its own and
+opens offline; there is no script, no external stylesheet, font or URL.
+"""
+from __future__ import annotations
+
+import base64
+import html
+from datetime import datetime
+from pathlib import Path
+
+from . import __version__
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0 auto; max-width: 1200px;
+       padding: 1.2em 2em 3em; color: #222; line-height: 1.45; }
+h1 { margin-bottom: 0.1em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; padding-bottom: 0.2em; }
+.sub { color: #666; margin-top: 0; }
+table { border-collapse: collapse; margin: 0.6em 0 1em; font-size: 0.93em; }
+th, td { border: 1px solid #d8d8d8; padding: 0.3em 0.7em; text-align: right; }
+th { background: #f3f5f7; } th.t { text-align: left; }
+td.ci { color: #555; font-size: 0.9em; } td.t { text-align: left; }
+dl { display: grid; grid-template-columns: max-content auto; gap: 0.2em 1.2em; }
+dt { font-weight: 600; } dd { margin: 0; word-break: break-all; }
+figure { margin: 0.8em 0 1.4em; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { color: #555; font-size: 0.9em; margin-top: 0.3em; }
+.note { color: #666; font-style: italic; }
+nav a { margin-right: 1em; }
+"""
+
+SECTIONS = [("data", "Data"), ("metrics", "Metrics"), ("confusion", "Confusion"), ("calibration", "Calibration"),
+            ("selective", "Selective prediction"), ("errors", "Errors"), ("explain", "Where it looked")]
+
+
+def _e(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _fmt(value, digits: int = 4) -> str:
+    return "n/a" if value is None or value != value else f"{value:.{digits}f}"
+
+
+def _ci(interval) -> str:
+    return f"[{interval[0]:.4f}, {interval[1]:.4f}]" if interval else "n/a"
+
+
+def data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def _figure(path, alt: str, caption: str = "") -> str:
+    if path is None or not Path(path).exists():
+        return f'<p class="note">{_e(alt)}: not produced for this evaluation.</p>'
+    cap = f"<figcaption>{caption}</figcaption>" if caption else ""
+    return f'<figure><img src="{data_uri(path)}" alt="{_e(alt)}">{cap}</figure>'
+
+
+def _table(header: list[str], rows: list[list[str]], ci_cols: tuple[int, ...] = (),
+           text_cols: tuple[int, ...] = (0,)) -> str:
+    """Cells are HTML already (escape names before). Numbers align right, `text_cols` left."""
+    def cls(j):
+        return ' class="ci"' if j in ci_cols else ' class="t"' if j in text_cols else ""
+
+    head = "".join(f"<th{cls(j)}>{_e(h)}</th>" for j, h in enumerate(header))
+    body = "".join("<tr>" + "".join(f"<td{cls(j)}>{c}</td>" for j, c in enumerate(r)) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def render_report(metrics: dict, figures: dict[str, Path | None], title: str | None = None) -> str:
+    """The HTML text. `metrics` is what write_evaluation puts in metrics.json; `figures` maps
+    names (confusion, per_class, training_curves, reliability, coverage, explain_by_class,
+    explain_errors, error_gallery) to PNG files, missing or None where not produced."""
+    classes = metrics["classes"]
+    ci = metrics.get("ci", {})
+    cal = metrics.get("calibration", {})
+    n_res = ci.get("n_resamples")
+    ci_note = (f"95% percentile-bootstrap intervals from {n_res} resamples of the {metrics['n']} cells "
+               f"(seed {ci.get('seed')})." if n_res else "No confidence intervals computed.")
+    heading = title or "Evaluation"
+    parts = [f"<h1>wbcnet report: {_e(heading)}</h1>",
+             f'<p class="sub">generated {datetime.now():%Y-%m-%d %H:%M} by wbcnet {_e(__version__)}</p>',
+             "<nav>" + "".join(f'<a href="#{a}">{t}</a>' for a, t in SECTIONS) + "</nav>"]
+
+    # Data
+    parts.append('<h2 id="data">Data and model</h2><dl>')
+    for label, value in (("images", metrics.get("source")), ("checkpoint", metrics.get("checkpoint")),
+                         ("model", metrics.get("model")), ("cells evaluated", metrics["n"]),
+                         ("temperature", _fmt(cal.get("temperature"), 3) if cal else None)):
+        parts.append(f"<dt>{_e(label)}</dt><dd>{_e(value if value is not None else 'not recorded')}</dd>")
+    parts.append("</dl>")
+    support = [metrics["per_class"][c]["support"] for c in classes]
+    parts.append(_table(["class", "cells", "share"],
+                        [[_e(c), str(s), f"{s / max(metrics['n'], 1):.1%}"] for c, s in zip(classes, support)]))
+    if metrics.get("absent_classes"):
+        parts.append(f'<p class="note">No cells of {_e(", ".join(metrics["absent_classes"]))}: '
+                     "their rows stay empty and macro averages leave them out.</p>")
+
+    # Metrics
+    parts.append(f'<h2 id="metrics">Metrics</h2><p>{_e(ci_note)}</p>')
+    rows = [[name, _fmt(metrics.get(key)), _ci(ci.get(key))] for name, key in (
+        ("accuracy", "accuracy"), ("balanced accuracy (mean recall)", "balanced_accuracy"), ("macro-F1", "macro_f1"))]
+    rows.append(["weighted F1", _fmt(metrics.get("weighted_f1")), ""])
+    rows.append([f"ECE ({cal.get('n_bins', 15)} bins, top label)", _fmt(metrics.get("ece")), ""])
+    parts.append(_table(["metric", "value", "95% CI"], rows, ci_cols=(2,)))
+    pc_ci = ci.get("per_class", {})
+    rows = []
+    for c in classes:
+        m, iv = metrics["per_class"][c], pc_ci.get(c, {})
+        rows.append([_e(c), str(m["support"]), _fmt(m["precision"]), _ci(iv.get("precision")), _fmt(m["recall"]),
+                     _ci(iv.get("recall")), _fmt(m["f1"]), _ci(iv.get("f1"))])
+    parts.append(_table(["class", "cells", "precision", "95% CI", "recall", "95% CI", "F1", "95% CI"], rows,
+                        ci_cols=(3, 5, 7)))
+    parts.append(_figure(figures.get("per_class"), "per-class precision, recall and F1",
+                         "Error bars: the bootstrap intervals above."))
+    parts.append(_figure(figures.get("training_curves"), "training curves",
+                         "From the run's metrics.csv; validation scores are those early stopping chose on."))
+
+    # Confusion
+    parts.append('<h2 id="confusion">Confusion matrices</h2>')
+    parts.append(_figure(figures.get("confusion"), "confusion matrices",
+                         "Rows: true class; columns: predicted. Left counts, right each row divided by its total "
+                         "(the diagonal is recall)."))
+    top = metrics.get("top_confusions", [])
+    if top:
+        parts.append("<h3>Most frequent confusions</h3>")
+        parts.append(_table(["true", "predicted as", "cells", "share of the true class"],
+                            [[_e(t["true"]), _e(t["predicted"]), str(t["count"]), f"{t['share_of_true']:.1%}"]
+                             for t in top], text_cols=(0, 1)))
+    else:
+        parts.append('<p class="note">No confusions: every cell was classified correctly.</p>')
+
+    # Calibration
+    parts.append('<h2 id="calibration">Calibration</h2>')
+    if cal:
+        text = (f"Expected calibration error on these cells: <b>{_fmt(cal.get('ece'))}</b> with the checkpoint's "
+                f"temperature T = {_fmt(cal.get('temperature'), 3)}")
+        if cal.get("ece_uncalibrated") is not None and cal.get("temperature") != 1.0:
+            text += (f"; {_fmt(cal['ece_uncalibrated'])} without it (T = 1). Negative log-likelihood "
+                     f"{_fmt(cal.get('nll'))} with T, {_fmt(cal.get('nll_uncalibrated'))} without")
+        parts.append(f"<p>{text}. A well calibrated model's confidence of 0.8 is right 80% of the time.</p>")
+    parts.append(_figure(figures.get("reliability"), "reliability diagram",
+                         "Bars: accuracy of the cells in each confidence bin; dashed: perfect calibration; "
+                         "below: how many cells fall in each bin."))
+
+    # Selective prediction
+    parts.append('<h2 id="selective">Selective prediction</h2>'
+                 "<p>Answer only the most confident cells and refer the rest to a person "
+                 "(<code>wbcnet predict --min-confidence</code>):</p>")
+    sel = metrics.get("selective", [])
+    if sel:
+        parts.append(_table(["coverage", "accuracy", "min confidence"],
+                            [[f"{r['coverage']:.0%}", _fmt(r["accuracy"]), _fmt(r["min_confidence"], 3)] for r in sel]))
+    parts.append(_figure(figures.get("coverage"), "coverage against accuracy"))
+
+    # Errors and explanations
+    parts.append('<h2 id="errors">Misclassified cells</h2>')
+    if top:
+        parts.append(_figure(figures.get("error_gallery"), "gallery of misclassified cells",
+                             "One row per (true, predicted) pair, most frequent first; the most confident mistakes "
+                             "of each pair, confidence above each cell."))
+    else:
+        parts.append('<p class="note">None.</p>')
+    parts.append('<h2 id="explain">Where the model looked</h2>'
+                 "<p>Grad-CAM: which parts of the last convolutional feature map raised the score of the "
+                 "predicted class (red: most). For mhcnn also its attention-pooling weights over the cell. "
+                 "Each map is scaled to its own range; the attention's title says how peaked it is "
+                 "(\u00d7N: its largest weight is N times an even spread; near \u00d71 the pattern is faint). "
+                 "Captions: true class, predicted class and confidence; red captions are mistakes.</p>")
+    parts.append(_figure(figures.get("explain_by_class"), "Grad-CAM and attention for sample cells of each class"))
+    if top:
+        parts.append(_figure(figures.get("explain_errors"), "Grad-CAM and attention for the most confident mistakes"))
+
+    body = "\n".join(parts)
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            # An empty inline icon: otherwise the browser asks for /favicon.ico and logs a 404.
+            f'<link rel="icon" href="data:,">'
+            f"<title>wbcnet report: {_e(heading)}</title><style>{CSS}</style></head>\n"
+            f"<body>\n{body}\n</body></html>\n")
+
+
+def write_report(out, metrics: dict, figures: dict[str, Path | None], title: str | None = None) -> Path:
+    path = Path(out) / "report.html"
+    path.write_text(render_report(metrics, figures, title), encoding="utf-8")
+    return path
