@@ -45,7 +45,7 @@ def predict_logits(model: torch.nn.Module, images: np.ndarray, mean, std, batch_
     out = []
     with torch.inference_mode():
         for i in range(0, len(images), batch_size):
-            x = normalize(to_float(torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size]))), mean, std)
+            x = normalize(to_float(torch.from_numpy(np.array(images[i:i + batch_size]))), mean, std)  # copy: caches are read-only
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
