@@ -73,10 +73,12 @@ class EMA:
             p.requires_grad_(False)
 
     @torch.no_grad()
-    def update(self, model):
+    def update(self, model, step: int):
+        # Warm up the decay so the average is not dominated by the random initial weights.
+        decay = min(self.decay, (1 + step) / (10 + step))
         for e, m in zip(self.module.state_dict().values(), model.state_dict().values()):
             if e.dtype.is_floating_point:
-                e.mul_(self.decay).add_(m.detach(), alpha=1 - self.decay)
+                e.mul_(decay).add_(m.detach(), alpha=1 - decay)
             else:
                 e.copy_(m)
 
@@ -112,7 +114,7 @@ def train_one_epoch(model, criterion, optimizer, data: RunData, cfg: TrainConfig
         loss.backward()
         optimizer.step()
         if ema is not None:
-            ema.update(model)
+            ema.update(model, step)
         step += 1
         total_loss += loss.item() * len(y)
         correct += (logits.argmax(1) == y).sum().item()
