@@ -1,6 +1,7 @@
 """Kept from the reference project: `python evaluate.py [flags]` is `wbcnet evaluate [flags]`.
 
-With no flags it evaluates the newest run in runs/ on its own test split's images."""
+    python evaluate.py --data DIR --out OUT [--checkpoint RUN_DIR]   (no checkpoint: the shipped model)
+"""
 import sys
 
 from wbcnet.cli import main
