@@ -111,3 +111,16 @@ def test_root_scripts_are_thin_wrappers():
     for script in ("train.py", "evaluate.py", "plot_confusion_matrix.py"):
         proc = subprocess.run([sys.executable, str(REPO / script), "--help"], capture_output=True, text=True)
         assert proc.returncode == 0 and "usage" in proc.stdout
+
+
+def test_evaluate_one_split_of_a_run(trained_run, tmp_path, capsys):
+    rc = main(["evaluate", "--data", str(trained_run / "split.csv"), "--split", "test", "--checkpoint",
+               str(trained_run), "--out", str(tmp_path / "ev"), "--no-progress", "--no-explain"])
+    assert rc == 0
+    test_rows = [r for r in csv.DictReader(open(trained_run / "split.csv")) if r["split"] == "test"]
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert m["n"] == len(test_rows)
+    assert m == {**m, **{k: json.loads((trained_run / "test" / "metrics.json").read_text())[k]
+                         for k in ("accuracy", "confusion_matrix")}}
+    assert "calibration: ECE" in capsys.readouterr().out
+    assert (tmp_path / "ev" / "report.html").exists()

@@ -49,13 +49,17 @@ def cmd_evaluate(args) -> int:
     print(f"model: {meta['checkpoint_path']} ({meta['model']}, classes {', '.join(meta['classes'])})")
     out = Path(args.out)
     run_dir = args.run or (Path(meta["checkpoint_path"]).parent if args.checkpoint else None)
-    result = evaluate_folder(model, meta, args.data, out, run_dir=run_dir, batch_size=args.batch_size,
+    result = evaluate_folder(model, meta, args.data, out, run_dir=run_dir, split=args.split, batch_size=args.batch_size,
                              workers=args.workers, progress=not args.no_progress, explain_maps=not args.no_explain,
                              n_resamples=args.bootstrap)
     ci = result["ci"].get("accuracy")
     print(f"n={result['n']}  accuracy {result['accuracy']:.4f}" + (f" (95% CI {ci[0]:.4f}-{ci[1]:.4f})" if ci else "")
           + f"  balanced accuracy {result['balanced_accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}  "
           f"ECE {result['ece']:.4f}  -> {out / 'report.html'}")
+    calib = result.get("calibration", {})
+    if "ece_uncalibrated" in calib:
+        print(f"calibration: ECE {calib['ece_uncalibrated']:.4f} at T=1 -> {calib['ece']:.4f} at the checkpoint's "
+              f"T={calib['temperature']:.3f} (fitted on its validation split)")
     return 0
 
 
@@ -201,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint on a labelled folder")
     p.add_argument("--data", required=True, help="ImageFolder or CSV manifest; classes matched by name")
+    p.add_argument("--split", choices=["train", "val", "test"],
+                   help="with --data RUN/split.csv: evaluate only that split of the run")
     p.add_argument("--checkpoint", help="run folder or .safetensors (default: the shipped model)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--run", help="run folder whose training curves to draw")

@@ -149,9 +149,10 @@ def evaluate_samples(model, meta: dict, samples: list[Sample], out, title=None, 
                             n_resamples=n_resamples)
 
 
-def evaluate_folder(model, meta: dict, data, out, run_dir=None, **kw) -> dict:
-    """Evaluate on an ImageFolder/CSV whose classes are matched to the checkpoint's by name."""
-    found = scan(data, classes=meta["classes"])
+def evaluate_folder(model, meta: dict, data, out, run_dir=None, split: str | None = None, **kw) -> dict:
+    """Evaluate on an ImageFolder/CSV whose classes are matched to the checkpoint's by name
+    (`split`: only that split of a run's split.csv)."""
+    found = scan(data, classes=meta["classes"], split=split)
     for path, reason in found.skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     for folder in found.unknown_folders:

@@ -82,13 +82,20 @@ def scan_folder(root, classes: list[str] | None = None) -> ScanResult:
     return result
 
 
-def scan_csv(manifest, classes: list[str] | None = None) -> ScanResult:
-    """Scan a CSV with columns path,label[,group]; relative paths are relative to the CSV."""
+def scan_csv(manifest, classes: list[str] | None = None, split: str | None = None) -> ScanResult:
+    """Scan a CSV with columns path,label[,group[,split]]; relative paths are relative to the CSV.
+    With `split`, only the rows of that split (a run's split.csv: train, val or test)."""
     manifest = Path(manifest)
     with open(manifest, newline="") as fh:
         rows = list(csv.DictReader(fh))
     if not rows or not {"path", "label"} <= set(rows[0]):
         raise ValueError(f"{manifest}: a manifest needs a header with 'path' and 'label' columns")
+    if split is not None:
+        if "split" not in rows[0]:
+            raise ValueError(f"{manifest}: no 'split' column to choose '{split}' from")
+        rows = [r for r in rows if r["split"] == split]
+        if not rows:
+            raise ValueError(f"{manifest}: no rows of split '{split}'")
     names = sorted({r["label"].strip() for r in rows}, key=str.lower)
     if classes is None:
         classes = []
@@ -116,11 +123,13 @@ def scan_csv(manifest, classes: list[str] | None = None) -> ScanResult:
     return result
 
 
-def scan(source, classes: list[str] | None = None) -> ScanResult:
-    """An ImageFolder directory or a .csv manifest."""
+def scan(source, classes: list[str] | None = None, split: str | None = None) -> ScanResult:
+    """An ImageFolder directory or a .csv manifest (`split` selects rows of a run's split.csv)."""
     source = Path(source)
     if source.suffix.lower() == ".csv" and source.is_file():
-        return scan_csv(source, classes)
+        return scan_csv(source, classes, split)
+    if split is not None:
+        raise ValueError(f"{source}: --split needs a CSV manifest with a split column (a run's split.csv)")
     return scan_folder(source, classes)
 
 
