@@ -21,6 +21,8 @@ class AugmentConfig:
     shift: float = 0.2            # fraction of the side, uniform +-
     shear: float = 0.25           # shear factor, uniform +-
     zoom: float = 0.2             # scale in [1 - zoom, 1 + zoom], per axis like Keras
+    magnify: float = 1.0          # isotropic zoom-in up to this factor (log-uniform, half the images):
+                                  # other labs frame cells tighter; 1 turns it off
     hflip: bool = True
     vflip: bool = True
     rot90: bool = True
@@ -48,6 +50,10 @@ def affine_matrices(n: int, cfg: AugmentConfig, g: torch.Generator, device="cpu"
     zy = 1 + _uniform(n, cfg.zoom, g, device)
     flip_x = torch.where(torch.rand(n, generator=g, device=device) < 0.5, -1.0, 1.0) if cfg.hflip else torch.ones(n, device=device)
     flip_y = torch.where(torch.rand(n, generator=g, device=device) < 0.5, -1.0, 1.0) if cfg.vflip else torch.ones(n, device=device)
+    if cfg.magnify > 1:
+        mag = torch.exp(torch.rand(n, generator=g, device=device) * math.log(cfg.magnify))
+        mag = torch.where(torch.rand(n, generator=g, device=device) < 0.5, mag, torch.ones_like(mag))
+        zx, zy = zx / mag, zy / mag
     scale = torch.diag_embed(torch.stack([zx * flip_x, zy * flip_y], -1))
     linear = rot @ shear @ scale
     shift = _uniform(2 * n, cfg.shift * 2, g, device).view(n, 2)  # [-1, 1] spans the side: 0.2 -> 0.4

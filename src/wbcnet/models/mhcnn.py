@@ -74,8 +74,12 @@ class MHCNN(nn.Module):
     default_img_size = 112
 
     def __init__(self, num_classes: int = 5, img_size: int = 112, widths=(24, 64, 128, 192), depth: int = 2,
-                 heads: int = 6, mlp_ratio: float = 2.0, dropout: float = 0.2, attn_dropout: float = 0.0):
+                 heads: int = 6, mlp_ratio: float = 2.0, dropout: float = 0.2, attn_dropout: float = 0.0,
+                 image_norm: bool = False):
         super().__init__()
+        # Standardise each image's channels by its own mean and std: a global colour cast from another
+        # stain, camera or white balance is a per-channel affine change, and this cancels it.
+        self.image_norm = image_norm
         w0, w1, w2, w3 = widths
         # Two plain strided convs take the image to S/4 cheaply; residual blocks do the rest.
         self.stem = nn.Sequential(conv_bn(3, w0, 2), conv_bn(w0, w1, 2))                      # S/4
@@ -90,6 +94,8 @@ class MHCNN(nn.Module):
         self.fc = nn.Linear(w3, num_classes)
 
     def tokens(self, x):
+        if self.image_norm:
+            x = (x - x.mean((2, 3), keepdim=True)) / (x.std((2, 3), keepdim=True) + 1e-3)
         x = self.stages(self.stem(x))
         pos = self.pos if x.shape[-2:] == self.pos.shape[-2:] else F.interpolate(
             self.pos, size=x.shape[-2:], mode="bilinear", align_corners=False)
