@@ -48,3 +48,17 @@ def test_normalize():
     x = torch.full((1, 3, 2, 2), 0.5)
     y = normalize(x, [0.5, 0.25, 0.0], [0.5, 0.25, 0.5])
     assert torch.allclose(y[0, :, 0, 0], torch.tensor([0.0, 1.0, 1.0]))
+
+
+def test_magnify_zooms_in():
+    # a centred bright square grows when the image is magnified
+    x = torch.zeros(64, 3, 32, 32, dtype=torch.uint8)
+    x[:, :, 12:20, 12:20] = 255
+    still = AugmentConfig(rotation=0, shift=0, shear=0, zoom=0, hflip=False, vflip=False, rot90=False, brightness=0,
+                          contrast=0, saturation=0, hue=0, channel_gain=0)
+    plain = augment_batch(x, still, torch.Generator().manual_seed(0))
+    import dataclasses
+    magnified = augment_batch(x, dataclasses.replace(still, magnify=3.0), torch.Generator().manual_seed(0))
+    area = lambda y: (y[:, 0] > 0.5).float().sum((1, 2))
+    assert torch.equal(area(plain), torch.full((64,), 64.0))
+    assert (area(magnified) >= 64).all() and (area(magnified) > 100).float().mean() > 0.25

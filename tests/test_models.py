@@ -58,3 +58,13 @@ def test_pretrained_loads_matching_layers(tmp_path):
     m = create_model("resnet18", num_classes=5, pretrained=tmp_path / "r18.safetensors")
     assert torch.equal(m.conv1.weight, src.conv1.weight)
     assert m.fc.weight.shape == (5, 512)
+
+
+def test_image_norm_makes_mhcnn_blind_to_a_global_colour_cast():
+    torch.manual_seed(0)
+    m = create_model("mhcnn", num_classes=5, img_size=64, image_norm=True).eval()
+    x = torch.rand(2, 3, 64, 64)
+    cast = x * torch.tensor([0.7, 1.1, 1.3]).view(1, 3, 1, 1) + torch.tensor([0.1, -0.05, 0.2]).view(1, 3, 1, 1)
+    assert torch.allclose(m(x), m(cast), atol=1e-3)
+    plain = create_model("mhcnn", num_classes=5, img_size=64).eval()
+    assert not torch.allclose(plain(x), plain(cast), atol=1e-3)
