@@ -62,9 +62,9 @@ def test_pretrained_loads_matching_layers(tmp_path):
 
 def test_image_norm_makes_mhcnn_blind_to_a_global_colour_cast():
     torch.manual_seed(0)
-    m = create_model("mhcnn", num_classes=5, img_size=64, image_norm=True).eval()
+    m = create_model("mhcnn", num_classes=5, img_size=64).eval()  # image_norm is the default
     x = torch.rand(2, 3, 64, 64)
     cast = x * torch.tensor([0.7, 1.1, 1.3]).view(1, 3, 1, 1) + torch.tensor([0.1, -0.05, 0.2]).view(1, 3, 1, 1)
     assert torch.allclose(m(x), m(cast), atol=1e-3)
-    plain = create_model("mhcnn", num_classes=5, img_size=64).eval()
+    plain = create_model("mhcnn", num_classes=5, img_size=64, image_norm=False).eval()
     assert not torch.allclose(plain(x), plain(cast), atol=1e-3)

@@ -20,16 +20,16 @@ class TrainConfig:
     model_args: dict = field(default_factory=dict)
     pretrained: str | None = None      # local weights file to start from
     img_size: int | None = None        # default: the model's own
-    epochs: int = 40
+    epochs: int = 50
     batch_size: int = 64
     optimizer: str = "adamw"           # adamw | sgd
     lr: float = 2e-3
     weight_decay: float = 0.05
     warmup_epochs: float = 2.0
     label_smoothing: float = 0.1
-    balance: str = "weighted_loss"     # weighted_loss | sampler | none
-    ema_decay: float = 0.0             # 0 turns EMA off
-    patience: int = 10                 # early stopping on validation macro-F1; 0 turns it off
+    balance: str = "sampler"           # sampler (balanced batches) | weighted_loss | none
+    ema_decay: float = 0.998           # 0 turns EMA off
+    patience: int = 15                 # early stopping on validation macro-F1; 0 turns it off
     merge_near_duplicates: bool = True  # one cell photographed twice stays on one side of the split
     val_frac: float = 0.15
     test_frac: float = 0.15

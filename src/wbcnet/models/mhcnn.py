@@ -75,7 +75,7 @@ class MHCNN(nn.Module):
 
     def __init__(self, num_classes: int = 5, img_size: int = 112, widths=(24, 64, 128, 192), depth: int = 2,
                  heads: int = 6, mlp_ratio: float = 2.0, dropout: float = 0.2, attn_dropout: float = 0.0,
-                 image_norm: bool = False):
+                 image_norm: bool = True):
         super().__init__()
         # Standardise each image's channels by its own mean and std: a global colour cast from another
         # stain, camera or white balance is a per-channel affine change, and this cancels it.
