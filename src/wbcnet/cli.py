@@ -156,7 +156,8 @@ def cmd_demo(args) -> int:
         truth = [Path(p).parent.name for p in paths]
         acc = sum(r["predicted"] == t for r, t in zip(rows, truth)) / max(1, len(rows))
         print(f"shipped model on the {len(rows)} sample cells: accuracy {acc:.4f} "
-              f"-> {out / 'shipped_model_predictions.csv'}")
+              f"-> {out / 'shipped_model_predictions.csv'}\n  (the sample comes from the images it was trained on: "
+              f"this shows it runs, not how good it is; MODEL_CARD.md has held-out scores)")
     print(f"\nresults in {out.resolve()}:")
     for p in sorted((run / "test").iterdir()):
         print(f"  {p}")

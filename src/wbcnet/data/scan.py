@@ -108,7 +108,11 @@ def scan_csv(manifest, classes: list[str] | None = None, split: str | None = Non
     for r in rows:
         label = r["label"].strip()
         p = Path(r["path"])
-        p = p if p.is_absolute() else manifest.parent / p
+        if not p.is_absolute():
+            beside = manifest.parent / p
+            # Relative to the manifest; but a run's split.csv holds paths as training was given
+            # them (relative to where it ran), so fall back to the working directory.
+            p = beside if beside.exists() or not p.exists() else p
         if label not in index:
             unknown.add(label)
             continue
