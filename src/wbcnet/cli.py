@@ -274,7 +274,7 @@ def main(argv=None) -> int:
         print(f"wbcnet {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted" + (f"; resume with: wbcnet train --resume <run folder>" if args.command == "train" else ""),
+        print("\ninterrupted" + ("; resume with: wbcnet train --resume <run folder>" if args.command == "train" else ""),
               file=sys.stderr)
         return 130
 

@@ -53,13 +53,6 @@ def predict_logits(model: torch.nn.Module, images: np.ndarray, mean, std, batch_
     return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
 
 
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = logits / temperature
-    z = z - z.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
-
-
 def write_evaluation(out, paths: list[str], y_true: np.ndarray, probs: np.ndarray, classes: list[str],
                      title: str | None = None, run_dir=None, extra: dict | None = None, *,
                      logits: np.ndarray | None = None, temperature: float = 1.0, images: np.ndarray | None = None,
@@ -134,7 +127,7 @@ def evaluate_samples(model, meta: dict, samples: list[Sample], out, title=None, 
         raise ValueError("no readable images to evaluate")
     logits = predict_logits(model, images, meta["mean"], meta["std"], batch_size, bf16)
     temperature = float(meta.get("temperature", 1.0))
-    probs = softmax(logits, temperature)
+    probs = cal.softmax(logits, temperature)
     y_true = np.array([s.label for s in samples], dtype=np.int64)
     paths = [s.path for s in samples]
     figures = explain.write_explanations(model, meta, images, y_true, probs, out) if explain_maps else {}

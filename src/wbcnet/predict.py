@@ -10,7 +10,8 @@ import numpy as np
 
 from .data.cache import decode_images
 from .data.imageio import is_candidate
-from .evaluate import predict_logits, softmax
+from .calibration import softmax
+from .evaluate import predict_logits
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[str], list[tuple[str, str]]]:

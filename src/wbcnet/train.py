@@ -26,7 +26,7 @@ from .data.augment import augment_batch, normalize
 from .data.cache import cached_decode
 from .data.scan import Sample, scan
 from .data.split import SPLITS, grouped_split, merge_linked_groups, read_split, write_split
-from .evaluate import evaluate_samples, predict_logits, softmax, use_bf16
+from .evaluate import evaluate_samples, predict_logits, use_bf16
 from .metrics import macro_f1
 from .models import create_model, default_img_size
 

@@ -14,7 +14,6 @@ reference's 40,464,053 (0.003% apart).
 """
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 
 
