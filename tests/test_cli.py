@@ -1,6 +1,7 @@
 """The CLI end to end on the bundled sample cells."""
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -107,10 +108,19 @@ def test_demo_writes_metrics_and_matrix(tmp_path):
     assert str(tmp_path / "demo") in proc.stdout
 
 
-def test_root_scripts_are_thin_wrappers():
-    for script in ("train.py", "evaluate.py", "plot_confusion_matrix.py"):
+# Each wrapper's subcommand, and a word of help text that only that subcommand's --help shows.
+WRAPPERS = {"train.py": ("train", "--resume"), "evaluate.py": ("evaluate", "--bootstrap"),
+            "plot_confusion_matrix.py": ("plot-confusion", "source")}
+
+
+def test_root_scripts_are_thin_wrappers_of_their_own_subcommand():
+    for script, (command, marker) in WRAPPERS.items():
         proc = subprocess.run([sys.executable, str(REPO / script), "--help"], capture_output=True, text=True)
-        assert proc.returncode == 0 and "usage" in proc.stdout
+        assert proc.returncode == 0, proc.stderr
+        assert re.match(rf"usage: \S+ {command} ", proc.stdout), f"{script} does not reach {command}:\n{proc.stdout}"
+        others = [m for s, (_, m) in WRAPPERS.items() if s != script]
+        words = set(re.findall(r"[\w-]+", proc.stdout))
+        assert marker in words and not words & set(others), f"{script} shows another command's help"
 
 
 def test_evaluate_one_split_of_a_run(trained_run, tmp_path, capsys):
