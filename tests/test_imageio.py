@@ -1,3 +1,7 @@
+import struct
+import subprocess
+import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +66,44 @@ def test_huge_image_is_refused(tmp_path, monkeypatch):
     Image.new("RGB", (200, 200)).save(tmp_path / "big.png")
     with pytest.raises(ImageReadError, match="too large"):
         load_rgb(tmp_path / "big.png", 64)
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG of a few dozen bytes whose header claims width x height RGB pixels: what a
+    decompression bomb or a corrupt header hands the decoder."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8 bits, RGB, no interlace
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+            + chunk(b"IEND", b""))
+
+
+# Run in a fresh interpreter whose address space is capped a little above what it uses after the
+# imports, so that allocating the claimed 1.2 GB would fail with MemoryError instead of passing.
+REFUSE_UNDER_MEMORY_CAP = """
+import resource, sys
+from wbcnet.data.imageio import ImageReadError, load_rgb
+used = int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmSize:"))) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (used + 256 * 2**20, resource.getrlimit(resource.RLIMIT_AS)[1]))
+try:
+    load_rgb(sys.argv[1], 64)
+except ImageReadError as e:
+    print("refused:", e.reason)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux's /proc to cap the address space")
+def test_a_real_20000_px_header_is_refused_without_allocating_it(tmp_path):
+    path = tmp_path / "bomb.png"
+    path.write_bytes(png_claiming(20_000, 20_000))
+    assert path.stat().st_size < 100
+    proc = subprocess.run([sys.executable, "-c", REFUSE_UNDER_MEMORY_CAP, str(path)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and "refused: image too large" in proc.stdout, proc.stdout + proc.stderr
+    with pytest.raises(ImageReadError, match="too large") as err:
+        load_rgb(path, 64)
+    assert str(path) in str(err.value)
 
 
 def test_resize_is_square_and_draft_decoding_stays_close(tmp_path):
