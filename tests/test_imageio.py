@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from wbcnet.data import imageio
-from wbcnet.data.imageio import ImageReadError, load_rgb
+from wbcnet.data.imageio import ImageReadError, image_info, load_rgb
 from wbcnet.data.scan import scan
 
 from conftest import sample_paths, write_bad_files
@@ -83,7 +83,7 @@ def png_claiming(width: int, height: int) -> bytes:
 # imports, so that allocating the claimed 1.2 GB would fail with MemoryError instead of passing.
 REFUSE_UNDER_MEMORY_CAP = """
 import resource, sys
-from wbcnet.data.imageio import ImageReadError, load_rgb
+from wbcnet.data.imageio import ImageReadError, image_info, load_rgb
 used = int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmSize:"))) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (used + 256 * 2**20, resource.getrlimit(resource.RLIMIT_AS)[1]))
 try:
@@ -104,6 +104,16 @@ def test_a_real_20000_px_header_is_refused_without_allocating_it(tmp_path):
     with pytest.raises(ImageReadError, match="too large") as err:
         load_rgb(path, 64)
     assert str(path) in str(err.value)
+
+
+def test_image_info_reads_the_header_as_stored(tmp_path):
+    write_bad_files(tmp_path)
+    assert image_info(tmp_path / "exif_rotated.jpg") == (150, 224, "RGB", "JPEG")  # not turned
+    assert image_info(tmp_path / "sixteen.png")[2:] == ("I;16", "PNG")
+    (tmp_path / "bomb.png").write_bytes(png_claiming(20_000, 20_000))
+    for name, reason in (("empty.jpg", "empty"), ("text.png", "not an image"), ("bomb.png", "too large")):
+        with pytest.raises(ImageReadError, match=reason):
+            image_info(tmp_path / name)
 
 
 def test_resize_is_square_and_draft_decoding_stays_close(tmp_path):

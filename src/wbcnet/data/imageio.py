@@ -3,7 +3,8 @@
 Every image that enters wbcnet, for training, evaluation or prediction, comes through
 `load_rgb`: it turns whatever a microscope or a user hands us (JPEG, PNG, TIFF, BMP; grayscale,
 RGBA, palette, CMYK, 16-bit; EXIF-rotated; huge) into an RGB uint8 array of a fixed size,
-or raises `ImageReadError` with a one-line reason.
+or raises `ImageReadError` with a one-line reason. `image_info` reads only a file's header, for
+reports of what is on disk (the audit's sizes, modes and formats).
 """
 from __future__ import annotations
 
@@ -105,3 +106,26 @@ def load_rgb(path, size: int | None = None) -> np.ndarray:
     if arr.shape[0] != size:
         arr = np.asarray(Image.fromarray(arr).resize((size, size), Image.Resampling.LANCZOS))
     return arr
+
+
+def image_info(path) -> tuple[int, int, str, str]:
+    """(width, height, mode, format) of `path` as stored on disk, from its header alone: no pixel
+    data is decoded and no EXIF rotation applied, so it is cheap for any size. Raises
+    `ImageReadError` when the header cannot be read."""
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise ImageReadError(path, "empty file (0 bytes)")
+        # No warnings.catch_warnings() here: it is not thread-safe, and the audit reads in threads.
+        with Image.open(path) as img:
+            return img.width, img.height, img.mode, img.format or "?"
+    except ImageReadError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageReadError(path, "not an image file PIL can read") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageReadError(path, "image too large (decompression bomb guard)") from None
+    except OSError as e:
+        raise ImageReadError(path, str(e) or type(e).__name__) from None
+    except (ValueError, SyntaxError) as e:  # broken headers
+        raise ImageReadError(path, f"corrupt image ({e})") from None
