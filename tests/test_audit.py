@@ -7,7 +7,10 @@ and broken files.
 import csv
 import io
 import json
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -144,9 +147,12 @@ def test_counts_sizes_and_modes(messy):
 def test_report_files_are_self_contained(messy, tmp_path):
     json_path, html_path = write_audit(messy["result"], tmp_path / "out")
     assert json.loads(json_path.read_text())["n_images"] == 331
-    page = html_path.read_text()
-    assert "data:image/jpeg;base64," in page  # pair thumbnails are embedded
-    assert "http://" not in page and "https://" not in page and "<link" not in page and "<script" not in page
+    page = html_path.read_text(encoding="utf-8")
+    assert page.count('<img class="thumb" src="data:image/jpeg;base64,') == 2 * 30  # pair thumbnails embedded
+    # Self-contained: no address outside the file, no script; the one <link> is the empty inline icon.
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", page, re.I)
+    assert "http://" not in page and "https://" not in page and "<script" not in page.lower()
+    assert re.findall(r"<link[^>]*>", page) == ['<link rel="icon" href="data:,">']
     table = format_table(messy["result"])
     assert "near-duplicates within the set: 30 pair(s)" in table
     assert "text.png" in table
@@ -214,3 +220,12 @@ def test_raabin_basophils_are_flagged_by_colour_and_only_they(tmp_path):
     result = run_audit(manifest, progress=False)
     assert result["colour"]["shortcut"]["flagged"] == ["Basophil"]
     assert result["colour"]["shortcut"]["classes"]["Basophil"]["auc"] > 0.95
+
+
+def test_the_near_duplicate_engine_stands_alone():
+    """Training imports it: it must not pull in the audit, the report, scikit-learn or matplotlib."""
+    code = ("import sys, wbcnet.data.near_duplicates; "
+            "print(sorted(m for m in ('wbcnet.audit', 'wbcnet.report', 'wbcnet.htmlpage', 'sklearn', 'matplotlib') "
+            "if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr

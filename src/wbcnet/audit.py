@@ -22,10 +22,7 @@ thumbnails read here; its docstring says how, and what it does not catch.
 """
 from __future__ import annotations
 
-import base64
 import hashlib
-import html
-import io
 import json
 import time
 from collections import Counter
@@ -34,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
+from . import htmlpage
 from .data import near_duplicates
 from .data.cache import default_workers
 from .data.imageio import ImageReadError, image_info, load_rgb
@@ -126,8 +123,8 @@ def write_audit(result: dict, out_dir) -> tuple[Path, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, html_path = out_dir / "audit.json", out_dir / "audit.html"
-    json_path.write_text(json.dumps(result, indent=2))
-    html_path.write_text(_render_html(result))
+    json_path.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    html_path.write_text(_render_html(result), encoding="utf-8")
     return json_path, html_path
 
 
@@ -489,69 +486,38 @@ def _duplicate_lines(where: str, exact: list[dict], near: list[dict], summary: d
     return lines
 
 
-def _thumbnail_uri(path: str, size: int = 96) -> str:
-    """A small JPEG data URI of the image, or '' when it cannot be read any more."""
-    try:
-        arr = load_rgb(path, size)
-    except (ImageReadError, OSError):
-        return ""
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, "JPEG", quality=85)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-_CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 75em; }
-h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.6em; border-bottom: 1px solid #ccc; }
-table { border-collapse: collapse; margin: .5em 0; } td, th { padding: .25em .7em; border-bottom: 1px solid #eee; }
-td.num, td.pair, td.swatch { white-space: nowrap; }
-th { text-align: left; background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
-.warn { background: #fff3cd; border-left: 4px solid #e0a800; padding: .4em .8em; margin: .3em 0; }
-.flag { color: #b00020; font-weight: bold; } .swatch { display: inline-block; width: 1.2em; height: 1.2em;
-  vertical-align: middle; border: 1px solid #999; } .pair img { width: 96px; height: 96px; margin-right: 4px; }
-.small { color: #666; font-size: .85em; } code { word-break: break-all; }
-"""
-
-
 def _render_html(result: dict) -> str:
-    esc = html.escape
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>wbcnet audit</title><style>{_CSS}</style>"
-             f"</head><body><h1>Audit of <code>{esc(result['root'])}</code></h1>",
+    esc = htmlpage.escape
+    parts = [f"<h1>Audit of <code>{esc(result['root'])}</code></h1>",
              f"<p>{result['n_images']} readable images, {len(result['classes'])} classes, {result['n_files']} files; "
              f"{result['seconds']} s.</p>"]
     if result["warnings"]:
-        parts.append("<h2>Warnings</h2>" + "".join(f"<div class='warn'>{esc(w)}</div>" for w in result["warnings"]))
+        parts.append("<h2>Warnings</h2>" + "".join(f'<div class="warn">{esc(w)}</div>' for w in result["warnings"]))
 
-    parts.append("<h2>Classes and colour</h2><table><tr><th>class</th><th>images</th><th>share</th><th>mean RGB</th>"
-                 "<th>background RGB</th><th>hue</th><th>saturation</th><th>background AUC</th>"
-                 "<th>background d (R/G/B)</th><th></th></tr>")
+    parts.append("<h2>Classes and colour</h2>")
+    rows = []
     for c in result["classes"]:
         col = result["colour"]["per_class"].get(c)
         v = result["colour"]["shortcut"]["classes"].get(c, {})
-        auc_text = "-" if v.get("auc") is None else f"{v['auc']:.3f}"
-        parts.append(
-            f"<tr><td>{esc(c)}</td><td class='num'>{result['class_counts'][c]}</td>"
-            f"<td class='num'>{result['class_share'][c]:.1%}</td>"
-            f"<td class='swatch'>{_swatch(col['mean_rgb']) if col else '-'}</td>"
-            f"<td class='swatch'>{_swatch(col['background_rgb']) if col else '-'}</td>"
-            f"<td class='num'>{col['mean_hue_deg'] if col else '-'}</td>"
-            f"<td class='num'>{col['mean_saturation'] if col else '-'}</td>"
-            f"<td class='num'>{auc_text}</td>"
-            f"<td class='num'>{' / '.join(f'{d:+.2f}' for d in v.get('background_effect_rgb', []))}</td>"
-            f"<td class='flag'>{'shortcut' if v.get('flagged') else ''}</td></tr>")
+        rows.append([esc(c), str(result["class_counts"][c]), f"{result['class_share'][c]:.1%}",
+                     _swatch(col["mean_rgb"]) if col else "-", _swatch(col["background_rgb"]) if col else "-",
+                     str(col["mean_hue_deg"]) if col else "-", str(col["mean_saturation"]) if col else "-",
+                     "-" if v.get("auc") is None else f"{v['auc']:.3f}",
+                     " / ".join(f"{d:+.2f}" for d in v.get("background_effect_rgb", [])),
+                     '<span class="flag">shortcut</span>' if v.get("flagged") else ""])
+    parts.append(htmlpage.table(["class", "images", "share", "mean RGB", "background RGB", "hue", "saturation",
+                                 "background AUC", "background d (R/G/B)", ""], rows, text_cols=(0, 3, 4, 9)))
     ratio = result["imbalance_ratio"]
-    parts.append(f"</table><p>Imbalance (largest / smallest class): {'inf' if ratio is None else f'{ratio:.1f}'}.</p>"
-                 f"<p class='small'>{esc(result['colour']['shortcut']['criterion'])}</p>")
+    parts.append(f"<p>Imbalance (largest / smallest class): {'inf' if ratio is None else f'{ratio:.1f}'}.</p>"
+                 f'<p class="note">{esc(result["colour"]["shortcut"]["criterion"])}</p>')
 
     parts.append(f"<h2>Files</h2><p>{len(result['unreadable'])} unreadable, {len(result['skipped'])} skipped.</p>")
     if result["unreadable"] or result["skipped"]:
-        parts.append("<table><tr><th>file</th><th>reason</th></tr>" + "".join(
-            f"<tr><td><code>{esc(x['path'])}</code></td><td>{esc(x['reason'])}</td></tr>"
-            for x in result["unreadable"] + result["skipped"]) + "</table>")
-    parts.append("<table><tr><th>size</th><th>images</th></tr>" + "".join(
-        f"<tr><td>{s['width']} x {s['height']}</td><td class='num'>{s['count']}</td></tr>"
-        for s in result["sizes"][:20])
-        + "</table>")
+        parts.append(htmlpage.table(["file", "reason"], [[f"<code>{esc(x['path'])}</code>", esc(x["reason"])]
+                                                         for x in result["unreadable"] + result["skipped"]],
+                                    text_cols=(0, 1)))
+    parts.append(htmlpage.table(["size", "images"], [[f"{s['width']} x {s['height']}", str(s["count"])]
+                                                     for s in result["sizes"][:20]]))
     parts.append("<p>Modes: " + esc(", ".join(f"{m} ({n})" for m, n in result["modes"].items())) + ". Formats: "
                  + esc(", ".join(f"{f} ({n})" for f, n in result["formats"].items())) + ".</p>")
 
@@ -563,38 +529,38 @@ def _render_html(result: dict) -> str:
         parts.append(f"<h2>Duplicates shared with <code>{esc(a['root'])}</code></h2>"
                      f"<p>{a['n_images']} images there, {len(a['unreadable'])} unreadable.</p>")
         parts.append(_html_duplicates(a["exact_duplicates"], a["near_duplicates"], a["near_duplicate_summary"]))
-    parts.append(f"<p class='small'>Near-duplicate score: best normalised correlation of band-passed polar "
+    parts.append(f'<p class="note">Near-duplicate score: best normalised correlation of band-passed polar '
                  f"thumbnails (ring means removed) over all rotations, mirror states and radial scales "
                  f"{result['settings']['radial_scales']}; "
-                 f"pairs scoring &ge; {NEAR_DUPLICATE_MIN_SCORE} are reported.</p></body></html>")
-    return "\n".join(parts)
+                 f"pairs scoring &ge; {NEAR_DUPLICATE_MIN_SCORE} are reported.</p>")
+    return htmlpage.page("wbcnet audit", "\n".join(parts))
 
 
 def _swatch(rgb) -> str:
     colour = ",".join(str(int(round(x))) for x in rgb)
-    return f"<span class='swatch' style='background: rgb({colour})'></span> {_rgb_text(rgb)}"
+    square = f'<span class="swatch" style="background: rgb({colour})"></span>'
+    return f'<span class="nowrap">{square} {_rgb_text(rgb)}</span>'
 
 
 def _html_duplicates(exact: list[dict], near: list[dict], summary: dict) -> str:
-    esc = html.escape
+    esc = htmlpage.escape
     parts = [f"<p>{len(exact)} group(s) of byte-identical files; {summary['pairs']} near-duplicate pair(s) over "
              f"{summary['images']} images ({summary['different_group']} across field-of-view groups, "
              f"{summary['different_class']} across classes).</p>"]
     if exact:
-        parts.append("<table><tr><th>identical files</th></tr>" + "".join(
-            f"<tr><td><code>{esc(' = '.join(g['paths'] + g.get('against_paths', [])))}</code></td></tr>" for g in exact)
-            + "</table>")
+        groups = [" = ".join(g["paths"] + g.get("against_paths", [])) for g in exact]
+        parts.append(htmlpage.table(["identical files"], [[f"<code>{esc(g)}</code>"] for g in groups]))
     if near:
-        parts.append("<table><tr><th>pair</th><th>score</th><th>files</th></tr>")
+        rows = []
         for p in near[:HTML_MAX_PAIRS]:
-            uris = (_thumbnail_uri(p["a"]), _thumbnail_uri(p["b"]))
-            imgs = "".join(f"<img src='{uri}' alt=''>" for uri in uris if uri)
-            parts.append(f"<tr><td class='pair'>{imgs}</td><td class='num'>{p['score']:.3f}</td>"
-                         f"<td><code>{esc(p['a'])}</code> ({esc(p['class_a'])})<br><code>{esc(p['b'])}</code> "
-                         f"({esc(p['class_b'])})</td></tr>")
-        parts.append("</table>")
+            uris = (htmlpage.thumbnail_uri(p["a"]), htmlpage.thumbnail_uri(p["b"]))
+            imgs = "".join(f'<img class="thumb" src="{uri}" alt="">' for uri in uris if uri)
+            rows.append([f'<span class="nowrap">{imgs}</span>', f"{p['score']:.3f}",
+                         f"<code>{esc(p['a'])}</code> ({esc(p['class_a'])})<br>"
+                         f"<code>{esc(p['b'])}</code> ({esc(p['class_b'])})"])
+        parts.append(htmlpage.table(["pair", "score", "files"], rows, text_cols=(0, 2)))
         if len(near) > HTML_MAX_PAIRS:
-            parts.append(f"<p class='small'>{len(near) - HTML_MAX_PAIRS} more pairs in audit.json.</p>")
+            parts.append(f'<p class="note">{len(near) - HTML_MAX_PAIRS} more pairs in audit.json.</p>')
     return "".join(parts)
 
 

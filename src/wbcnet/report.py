@@ -1,40 +1,19 @@
 """One self-contained report.html per evaluation: every number and picture in one file.
 
 Pictures are embedded as base64 data URIs, so the file can be mailed or archived on its own and
-opens offline; there is no script, no external stylesheet, font or URL.
+opens offline; there is no script, no external stylesheet, font or URL (htmlpage.py makes sure).
 """
 from __future__ import annotations
 
-import base64
-import html
 from datetime import datetime
 from pathlib import Path
 
 from . import __version__
-
-CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0 auto; max-width: 1200px;
-       padding: 1.2em 2em 3em; color: #222; line-height: 1.45; }
-h1 { margin-bottom: 0.1em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; padding-bottom: 0.2em; }
-.sub { color: #666; margin-top: 0; }
-table { border-collapse: collapse; margin: 0.6em 0 1em; font-size: 0.93em; }
-th, td { border: 1px solid #d8d8d8; padding: 0.3em 0.7em; text-align: right; }
-th { background: #f3f5f7; } th.t { text-align: left; }
-td.ci { color: #555; font-size: 0.9em; } td.t { text-align: left; }
-dl { display: grid; grid-template-columns: max-content auto; gap: 0.2em 1.2em; }
-dt { font-weight: 600; } dd { margin: 0; word-break: break-all; }
-figure { margin: 0.8em 0 1.4em; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
-figcaption { color: #555; font-size: 0.9em; margin-top: 0.3em; }
-.note { color: #666; font-style: italic; }
-nav a { margin-right: 1em; }
-"""
+from .htmlpage import escape as _e
+from .htmlpage import page, png_uri, table
 
 SECTIONS = [("data", "Data"), ("metrics", "Metrics"), ("confusion", "Confusion"), ("calibration", "Calibration"),
             ("selective", "Selective prediction"), ("errors", "Errors"), ("explain", "Where it looked")]
-
-
-def _e(value) -> str:
-    return html.escape(str(value), quote=True)
 
 
 def _fmt(value, digits: int = 4) -> str:
@@ -45,26 +24,11 @@ def _ci(interval) -> str:
     return f"[{interval[0]:.4f}, {interval[1]:.4f}]" if interval else "n/a"
 
 
-def data_uri(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
-
-
 def _figure(path, alt: str, caption: str = "") -> str:
     if path is None or not Path(path).exists():
         return f'<p class="note">{_e(alt)}: not produced for this evaluation.</p>'
     cap = f"<figcaption>{caption}</figcaption>" if caption else ""
-    return f'<figure><img src="{data_uri(path)}" alt="{_e(alt)}">{cap}</figure>'
-
-
-def _table(header: list[str], rows: list[list[str]], ci_cols: tuple[int, ...] = (),
-           text_cols: tuple[int, ...] = (0,)) -> str:
-    """Cells are HTML already (escape names before). Numbers align right, `text_cols` left."""
-    def cls(j):
-        return ' class="ci"' if j in ci_cols else ' class="t"' if j in text_cols else ""
-
-    head = "".join(f"<th{cls(j)}>{_e(h)}</th>" for j, h in enumerate(header))
-    body = "".join("<tr>" + "".join(f"<td{cls(j)}>{c}</td>" for j, c in enumerate(r)) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<figure><img src="{png_uri(path)}" alt="{_e(alt)}">{cap}</figure>'
 
 
 def render_report(metrics: dict, figures: dict[str, Path | None], title: str | None = None) -> str:
@@ -90,8 +54,8 @@ def render_report(metrics: dict, figures: dict[str, Path | None], title: str | N
         parts.append(f"<dt>{_e(label)}</dt><dd>{_e(value if value is not None else 'not recorded')}</dd>")
     parts.append("</dl>")
     support = [metrics["per_class"][c]["support"] for c in classes]
-    parts.append(_table(["class", "cells", "share"],
-                        [[_e(c), str(s), f"{s / max(metrics['n'], 1):.1%}"] for c, s in zip(classes, support)]))
+    parts.append(table(["class", "cells", "share"],
+                       [[_e(c), str(s), f"{s / max(metrics['n'], 1):.1%}"] for c, s in zip(classes, support)]))
     if metrics.get("absent_classes"):
         parts.append(f'<p class="note">No cells of {_e(", ".join(metrics["absent_classes"]))}: '
                      "their rows stay empty and macro averages leave them out.</p>")
@@ -102,15 +66,15 @@ def render_report(metrics: dict, figures: dict[str, Path | None], title: str | N
         ("accuracy", "accuracy"), ("balanced accuracy (mean recall)", "balanced_accuracy"), ("macro-F1", "macro_f1"))]
     rows.append(["weighted F1", _fmt(metrics.get("weighted_f1")), ""])
     rows.append([f"ECE ({cal.get('n_bins', 15)} bins, top label)", _fmt(metrics.get("ece")), ""])
-    parts.append(_table(["metric", "value", "95% CI"], rows, ci_cols=(2,)))
+    parts.append(table(["metric", "value", "95% CI"], rows, muted_cols=(2,)))
     pc_ci = ci.get("per_class", {})
     rows = []
     for c in classes:
         m, iv = metrics["per_class"][c], pc_ci.get(c, {})
         rows.append([_e(c), str(m["support"]), _fmt(m["precision"]), _ci(iv.get("precision")), _fmt(m["recall"]),
                      _ci(iv.get("recall")), _fmt(m["f1"]), _ci(iv.get("f1"))])
-    parts.append(_table(["class", "cells", "precision", "95% CI", "recall", "95% CI", "F1", "95% CI"], rows,
-                        ci_cols=(3, 5, 7)))
+    parts.append(table(["class", "cells", "precision", "95% CI", "recall", "95% CI", "F1", "95% CI"], rows,
+                       muted_cols=(3, 5, 7)))
     parts.append(_figure(figures.get("per_class"), "per-class precision, recall and F1",
                          "Error bars: the bootstrap intervals above."))
     parts.append(_figure(figures.get("training_curves"), "training curves",
@@ -124,9 +88,9 @@ def render_report(metrics: dict, figures: dict[str, Path | None], title: str | N
     top = metrics.get("top_confusions", [])
     if top:
         parts.append("<h3>Most frequent confusions</h3>")
-        parts.append(_table(["true", "predicted as", "cells", "share of the true class"],
-                            [[_e(t["true"]), _e(t["predicted"]), str(t["count"]), f"{t['share_of_true']:.1%}"]
-                             for t in top], text_cols=(0, 1)))
+        parts.append(table(["true", "predicted as", "cells", "share of the true class"],
+                           [[_e(t["true"]), _e(t["predicted"]), str(t["count"]), f"{t['share_of_true']:.1%}"]
+                            for t in top], text_cols=(0, 1)))
     else:
         parts.append('<p class="note">No confusions: every cell was classified correctly.</p>')
 
@@ -149,8 +113,8 @@ def render_report(metrics: dict, figures: dict[str, Path | None], title: str | N
                  "(<code>wbcnet predict --min-confidence</code>):</p>")
     sel = metrics.get("selective", [])
     if sel:
-        parts.append(_table(["coverage", "accuracy", "min confidence"],
-                            [[f"{r['coverage']:.0%}", _fmt(r["accuracy"]), _fmt(r["min_confidence"], 3)] for r in sel]))
+        parts.append(table(["coverage", "accuracy", "min confidence"],
+                           [[f"{r['coverage']:.0%}", _fmt(r["accuracy"]), _fmt(r["min_confidence"], 3)] for r in sel]))
     parts.append(_figure(figures.get("coverage"), "coverage against accuracy"))
 
     # Errors and explanations
@@ -171,13 +135,7 @@ def render_report(metrics: dict, figures: dict[str, Path | None], title: str | N
     if top:
         parts.append(_figure(figures.get("explain_errors"), "Grad-CAM and attention for the most confident mistakes"))
 
-    body = "\n".join(parts)
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            # An empty inline icon: otherwise the browser asks for /favicon.ico and logs a 404.
-            f'<link rel="icon" href="data:,">'
-            f"<title>wbcnet report: {_e(heading)}</title><style>{CSS}</style></head>\n"
-            f"<body>\n{body}\n</body></html>\n")
+    return page(f"wbcnet report: {heading}", "\n".join(parts))
 
 
 def write_report(out, metrics: dict, figures: dict[str, Path | None], title: str | None = None) -> Path:
