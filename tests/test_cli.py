@@ -97,7 +97,9 @@ def test_models_lists_ours(capsys):
 
 def test_bad_data_folder_is_a_one_line_error(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r"), "--no-progress"]) == 2
-    assert "not a folder" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "nope: no such folder" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()  # a failed start leaves no half-made run folder
 
 
 def test_demo_writes_metrics_and_matrix(tmp_path):

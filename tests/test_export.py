@@ -1,4 +1,6 @@
 """ONNX export and the onnxruntime predict backend, on a small untrained model (seconds)."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -6,8 +8,9 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from wbcnet.checkpoint import load_model, save_checkpoint  # noqa: E402
-from wbcnet.evaluate import predict_logits  # noqa: E402
+from wbcnet.checkpoint import load_model, new_meta, save_checkpoint  # noqa: E402
+from wbcnet.errors import WbcnetError  # noqa: E402
+from wbcnet.inference import predict_logits  # noqa: E402
 from wbcnet.export import export_onnx, onnx_backend  # noqa: E402
 from wbcnet.models import create_model  # noqa: E402
 from wbcnet.predict import expand_inputs, predict_paths  # noqa: E402
@@ -22,8 +25,7 @@ def make_checkpoint(folder, name="mhcnn", size=64, seed=0):
     torch.manual_seed(seed)
     args = {"img_size": size} if name in ("mhcnn", "seed-mhcnn") else {}
     model = create_model(name, num_classes=len(CLASSES), **args)
-    meta = {"classes": CLASSES, "model": name, "model_args": args, "img_size": size,
-            "mean": [0.68, 0.62, 0.70], "std": [0.18, 0.21, 0.17], "temperature": 1.0}
+    meta = new_meta(CLASSES, name, args, size, [0.68, 0.62, 0.70], [0.18, 0.21, 0.17])
     return save_checkpoint(folder / "best", model, meta)
 
 
@@ -48,7 +50,7 @@ def test_onnx_backend_predicts_the_same_classes_as_torch(exported):
                               progress=False)
     # The torch backend in fp32: on a CPU with bf16 the default path autocasts, and an untrained
     # model's near-tied logits can then flip; the ONNX graph is fp32.
-    torch_fp32 = lambda images: predict_logits(model, images, meta["mean"], meta["std"], 64, bf16=False)  # noqa: E731
+    torch_fp32 = lambda images: predict_logits(model, images, meta.mean, meta.std, 64, bf16=False)  # noqa: E731
     torch_rows = predict_paths(model, meta, paths, backend=torch_fp32, progress=False)
     assert len(onnx_rows) == len(paths) == 300
     assert [r["predicted"] for r in onnx_rows] == [r["predicted"] for r in torch_rows]
@@ -59,14 +61,14 @@ def test_onnx_backend_predicts_the_same_classes_as_torch(exported):
 def test_onnx_backend_errors_are_one_line(exported, tmp_path):
     ckpt, onnx_path, _ = exported
     _, meta = load_model(ckpt)
-    with pytest.raises(FileNotFoundError, match="wbcnet export --format onnx"):
+    with pytest.raises(WbcnetError, match="wbcnet export --format onnx"):
         onnx_backend(tmp_path / "missing.onnx", meta)
     retrained = make_checkpoint(tmp_path, seed=1)  # new weights, the old export would be stale
     _, new_meta = load_model(retrained)
-    with pytest.raises(ValueError, match="other weights"):
+    with pytest.raises(WbcnetError, match="other weights"):
         onnx_backend(onnx_path, new_meta)
-    with pytest.raises(ValueError, match="px"):
-        onnx_backend(onnx_path, dict(meta, img_size=96))
+    with pytest.raises(WbcnetError, match="px"):
+        onnx_backend(onnx_path, dataclasses.replace(meta, img_size=96))
 
 
 @pytest.mark.parametrize("name,size", [pytest.param("seed-mhcnn", 120, marks=pytest.mark.slow), ("resnet18", 64)])

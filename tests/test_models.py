@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from wbcnet.models import create_model, list_models
+from wbcnet.errors import WbcnetError
 
 REFERENCE_PARAMS = 40_464_053
 
@@ -41,12 +42,12 @@ def test_mhcnn_attention_map_is_a_distribution():
 
 
 def test_unknown_model_is_a_clear_error():
-    with pytest.raises(ValueError, match="unknown model"):
+    with pytest.raises(WbcnetError, match="unknown model"):
         create_model("no-such-net")
 
 
 def test_pretrained_must_be_a_local_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="never downloads"):
+    with pytest.raises(WbcnetError, match="never downloads"):
         create_model("resnet18", num_classes=5, pretrained=tmp_path / "missing.safetensors")
 
 

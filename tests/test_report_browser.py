@@ -31,8 +31,8 @@ def evaluation(tmp_path_factory):
     torch.manual_seed(0)
     model = create_model("mhcnn", num_classes=5, img_size=64)
     classes = sorted(d.name for d in SAMPLE.iterdir() if d.is_dir())
-    meta = {"classes": classes, "model": "mhcnn", "model_args": {"img_size": 64}, "img_size": 64,
-            "mean": [0.6, 0.55, 0.65], "std": [0.2, 0.2, 0.2], "temperature": 1.5, "seed": 0}
+    meta = ckpt.new_meta(classes, "mhcnn", {"img_size": 64}, 64, [0.6, 0.55, 0.65], [0.2, 0.2, 0.2],
+                         temperature=1.5, seed=0)
     ckpt.save_checkpoint(tmp / "run" / "best", model, meta)
     (tmp / "run" / "metrics.csv").write_text(
         "epoch,train_loss,train_acc,val_loss,val_acc,val_macro_f1,lr,epoch_s,img_per_s\n"

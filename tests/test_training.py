@@ -6,6 +6,7 @@ import torch
 
 from wbcnet import checkpoint as ckpt
 from wbcnet.config import TrainConfig
+from wbcnet.errors import WbcnetError
 from wbcnet.models import create_model
 from wbcnet.train import fit
 
@@ -24,27 +25,27 @@ def test_checkpoint_round_trip(tmp_path):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model(torch.randn(2, 3, 64, 64)).sum().backward()
     opt.step()
-    meta = {"classes": ["a", "b", "c"], "model": "mhcnn", "model_args": {"img_size": 64}, "img_size": 64,
-            "mean": [0.5] * 3, "std": [0.2] * 3}
+    meta = ckpt.new_meta(["a", "b", "c"], "mhcnn", {"img_size": 64}, 64, [0.5] * 3, [0.2] * 3)
     ckpt.save_checkpoint(tmp_path / "m", model, meta, optimizer=opt)
     loaded, lmeta = ckpt.load_model(tmp_path / "m.safetensors")
     x = torch.randn(2, 3, 64, 64)
     assert torch.equal(model(x), loaded(x))
-    assert lmeta["classes"] == ["a", "b", "c"]
+    assert lmeta.classes == ["a", "b", "c"]
     tensors, saved = ckpt.read_checkpoint(tmp_path / "m")
     opt2 = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    ckpt.optimizer_from_parts(opt2, tensors, saved["optimizer"])
+    ckpt.optimizer_from_parts(opt2, tensors, saved.optimizer)
     s1, s2 = opt.state_dict()["state"], opt2.state_dict()["state"]
     assert all(torch.equal(s1[k]["exp_avg"], s2[k]["exp_avg"]) for k in s1)
     assert not list(tmp_path.glob(".*tmp"))  # atomic writes leave nothing behind
 
 
 def test_checkpoint_errors_are_clear(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(WbcnetError, match="not found"):
         ckpt.read_checkpoint(tmp_path / "nope.safetensors")
     (tmp_path / "bad.safetensors").write_bytes(b"garbage")
-    (tmp_path / "bad.json").write_text("{}")
-    with pytest.raises(ValueError, match="bad.safetensors"):
+    (tmp_path / "bad.json").write_text(json.dumps({"classes": ["a"], "model": "mhcnn", "img_size": 64,
+                                                   "mean": [0.5] * 3, "std": [0.2] * 3, "model_args": {}}))
+    with pytest.raises(WbcnetError, match="bad.safetensors"):
         ckpt.read_checkpoint(tmp_path / "bad.safetensors")
 
 
@@ -76,13 +77,14 @@ def test_resume_reproduces_an_uninterrupted_run(tiny_imagefolder, tmp_path):
 def test_a_run_folder_is_never_overwritten(tiny_imagefolder, tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "keep.txt").write_text("x")
-    with pytest.raises(FileExistsError):
+    with pytest.raises(WbcnetError, match="holds a run"):
         fit(small_config(tiny_imagefolder, tmp_path / "run"))
+    assert (tmp_path / "run" / "keep.txt").read_text() == "x"
 
 
 def test_a_requested_class_without_images_is_an_error(tiny_imagefolder, tmp_path):
     (tiny_imagefolder / "Blast").mkdir()
-    with pytest.raises(ValueError, match="Blast"):
+    with pytest.raises(WbcnetError, match="Blast"):
         fit(small_config(tiny_imagefolder, tmp_path / "run"))
 
 

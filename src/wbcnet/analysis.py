@@ -118,10 +118,9 @@ def coverage_table(curve: dict, coverages=(1.0, 0.95, 0.9, 0.8, 0.7, 0.5)) -> li
 
 def plot_coverage(curve: dict, path, title: str | None = None) -> Path:
     """Accuracy against coverage, with the accuracy at full coverage as a reference line."""
-    import matplotlib
+    from .plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     cov, acc = np.asarray(curve["coverage"]), np.asarray(curve["accuracy"])
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
@@ -149,10 +148,9 @@ def plot_coverage(curve: dict, path, title: str | None = None) -> Path:
 def plot_per_class(metrics: dict, path, title: str | None = None) -> Path:
     """Precision, recall and F1 per class as grouped bars, bootstrap intervals as error bars
     (drawn only where metrics['ci'] has them)."""
-    import matplotlib
+    from .plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     classes, per_class = metrics["classes"], metrics["per_class"]
     ci = metrics.get("ci", {}).get("per_class", {})

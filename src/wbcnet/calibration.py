@@ -94,10 +94,9 @@ def format_summary(s: dict, split: str = "validation") -> str:
 def plot_reliability(panels: list[tuple[str, dict]], path) -> Path:
     """One reliability diagram per (title, reliability_bins(...)) side by side: accuracy per
     confidence bin against the diagonal, the gap shaded, and how many cells fall in each bin."""
-    import matplotlib
+    from .plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(2, len(panels), figsize=(4.6 * len(panels), 5.6), squeeze=False,
                              gridspec_kw={"height_ratios": [3, 1]}, sharex=True)

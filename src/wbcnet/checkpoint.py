@@ -2,28 +2,71 @@
 
 A checkpoint is two files side by side, `NAME.safetensors` and `NAME.json`. Tensor keys are
 prefixed by the part they belong to (`model.`, `ema.`, `optim.`), the way torchvision's reference
-scripts keep a checkpoint as a dict of named parts. Both files are written to a temporary name
-and renamed, so an interrupt leaves either the old checkpoint or the new one, never half of one.
+scripts keep a checkpoint as a dict of named parts. The JSON is a `CheckpointMeta`.
+
+Both files are written under temporary names and renamed, the JSON last, and the JSON holds the
+SHA-256 of the weights file: flipped bytes on disk, or an interrupt between the two renames that
+leaves new weights beside old metadata, are caught when the checkpoint is read, never used.
 """
 from __future__ import annotations
 
 import json
-import os
 import subprocess
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from . import __version__
+from .errors import WbcnetError
+from .files import atomic_write
+from .models import create_model, full_model_args
+from .weights import load_tensors, part, save_tensors, sha256_file
 
 SHIPPED = Path(__file__).parent / "assets" / "model"
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+@dataclass
+class CheckpointMeta:
+    """Everything needed to rebuild a model and feed it as it was trained, and where it came from."""
+    classes: list[str]
+    model: str
+    model_args: dict                      # every constructor argument, defaults included
+    img_size: int
+    mean: list[float]                     # input normalisation (after /255)
+    std: list[float]
+    temperature: float = 1.0              # softmax(logits / T), fitted on validation
+    preprocess: dict = field(default_factory=dict)  # how an image becomes the model's input (see data/)
+    sources: list[dict] = field(default_factory=list)  # training data: name, path, images per split
+    seed: int | None = None
+    config: dict | None = None            # the TrainConfig of the run
+    git_commit: str | None = None
+    wbcnet_version: str = __version__
+    best_epoch: int | None = None
+    val_macro_f1: float | None = None
+    val_accuracy: float | None = None
+    calibration: dict | None = None       # ECE/NLL on validation before and after the temperature
+    shift: dict | None = None             # statistics for the unfamiliar-image check
+    adapted_from: dict | None = None      # parent checkpoint and adaptation data, for `adapt`
+    train_state: dict | None = None       # last.* only: epoch, best_f1, since_best, history
+    optimizer: dict | None = None         # last.* only: the non-tensor part of the optimizer state
+    weights_sha256: str | None = None     # of NAME.safetensors; set when saved
+    # Run-time fact, never saved: the .safetensors file this was read from.
+    path: Path | None = field(default=None, compare=False, repr=False, metadata={"saved": False})
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("saved", True)}
+
+    @classmethod
+    def from_dict(cls, d: dict, where="checkpoint") -> "CheckpointMeta":
+        missing = [k for k in ("classes", "model", "img_size", "mean", "std") if k not in d]
+        if missing:
+            raise WbcnetError(f"{where}: not a wbcnet checkpoint (no {', '.join(repr(k) for k in missing)})")
+        known = {f.name for f in fields(cls) if f.metadata.get("saved", True)}
+        d = dict(d)
+        if "data" in d and not d.get("sources"):  # checkpoints before multi-source training
+            d["sources"] = [{"name": "data", "path": d["data"]}]
+        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def git_commit() -> str | None:
@@ -47,33 +90,37 @@ def optimizer_to_parts(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     return tensors, {"param_groups": sd["param_groups"], "plain_state": plain}
 
 
-def optimizer_from_parts(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+def optimizer_from_parts(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], saved: dict) -> None:
     state: dict[int, dict] = {}
     for key, v in tensors.items():
         if key.startswith("optim."):
             _, idx, k = key.split(".", 2)
             state.setdefault(int(idx), {})[k] = v
-    for key, v in meta.get("plain_state", {}).items():
+    for key, v in saved.get("plain_state", {}).items():
         idx, k = key.split(".", 1)
         state.setdefault(int(idx), {})[k] = v
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
 
 
-def save_checkpoint(stem, model: torch.nn.Module, meta: dict, optimizer=None, ema=None) -> Path:
-    """Write STEM.safetensors and STEM.json atomically; returns the .safetensors path."""
+def save_checkpoint(stem, model: torch.nn.Module, meta: CheckpointMeta, optimizer=None, ema=None) -> Path:
+    """Write STEM.safetensors and STEM.json atomically (JSON last); returns the .safetensors path.
+    `meta` is not changed: the saved copy gets the weights' hash and this wbcnet's version."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    meta = dict(meta, wbcnet_version=__version__)
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    saved = meta.to_dict()
+    saved["wbcnet_version"] = __version__
     if ema is not None:
-        tensors.update({f"ema.{k}": v.detach().contiguous().cpu() for k, v in ema.state_dict().items()})
+        tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
     if optimizer is not None:
-        t, m = optimizer_to_parts(optimizer)
-        tensors.update({k: v.contiguous().cpu() for k, v in t.items()})
-        meta["optimizer"] = m
+        t, saved["optimizer"] = optimizer_to_parts(optimizer)
+        tensors.update(t)
     weights, info = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
-    _atomic_write_bytes(weights, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
-    _atomic_write_bytes(info, lambda p: p.write_text(json.dumps(meta, indent=2, default=str)))
+    # The inner block is left first, so the weights are renamed into place before the JSON.
+    with atomic_write(info) as tmp_info, atomic_write(weights) as tmp_weights:
+        save_tensors(tensors, tmp_weights)
+        saved["weights_sha256"] = sha256_file(tmp_weights)
+        tmp_info.write_text(json.dumps(saved, indent=2, default=str))
     return weights
 
 
@@ -81,8 +128,8 @@ def resolve_checkpoint(path=None) -> Path:
     """A run folder (its best checkpoint), a .safetensors or .json file, or None for the shipped model."""
     if path is None:
         if not SHIPPED.with_suffix(".safetensors").exists():
-            raise FileNotFoundError("no --checkpoint given and this install has no shipped model "
-                                    f"({SHIPPED}.safetensors is missing)")
+            raise WbcnetError(f"no --checkpoint given and this install has no shipped model "
+                              f"({SHIPPED}.safetensors is missing)")
         return SHIPPED.with_suffix(".safetensors")
     path = Path(path)
     if path.is_dir():
@@ -90,49 +137,58 @@ def resolve_checkpoint(path=None) -> Path:
     elif path.suffix in (".json", ""):
         path = path.with_suffix(".safetensors")
     if not path.exists():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
+        raise WbcnetError(f"{path}: checkpoint not found")
     if not path.with_suffix(".json").exists():
-        raise FileNotFoundError(f"{path.with_suffix('.json')}: checkpoint metadata missing beside the weights")
+        raise WbcnetError(f"{path.with_suffix('.json')}: checkpoint metadata missing beside the weights")
     return path
 
 
-def read_checkpoint(path) -> tuple[dict[str, torch.Tensor], dict]:
+def read_checkpoint(path=None) -> tuple[dict[str, torch.Tensor], CheckpointMeta]:
+    """Tensors and metadata of a checkpoint, after checking that the weights are the ones the
+    metadata was written for."""
     path = resolve_checkpoint(path)
+    info = path.with_suffix(".json")
     try:
-        tensors = load_file(str(path))
-    except Exception as e:  # safetensors raises its own error types for corrupt headers
-        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
-    try:
-        meta = json.loads(path.with_suffix(".json").read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path.with_suffix('.json')}: not valid JSON ({e})") from None
-    for key in ("classes", "model", "img_size", "mean", "std"):
-        if key not in meta:
-            raise ValueError(f"{path.with_suffix('.json')}: not a wbcnet checkpoint (no '{key}')")
+        raw = json.loads(info.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise WbcnetError(f"{info}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise WbcnetError(f"{info}: not a wbcnet checkpoint (not a JSON object)")
+    meta = CheckpointMeta.from_dict(raw, str(info))
+    if meta.weights_sha256 and sha256_file(path) != meta.weights_sha256:
+        raise WbcnetError(f"{path}: the weights do not match their metadata's checksum (corrupted on disk, or "
+                          f"an interrupted write left weights and {info.name} from different saves)")
+    tensors = load_tensors(path)
+    meta.path = path
     return tensors, meta
 
 
-def part(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    n = len(prefix) + 1
-    return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+def build_model(meta: CheckpointMeta) -> torch.nn.Module:
+    return create_model(meta.model, num_classes=len(meta.classes), **meta.model_args)
 
 
-def read_state_dict(path) -> dict[str, torch.Tensor]:
-    """Plain weights from a local file: safetensors, a wbcnet checkpoint, or a weights-only torch file."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        tensors = load_file(str(path))
-        return part(tensors, "model") or tensors
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def load_model(path=None, use_ema: bool = True):
+def load_model(path=None, use_ema: bool = True) -> tuple[torch.nn.Module, CheckpointMeta]:
     """Rebuild the model a checkpoint describes; returns (model in eval mode, metadata)."""
-    from .models import create_model
-
     tensors, meta = read_checkpoint(path)
-    model = create_model(meta["model"], num_classes=len(meta["classes"]), **meta.get("model_args", {}))
+    model = build_model(meta)
     weights = (part(tensors, "ema") if use_ema else {}) or part(tensors, "model")
-    model.load_state_dict(weights)
-    meta["checkpoint_path"] = str(resolve_checkpoint(path))
+    load_weights(model, weights, meta.path)
     return model.eval(), meta
+
+
+def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], where) -> None:
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        first = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))
+        raise WbcnetError(f"{where}: the weights do not fit the model its metadata describes ({first})") from None
+
+
+def new_meta(classes, model: str, model_args: dict, img_size: int, mean, std, **kw) -> CheckpointMeta:
+    """Metadata for a new model, with every constructor argument written out."""
+    return CheckpointMeta(classes=list(classes), model=model, model_args=full_model_args(model, model_args),
+                          img_size=int(img_size), mean=list(mean), std=list(std), git_commit=git_commit(), **kw)
+
+
+__all__ = ["CheckpointMeta", "SHIPPED", "save_checkpoint", "read_checkpoint", "load_model", "build_model",
+           "resolve_checkpoint", "new_meta", "optimizer_to_parts", "optimizer_from_parts"]

@@ -1,69 +1,156 @@
-"""One config object per training run, saved beside its results as YAML."""
+"""One config object per training run, saved beside its results as YAML.
+
+`TrainConfig` is the single description of a run: the YAML recipe files, the `wbcnet train`
+flags (built from the fields below, so they cannot drift apart) and the run folder's
+config.yaml are all views of it. `validate()` checks values as well as names.
+"""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+import copy
+from dataclasses import MISSING, asdict, dataclass, field, fields
 
 import yaml
 
 from .data.augment import AugmentConfig
+from .errors import WbcnetError
+
+
+def _opt(default, help: str, choices=None, flag: bool = True, **kw):
+    """A config field with what `wbcnet train --help` says about it."""
+    meta = {"help": help, "choices": choices, "flag": flag}
+    if isinstance(default, (dict, list, AugmentConfig)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
 
 
 @dataclass
 class TrainConfig:
-    data: str | None = None            # ImageFolder or CSV manifest
-    val_data: str | None = None        # separate validation set (else split from `data`)
-    test_data: str | None = None       # separate test set (else split from `data`)
-    classes: list[str] | None = None   # default: the class folders found, sorted
-    out: str | None = None             # run folder; default runs/<model>-<timestamp>
-    model: str = "mhcnn"
-    model_args: dict = field(default_factory=dict)
-    pretrained: str | None = None      # local weights file to start from
-    img_size: int | None = None        # default: the model's own
-    epochs: int = 50
-    batch_size: int = 64
-    optimizer: str = "adamw"           # adamw | sgd
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    warmup_epochs: float = 2.0
-    label_smoothing: float = 0.1
-    balance: str = "sampler"           # sampler (balanced batches) | weighted_loss | none
-    ema_decay: float = 0.998           # 0 turns EMA off
-    patience: int = 15                 # early stopping on validation macro-F1; 0 turns it off
-    merge_near_duplicates: bool = True  # one cell photographed twice stays on one side of the split
-    val_frac: float = 0.15
-    test_frac: float = 0.15
-    seed: int = 0
-    bf16: bool | None = None           # None: use where the CPU supports it
-    channels_last: bool | None = None  # None: with bf16
-    threads: int | None = None
-    workers: int | None = None         # decode threads
-    cache_dir: str | None = ".cache/wbcnet"  # None: decode into memory only
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    progress: bool = True
+    data: str | None = _opt(None, "ImageFolder (one folder per class) or CSV manifest path,label[,group]")
+    val_data: str | None = _opt(None, "separate validation set (default: split from --data)")
+    test_data: str | None = _opt(None, "separate test set (default: split from --data)")
+    classes: list[str] | None = _opt(None, "comma-separated class names to train on (default: every class folder)")
+    out: str | None = _opt(None, "new run folder (default runs/<model>-<time>); never overwritten")
+    model: str = _opt("mhcnn", "mhcnn, seed-mhcnn, or a timm model name")
+    model_args: dict = _opt({}, "constructor arguments of the model (YAML only)", flag=False)
+    pretrained: str | None = _opt(None, "local .safetensors weights to start from; never downloaded")
+    img_size: int | None = _opt(None, "training size in pixels (default: the model's, 112 for mhcnn)")
+    epochs: int = _opt(50, "training epochs")
+    batch_size: int = _opt(64, "images per batch")
+    optimizer: str = _opt("adamw", "optimizer", choices=("adamw", "sgd"))
+    lr: float = _opt(2e-3, "peak learning rate (warmup, then cosine decay)")
+    weight_decay: float = _opt(0.05, "weight decay of weights (not of biases and norms)")
+    warmup_epochs: float = _opt(2.0, "linear learning-rate warmup, in epochs")
+    label_smoothing: float = _opt(0.1, "label smoothing of the cross-entropy")
+    balance: str = _opt("sampler", "minority classes: balanced batches (sampler), a class-weighted loss, or nothing",
+                        choices=("sampler", "weighted_loss", "none"))
+    ema_decay: float = _opt(0.998, "exponential moving average of the weights (0: off)")
+    patience: int = _opt(15, "early stopping on validation macro-F1 after this many epochs without gain (0: off)")
+    merge_near_duplicates: bool = _opt(True, "keep one cell photographed twice on one side of the split")
+    val_frac: float = _opt(0.15, "share of the data for validation (when --val is not given)")
+    test_frac: float = _opt(0.15, "share of the data for the test split (when --test is not given)")
+    seed: int = _opt(0, "seed of the split, initialisation, sampling and augmentation")
+    bf16: bool | None = _opt(None, "bf16 autocast (default: where the CPU supports it)")
+    channels_last: bool | None = _opt(None, "channels-last memory layout (default: with bf16)")
+    threads: int | None = _opt(None, "torch threads (default: torch's choice)")
+    workers: int | None = _opt(None, "image decoding threads (default: the cores, up to 8)")
+    cache_dir: str | None = _opt(".cache/wbcnet", "decode cache folder (none: decode into memory only)")
+    augment: AugmentConfig = _opt(AugmentConfig(), "augmentation strengths (YAML only)", flag=False)
+    progress: bool = _opt(True, "progress bars")
+
+    def validate(self) -> "TrainConfig":
+        """Raise WbcnetError naming the first bad value and what is allowed; returns self."""
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value not in choices:
+                raise WbcnetError(f"{f.name}: {value!r} is not one of {', '.join(choices)}")
+        positive = ("epochs", "batch_size", "lr")
+        for name in positive:
+            if not _is_number(getattr(self, name)) or getattr(self, name) <= 0:
+                raise WbcnetError(f"{name}: must be a number above 0, not {getattr(self, name)!r}")
+        for name in ("img_size", "threads", "workers"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise WbcnetError(f"{name}: must be a whole number of at least 1, not {value!r}")
+        if self.img_size is not None and self.img_size < 16:
+            raise WbcnetError(f"img_size: {self.img_size} px is too small (at least 16)")
+        for name in ("weight_decay", "warmup_epochs", "patience"):
+            if not _is_number(getattr(self, name)) or getattr(self, name) < 0:
+                raise WbcnetError(f"{name}: must be a number of at least 0, not {getattr(self, name)!r}")
+        if not (_is_number(self.label_smoothing) and 0 <= self.label_smoothing < 1):
+            raise WbcnetError(f"label_smoothing: must be in [0, 1), not {self.label_smoothing!r}")
+        if not (_is_number(self.ema_decay) and 0 <= self.ema_decay < 1):
+            raise WbcnetError(f"ema_decay: must be in [0, 1) (0 turns EMA off), not {self.ema_decay!r}")
+        for name in ("val_frac", "test_frac"):
+            value = getattr(self, name)
+            if not (_is_number(value) and 0 <= value < 0.5):
+                raise WbcnetError(f"{name}: must be in [0, 0.5), not {value!r}")
+        if self.val_frac + self.test_frac >= 0.6:
+            raise WbcnetError(f"val_frac + test_frac = {self.val_frac + self.test_frac:g} leaves too little to train "
+                              f"on (keep it below 0.6)")
+        if not isinstance(self.model_args, dict):
+            raise WbcnetError(f"model_args: must be a mapping of argument names to values, not {self.model_args!r}")
+        return self
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict, where: str = "config") -> "TrainConfig":
+        if not isinstance(d, dict):
+            raise WbcnetError(f"{where}: expected a mapping of settings, not {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown config keys: {', '.join(sorted(unknown))}")
+            raise WbcnetError(f"{where}: unknown config keys: {', '.join(sorted(unknown))} "
+                              f"(known: {', '.join(sorted(known))})")
         d = dict(d)
-        if isinstance(d.get("augment"), dict):
+        if d.get("augment") is not None:
+            if not isinstance(d["augment"], dict):
+                raise WbcnetError(f"{where}: augment must be a mapping of strengths")
             aug_known = {f.name for f in fields(AugmentConfig)}
             bad = set(d["augment"]) - aug_known
             if bad:
-                raise ValueError(f"unknown augment keys: {', '.join(sorted(bad))}")
+                raise WbcnetError(f"{where}: unknown augment keys: {', '.join(sorted(bad))} "
+                                  f"(known: {', '.join(sorted(aug_known))})")
             d["augment"] = AugmentConfig(**d["augment"])
-        return cls(**d)
+        else:
+            d.pop("augment", None)
+        return cls(**d).validate()
 
     @classmethod
     def from_yaml(cls, path) -> "TrainConfig":
-        with open(path) as fh:
-            return cls.from_dict(yaml.safe_load(fh) or {})
+        try:
+            with open(path) as fh:
+                d = yaml.safe_load(fh)
+        except FileNotFoundError:
+            raise WbcnetError(f"{path}: config file not found") from None
+        except yaml.YAMLError as e:
+            where = getattr(e, "problem_mark", None)
+            at = f" at line {where.line + 1}" if where is not None else ""
+            raise WbcnetError(f"{path}: not valid YAML{at} ({getattr(e, 'problem', None) or e})") from None
+        return cls.from_dict(d or {}, str(path))
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def to_yaml(self, path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        from .files import write_text_atomic
+
+        write_text_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    def copy(self) -> "TrainConfig":
+        return copy.deepcopy(self)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def flag_fields() -> list:
+    """The fields `wbcnet train` offers as flags, with their defaults (for --help)."""
+    return [f for f in fields(TrainConfig) if f.metadata.get("flag", True)]
+
+
+def field_default(f):
+    return f.default_factory() if f.default is MISSING else f.default
+
+
+__all__ = ["TrainConfig", "AugmentConfig", "flag_fields", "field_default"]

@@ -11,46 +11,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from . import analysis, explain, plots, report
 from . import calibration as cal
 from . import metrics as M
-from .data.augment import normalize, to_float
 from .data.cache import decode_images
 from .data.scan import Sample, scan
-
-
-def use_bf16(flag: bool | None = None) -> bool:
-    """bf16 autocast only where the CPU does bf16 natively (AVX-512 BF16 or AMX)."""
-    if flag is not None:
-        return flag
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
-def predict_logits(model: torch.nn.Module, images: np.ndarray, mean, std, batch_size: int = 128,
-                   bf16: bool | None = None, channels_last: bool | None = None) -> np.ndarray:
-    """uint8 (N, 3, S, S) -> float32 logits (N, C)."""
-    bf16 = use_bf16(bf16)
-    channels_last = bf16 if channels_last is None else channels_last
-    model.eval()
-    if channels_last:
-        # Outside inference mode: converting the weights inside it would turn them into inference
-        # tensors, and the model could never be run with gradients again (Grad-CAM, training).
-        model = model.to(memory_format=torch.channels_last)
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(images), batch_size):
-            x = normalize(to_float(torch.from_numpy(np.array(images[i:i + batch_size]))), mean, std)  # copy: caches are read-only
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                out.append(model(x).float())
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
+from .errors import WbcnetError
+from .files import atomic_write
+from .inference import run_model
 
 
 def write_evaluation(out, paths: list[str], y_true: np.ndarray, probs: np.ndarray, classes: list[str],
@@ -87,7 +56,8 @@ def write_evaluation(out, paths: list[str], y_true: np.ndarray, probs: np.ndarra
     curve = analysis.coverage_curve(y_true, y_pred, confidence)
     result["selective"] = analysis.coverage_table(curve)
 
-    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    with atomic_write(out / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=2))
     (out / "classification_report.txt").write_text(M.report_text(y_true, y_pred, classes))
     with open(out / "predictions.csv", "w", newline="") as fh:
         w = csv.writer(fh)
@@ -118,16 +88,15 @@ def evaluate_samples(model, meta: dict, samples: list[Sample], out, title=None, 
     `explain_maps=False` skips the Grad-CAM/attention grids, the one part that runs the model
     backwards; `source` names the images in the report (default: the folder they share)."""
     if images is None:
-        decoded = decode_images([s.path for s in samples], meta["img_size"], workers, "decoding", progress)
+        decoded = decode_images([s.path for s in samples], meta.img_size, workers, "decoding", progress)
         for path, reason in decoded.errors:
             print(f"skipped {path}: {reason}", file=sys.stderr)
         samples = [samples[i] for i in decoded.index]
         images = decoded.images
     if not len(samples):
-        raise ValueError("no readable images to evaluate")
-    logits = predict_logits(model, images, meta["mean"], meta["std"], batch_size, bf16)
-    temperature = float(meta.get("temperature", 1.0))
-    probs = cal.softmax(logits, temperature)
+        raise WbcnetError("no readable images to evaluate")
+    pred = run_model(model, meta, images, batch_size, bf16)
+    logits, probs, temperature = pred.logits, pred.probs, pred.temperature
     y_true = np.array([s.label for s in samples], dtype=np.int64)
     paths = [s.path for s in samples]
     figures = explain.write_explanations(model, meta, images, y_true, probs, out) if explain_maps else {}
@@ -136,8 +105,9 @@ def evaluate_samples(model, meta: dict, samples: list[Sample], out, title=None, 
             source = os.path.commonpath([os.path.abspath(p) for p in paths])
         except ValueError:  # paths on different drives
             source = None
-    return write_evaluation(out, paths, y_true, probs, meta["classes"], title, run_dir,
-                            extra={"checkpoint": meta.get("checkpoint_path"), "model": meta["model"], "source": source},
+    return write_evaluation(out, paths, y_true, probs, meta.classes, title, run_dir,
+                            extra={"checkpoint": str(meta.path) if meta.path else None, "model": meta.model,
+                                   "source": source},
                             logits=logits, temperature=temperature, images=images, figures=figures,
                             n_resamples=n_resamples)
 
@@ -145,14 +115,14 @@ def evaluate_samples(model, meta: dict, samples: list[Sample], out, title=None, 
 def evaluate_folder(model, meta: dict, data, out, run_dir=None, split: str | None = None, **kw) -> dict:
     """Evaluate on an ImageFolder/CSV whose classes are matched to the checkpoint's by name
     (`split`: only that split of a run's split.csv)."""
-    found = scan(data, classes=meta["classes"], split=split)
+    found = scan(data, classes=meta.classes, split=split)
     for path, reason in found.skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     for folder in found.unknown_folders:
-        print(f"warning: {folder} matches none of the model's classes {meta['classes']}; not evaluated", file=sys.stderr)
+        print(f"warning: {folder} matches none of the model's classes {meta.classes}; not evaluated", file=sys.stderr)
     for c in found.missing_classes:
         print(f"note: class '{c}' has no images in {data}; its row of the matrix stays empty", file=sys.stderr)
     if not found.samples:
-        raise ValueError(f"{data}: no images of the model's classes {meta['classes']}")
+        raise WbcnetError(f"{data}: no images of the model's classes {meta.classes}")
     kw.setdefault("source", str(Path(data).resolve()))
     return evaluate_samples(model, meta, found.samples, out, title=f"{Path(data).name}", run_dir=run_dir, **kw)

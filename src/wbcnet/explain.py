@@ -26,17 +26,11 @@ from .data.augment import normalize, to_float
 def default_target_layer(model: nn.Module) -> nn.Module:
     """The last spatial feature map before the model pools it away.
 
-    mhcnn: the last residual stage (S/16), right before its tokens enter attention.
-    seed-mhcnn: the BatchNorm closing `features`; the last Conv2d itself is followed by an
-      in-place ReLU that would overwrite the activation a hook on the conv keeps.
-    timm: the last entry of `feature_info` (layer4 of a ResNet, the last stage of a ConvNeXt,
-      the last block of a ViT); otherwise the last Conv2d in the model."""
-    from .models import MHCNN, SeedMHCNN
-
-    if isinstance(model, MHCNN):
-        return model.stages[-1]
-    if isinstance(model, SeedMHCNN):
-        return model.features[-1]
+    Our models name it themselves (`cam_layer()`). timm: the last entry of `feature_info`
+    (layer4 of a ResNet, the last stage of a ConvNeXt, the last block of a ViT); otherwise the
+    last Conv2d in the model."""
+    if hasattr(model, "cam_layer"):
+        return model.cam_layer()
     info = getattr(model, "feature_info", None)
     if info:
         last = info[-1] if isinstance(info, list) else info.info[-1]
@@ -169,10 +163,9 @@ def render_tiles(rows: list[list[list[np.ndarray]]], captions: list[list[str]], 
     Everything is pasted into one image and drawn with a single imshow: a grid of dozens of
     matplotlib axes takes seconds to lay out and save, and this runs at the end of every training.
     Sizes below are in tiles (one panel = 1 tile = `tile_in` inches)."""
-    import matplotlib
+    from .plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     first = next(p for row in rows for cell in row for p in cell)
     s = first.shape[0]
@@ -262,14 +255,14 @@ def write_explanations(model: nn.Module, meta: dict, images: np.ndarray, y_true:
     predicted class. Maps are computed for these few cells only, so this takes seconds."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    classes = meta["classes"]
+    classes = meta.classes
     y_pred, conf = probs.argmax(1), probs.max(1)
     by_class = pick_per_class(y_true, len(classes), per_class, seed)
     errors = pick_errors(y_true, y_pred, conf, n_errors)
     chosen = np.unique(np.concatenate(by_class + [errors]).astype(np.int64))
     if not len(chosen):
         return {}
-    maps = explain_images(model, images[chosen], meta["mean"], meta["std"], target=y_pred[chosen])
+    maps = explain_images(model, images[chosen], meta.mean, meta.std, target=y_pred[chosen])
     peak = maps.pop("attention_peak", None)
     notes = {"attention": [f" \u00d7{p:.2f}" for p in peak]} if peak is not None else {}
     about = "; attention \u00d7N: its peak is N times an even spread" if peak is not None else ""

@@ -14,7 +14,6 @@ shape checks (mhcnn's positional-embedding resize, the q/k/v split) are expected
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
@@ -23,12 +22,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import WbcnetError
+from .files import atomic_write
+from .weights import sha256_file
+
 SAMPLE = Path(__file__).parent / "assets" / "sample"
 TOLERANCE = 1e-3  # max |logit difference| between onnxruntime and PyTorch fp32 we accept as "same model"
 
 
-class OnnxRuntimeMissing(ImportError, ValueError):
-    """onnxruntime is not installed. Also a ValueError, so the CLI prints it as one line."""
+class OnnxRuntimeMissing(ImportError, WbcnetError):
+    """onnxruntime is not installed. Also a WbcnetError, so the CLI prints it as one line."""
 
 
 class NormalizedModel(torch.nn.Module):
@@ -46,14 +49,6 @@ class NormalizedModel(torch.nn.Module):
         return self.model(images.float() * self.scale - self.shift)
 
 
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def sample_images(n: int, size: int) -> np.ndarray:
     """`n` of the bundled sample cells, taken in turn from each class folder, as uint8 (n, 3, S, S)."""
     from .data.cache import decode_images
@@ -63,12 +58,12 @@ def sample_images(n: int, size: int) -> np.ndarray:
     return decode_images(paths, size, progress=False).images
 
 
-def _onnx_metadata(meta: dict, weights_sha256: str) -> dict[str, str]:
+def _onnx_metadata(meta, weights_sha256: str) -> dict[str, str]:
     from . import __version__
 
-    return {"wbcnet_version": __version__, "model": meta["model"], "classes": json.dumps(meta["classes"]),
-            "img_size": str(meta["img_size"]), "mean": json.dumps(meta["mean"]), "std": json.dumps(meta["std"]),
-            "temperature": str(meta.get("temperature", 1.0)), "weights_sha256": weights_sha256,
+    return {"wbcnet_version": __version__, "model": meta.model, "classes": json.dumps(meta.classes),
+            "img_size": str(meta.img_size), "mean": json.dumps(meta.mean), "std": json.dumps(meta.std),
+            "temperature": str(meta.temperature), "weights_sha256": weights_sha256,
             "input": "uint8 RGB images (N, 3, S, S), 0-255; normalisation is inside the graph",
             "output": "logits (N, C); probabilities = softmax(logits / temperature)"}
 
@@ -96,7 +91,8 @@ def _run_batches(session, images: np.ndarray, batch_size: int) -> np.ndarray:
 
 def export_onnx(checkpoint=None, out=None, opset: int = 17, batch_size_check: int = 8) -> tuple[Path, float]:
     """Export a checkpoint (default: the shipped model) to fp32 ONNX with uint8 input and a dynamic
-    batch axis; written to `out` or beside the checkpoint as <stem>.onnx.
+    batch axis; written to `out` or beside the checkpoint as <stem>.onnx, only once it has passed
+    the check below.
 
     Checks onnxruntime against PyTorch fp32 on `batch_size_check` bundled sample cells (as one
     batch, and the first alone, so a batch size other than the traced one is exercised).
@@ -105,67 +101,68 @@ def export_onnx(checkpoint=None, out=None, opset: int = 17, batch_size_check: in
     import onnx
 
     from .checkpoint import load_model
-    from .evaluate import predict_logits
+    from .inference import predict_logits
 
     model, meta = load_model(checkpoint)
     model = model.float().eval()
-    out = Path(out) if out else Path(meta["checkpoint_path"]).with_suffix(".onnx")
+    out = Path(out) if out else meta.path.with_suffix(".onnx")
     out.parent.mkdir(parents=True, exist_ok=True)
-    size = int(meta["img_size"])
+    size = int(meta.img_size)
     images = sample_images(max(1, batch_size_check), size)
 
-    wrapped = NormalizedModel(model, meta["mean"], meta["std"]).eval()
-    tmp = out.with_name(f".{out.name}.tmp")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
-        warnings.simplefilter("ignore", category=DeprecationWarning)  # "legacy exporter": chosen on purpose, see top
-        torch.onnx.export(wrapped, (torch.from_numpy(images[:2]),), str(tmp), dynamo=False, opset_version=opset,
-                          input_names=["image"], output_names=["logits"],
-                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, do_constant_folding=True)
-    proto = onnx.load(str(tmp))
-    onnx.helper.set_model_props(proto, _onnx_metadata(meta, file_sha256(meta["checkpoint_path"])))
-    onnx.checker.check_model(proto)
-    onnx.save(proto, str(tmp))
-    os.replace(tmp, out)  # a reader never sees half a file
-
-    reference = predict_logits(model, images, meta["mean"], meta["std"], batch_size=len(images), bf16=False,
+    wrapped = NormalizedModel(model, meta.mean, meta.std).eval()
+    reference = predict_logits(model, images, meta.mean, meta.std, batch_size=len(images), bf16=False,
                                channels_last=False)
-    session = _session(out)
-    diff = max(float(np.abs(_run_batches(session, images, len(images)) - reference).max()),
-               float(np.abs(_run_batches(session, images[:1], 1) - reference[:1]).max()))
-    verdict = "ok" if diff < TOLERANCE else f"LARGER than {TOLERANCE:g}: check the export"
+    # Checked under its temporary name: a file that fails the check is never where predict looks.
+    with atomic_write(out) as tmp:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", category=DeprecationWarning)  # "legacy exporter": chosen on purpose, see top
+            torch.onnx.export(wrapped, (torch.from_numpy(images[:2]),), str(tmp), dynamo=False, opset_version=opset,
+                              input_names=["image"], output_names=["logits"],
+                              dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, do_constant_folding=True)
+        proto = onnx.load(str(tmp))
+        onnx.helper.set_model_props(proto, _onnx_metadata(meta, sha256_file(meta.path)))
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp))
+        session = _session(tmp)
+        diff = max(float(np.abs(_run_batches(session, images, len(images)) - reference).max()),
+                   float(np.abs(_run_batches(session, images[:1], 1) - reference[:1]).max()))
+        if not diff < TOLERANCE:
+            raise WbcnetError(f"{out}: not written: ONNX Runtime and PyTorch disagree on {len(images)} sample cells "
+                              f"(max |logit diff| {diff:.2e} >= {TOLERANCE:g})")
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, opset {opset}, input uint8 N x 3 x {size} x {size}); "
-          f"onnxruntime vs PyTorch fp32 on {len(images)} sample cells: max |logit diff| {diff:.2e} ({verdict})")
+          f"onnxruntime vs PyTorch fp32 on {len(images)} sample cells: max |logit diff| {diff:.2e} (ok)")
     return out, diff
 
 
-def onnx_backend(onnx_path, meta: dict, batch_size: int = 64, threads: int | None = None):
+def onnx_backend(onnx_path, meta, batch_size: int = 64, threads: int | None = None):
     """A `predict_paths` backend: uint8 (N, 3, S, S) numpy -> float32 logits (N, C) with onnxruntime.
 
     Refuses a file made for another image size or class list, or from other weights than the
     checkpoint in `meta` (a stale export beside a retrained checkpoint)."""
     path = Path(onnx_path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no ONNX model here; run wbcnet export --format onnx first")
+        raise WbcnetError(f"{path}: no ONNX model here; run wbcnet export --format onnx first")
     session = _session(path, threads)
     shape = session.get_inputs()[0].shape
-    if shape[2:] != [meta["img_size"]] * 2:
-        raise ValueError(f"{path}: takes {shape[2]}x{shape[3]} images but the checkpoint is {meta['img_size']} px; "
+    if shape[2:] != [meta.img_size] * 2:
+        raise WbcnetError(f"{path}: takes {shape[2]}x{shape[3]} images but the checkpoint is {meta.img_size} px; "
                          f"run wbcnet export --format onnx again")
     props = session.get_modelmeta().custom_metadata_map
-    if "classes" in props and json.loads(props["classes"]) != list(meta["classes"]):
-        raise ValueError(f"{path}: classes {json.loads(props['classes'])} differ from the checkpoint's "
-                         f"{meta['classes']}; run wbcnet export --format onnx again")
-    ckpt_path = meta.get("checkpoint_path")
+    if "classes" in props and json.loads(props["classes"]) != list(meta.classes):
+        raise WbcnetError(f"{path}: classes {json.loads(props['classes'])} differ from the checkpoint's "
+                         f"{meta.classes}; run wbcnet export --format onnx again")
+    ckpt_path = meta.path
     if "weights_sha256" in props and ckpt_path and Path(ckpt_path).is_file() \
-            and props["weights_sha256"] != file_sha256(ckpt_path):
-        raise ValueError(f"{path}: exported from other weights than {ckpt_path}; run wbcnet export --format onnx again")
+            and props["weights_sha256"] != sha256_file(ckpt_path):
+        raise WbcnetError(f"{path}: exported from other weights than {ckpt_path}; run wbcnet export --format onnx again")
     if session.get_inputs()[0].type != "tensor(uint8)":
-        raise ValueError(f"{path}: input is {session.get_inputs()[0].type}, not uint8 images; export it with wbcnet")
+        raise WbcnetError(f"{path}: input is {session.get_inputs()[0].type}, not uint8 images; export it with wbcnet")
 
     def backend(images: np.ndarray) -> np.ndarray:
         if len(images) == 0:
-            return np.zeros((0, len(meta["classes"])), dtype=np.float32)
+            return np.zeros((0, len(meta.classes)), dtype=np.float32)
         return _run_batches(session, images, batch_size)
 
     return backend

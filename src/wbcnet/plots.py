@@ -5,10 +5,17 @@ import csv
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
+# Class names and file names are drawn as plain text: a '$' in a name must not start math mode.
+matplotlib.rcParams["text.parse_math"] = False
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+
+
+def pyplot():
+    """matplotlib.pyplot, headless and with math text off; for modules that draw lazily."""
+    return plt
 
 
 def plot_confusion(metrics: dict, path, title: str | None = None) -> Path:

@@ -1,4 +1,8 @@
-"""Paths -> CSV rows: path, predicted class, confidence, per-class probabilities (or an error)."""
+"""Paths -> CSV rows: path, predicted class, confidence, per-class probabilities (or an error).
+
+Imports torch, numpy and Pillow only (no sklearn, matplotlib or timm), so classifying one cell
+waits little longer than torch's own import.
+"""
 from __future__ import annotations
 
 import csv
@@ -6,12 +10,9 @@ import glob
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from .data.cache import decode_images
 from .data.imageio import is_candidate
-from .calibration import softmax
-from .evaluate import predict_logits
+from .inference import run_model
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
@@ -35,16 +36,12 @@ def expand_inputs(inputs: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
     return paths, skipped
 
 
-def predict_paths(model, meta: dict, paths: list[str], batch_size: int = 64, workers: int | None = None,
+def predict_paths(model, meta, paths: list[str], batch_size: int = 64, workers: int | None = None,
                   min_confidence: float = 0.0, backend=None, progress: bool = True) -> list[dict]:
     """One row per path, in input order. Unreadable files get `error` and no class."""
-    classes = meta["classes"]
-    decoded = decode_images(paths, meta["img_size"], workers, "decoding", progress)
-    if backend is not None:
-        logits = backend(decoded.images)
-    else:
-        logits = predict_logits(model, decoded.images, meta["mean"], meta["std"], batch_size)
-    probs = softmax(logits, meta.get("temperature", 1.0)) if len(decoded.index) else np.zeros((0, len(classes)))
+    classes = meta.classes
+    decoded = decode_images(paths, meta.img_size, workers, "decoding", progress)
+    probs = run_model(model, meta, decoded.images, batch_size, backend=backend).probs
     rows = [{"path": p, "predicted": "", "confidence": "", "error": ""} for p in paths]
     failed = sorted(set(range(len(paths))) - set(decoded.index.tolist()))
     for i, (_, reason) in zip(failed, decoded.errors):  # both in input order

@@ -1,16 +1,22 @@
-"""Training: fit() runs a whole job, train_one_epoch() one pass; checkpoints via checkpoint.py.
+"""Training: fit() runs a whole job, train_one_epoch() one pass, train_step() one batch.
 
 Every epoch draws its shuffling, augmentation and dropout from generators seeded with
 (seed, epoch), and the learning rate is a pure function of the step, so a run resumed from its
 last checkpoint continues exactly as if it had never stopped.
+
+A run folder is never destroyed: a new run refuses a folder that holds a checkpoint, a resume
+that cannot continue says why and changes nothing, and a run that fails before its first
+checkpoint removes what it wrote, so the same command can simply be run again.
 """
 from __future__ import annotations
 
 import csv
 import json
 import math
+import shutil
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -26,19 +32,26 @@ from .data.augment import augment_batch, normalize
 from .data.cache import cached_decode
 from .data.scan import Sample, scan
 from .data.split import SPLITS, grouped_split, merge_linked_groups, read_split, write_split
-from .evaluate import evaluate_samples, predict_logits, use_bf16
+from .errors import WbcnetError
+from .files import atomic_write, ensure_writable_dir
+from .inference import predict_logits, use_bf16
 from .metrics import macro_f1
 from .models import create_model, default_img_size
 
 HISTORY_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "lr", "epoch_s", "img_per_s"]
+# What a run writes before its first checkpoint; a folder holding only these may be reused.
+PRELIMINARY_FILES = {"config.yaml", "split.csv", "bad_files.csv"}
 
 
+@dataclass
 class RunData:
     """The decoded images of one split, aligned with its samples."""
+    samples: list[Sample]
+    images: np.ndarray
 
-    def __init__(self, samples: list[Sample], images: np.ndarray):
-        self.samples, self.images = samples, images
-        self.labels = np.array([s.label for s in samples], dtype=np.int64)
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([s.label for s in self.samples], dtype=np.int64)
 
 
 def lr_at(step: int, total: int, warmup: int, base_lr: float) -> float:
@@ -86,33 +99,39 @@ class EMA:
         return self.module.state_dict()
 
 
+def train_step(model, criterion, optimizer, x: torch.Tensor, y: torch.Tensor, bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step on a normalised batch; returns (loss, logits)."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        logits = model(x)
+    loss = criterion(logits.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), logits.detach()
+
+
 def train_one_epoch(model, criterion, optimizer, data: RunData, cfg: TrainConfig, epoch: int, step: int,
                     total_steps: int, warmup_steps: int, mean, std, bf16: bool, channels_last: bool, ema=None):
     """One pass over `data`. Returns (mean loss, accuracy on augmented batches, next step)."""
     model.train()
     g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
     torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout
-    order = epoch_order(data.labels, cfg.balance, g)
+    labels = data.labels
+    order = epoch_order(labels, cfg.balance, g)
     n_batches = len(order) // cfg.batch_size  # drop the ragged last batch: BatchNorm dislikes size 1
     total_loss, correct, seen = 0.0, 0, 0
     bar = tqdm(range(n_batches), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
                disable=not cfg.progress, dynamic_ncols=True)
     for b in bar:
-        idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size].numpy()
-        idx_sorted = np.sort(idx)  # memory-mapped caches read faster in order
-        x = torch.from_numpy(np.ascontiguousarray(data.images[idx_sorted]))
-        y = torch.from_numpy(data.labels[idx_sorted])
+        idx = np.sort(order[b * cfg.batch_size:(b + 1) * cfg.batch_size].numpy())  # memory-mapped caches read faster in order
+        x = torch.from_numpy(np.ascontiguousarray(data.images[idx]))
+        y = torch.from_numpy(labels[idx])
         x = normalize(augment_batch(x, cfg.augment, g), mean, std)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, total_steps, warmup_steps, cfg.lr)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = model(x)
-        loss = criterion(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss, logits = train_step(model, criterion, optimizer, x, y, bf16)
         if ema is not None:
             ema.update(model, step)
         step += 1
@@ -125,53 +144,86 @@ def train_one_epoch(model, criterion, optimizer, data: RunData, cfg: TrainConfig
 
 def validate(model, data: RunData, mean, std, bf16, batch_size) -> tuple[float, float, float]:
     logits = predict_logits(model, data.images, mean, std, batch_size, bf16)
-    loss = F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(data.labels)).item()
+    labels = data.labels
+    loss = F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)).item()
     pred = logits.argmax(1)
-    return loss, float((pred == data.labels).mean()), macro_f1(data.labels, pred)
+    return loss, float((pred == labels).mean()), macro_f1(labels, pred)
 
 
 def new_run_dir(cfg: TrainConfig) -> Path:
+    """The folder of a new run. An existing one is taken only if a failed start left nothing in it
+    but its preliminary files (no checkpoint): then they are replaced."""
     if cfg.out:
         out = Path(cfg.out)
-        if out.exists() and any(out.iterdir()):
-            raise FileExistsError(f"{out}: run folder exists and is not empty; pick a new --out or use --resume {out}")
-        return out
+        if out.exists() and not out.is_dir():
+            raise WbcnetError(f"{out}: --out is a file; give a folder for the run")
+        if out.is_dir():
+            contents = {p.name for p in out.iterdir()}
+            if contents - PRELIMINARY_FILES:
+                raise WbcnetError(f"{out}: run folder exists and holds a run; pick a new --out "
+                                  f"or continue it with --resume {out}")
+            for name in contents:
+                (out / name).unlink()
+        return ensure_writable_dir(out, "run folder")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path("runs") / f"{cfg.model}-{stamp}"
     k = 1
     while out.exists():
         out = Path("runs") / f"{cfg.model}-{stamp}-{k}"
         k += 1
-    return out
+    return ensure_writable_dir(out, "run folder")
 
 
-def load_data(cfg: TrainConfig, run_dir: Path, img_size: int):
-    """Scan, split (or read the run's split), decode once. Returns classes and RunData per split."""
-    found = scan(cfg.data, cfg.classes)
+def _report_scan(found, source) -> None:
     for path, reason in found.skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     for folder in found.unknown_folders:
         print(f"warning: {folder} is not one of the classes {found.classes}; ignored", file=sys.stderr)
     if found.missing_classes:
-        raise ValueError(f"{cfg.data}: no images for class(es) {', '.join(found.missing_classes)}")
+        raise WbcnetError(f"{source}: no images for class(es) {', '.join(found.missing_classes)}")
+
+
+def make_split(cfg: TrainConfig, found) -> dict[str, list[Sample]]:
+    samples = found.samples
+    if cfg.merge_near_duplicates:
+        from .data.near_duplicates import near_duplicate_pairs
+
+        links = near_duplicate_pairs([s.path for s in samples], cfg.workers, cfg.progress)
+        samples = merge_linked_groups(samples, [(a, b) for a, b, _ in links])
+        print(f"near-duplicates: {len(links)} pairs; their fields of view are kept on one side of the split")
+    split = grouped_split(samples, 0.0 if cfg.val_data else cfg.val_frac, 0.0 if cfg.test_data else cfg.test_frac,
+                          cfg.seed)
+    for name, extra in (("val", cfg.val_data), ("test", cfg.test_data)):
+        if extra:
+            more = scan(extra, found.classes)
+            _report_scan(more, extra)
+            split[name] = more.samples
+    return split
+
+
+def check_split(split: dict[str, list[Sample]], classes: list[str], source) -> None:
+    """Refuse splits that can't train or measure anything, with what to do about it."""
+    for name in ("train", "val"):
+        counts = np.bincount([s.label for s in split[name]], minlength=len(classes))
+        empty = [c for c, n in zip(classes, counts) if n == 0]
+        if empty:
+            raise WbcnetError(f"{source}: too few images (or fields of view) to split: the {name} split has no "
+                              f"{', '.join(empty)}; add images, or give --val/--test sets")
+
+
+def load_data(cfg: TrainConfig, run_dir: Path, img_size: int, resuming: bool = False):
+    """Scan, split (or read the run's split), decode once. Returns classes and RunData per split."""
+    found = scan(cfg.data, cfg.classes)
+    _report_scan(found, cfg.data)
     classes = found.classes
+    if len(classes) < 2:
+        raise WbcnetError(f"{cfg.data}: only one class ({classes[0]}); a classifier needs at least two")
     split_csv = run_dir / "split.csv"
-    if split_csv.exists():
+    if resuming:
         split = read_split(split_csv, classes)
     else:
-        samples = found.samples
-        if cfg.merge_near_duplicates:
-            from .audit import near_duplicate_pairs
-
-            links = near_duplicate_pairs([s.path for s in samples], cfg.workers, cfg.progress)
-            samples = merge_linked_groups(samples, [(a, b) for a, b, _ in links])
-            print(f"near-duplicates: {len(links)} pairs; their fields of view are kept on one side of the split")
-        split = grouped_split(samples, 0.0 if cfg.val_data else cfg.val_frac,
-                              0.0 if cfg.test_data else cfg.test_frac, cfg.seed)
-        for name, extra in (("val", cfg.val_data), ("test", cfg.test_data)):
-            if extra:
-                more = scan(extra, classes)
-                split[name] = more.samples
+        split = make_split(cfg, found)
+        check_split(split, classes, cfg.data)
         write_split(split_csv, split, classes)
     data, bad = {}, []
     for name in SPLITS:
@@ -185,13 +237,13 @@ def load_data(cfg: TrainConfig, run_dir: Path, img_size: int):
         data[name] = RunData([samples[i] for i in decoded.index], decoded.images)
     for path, reason in bad:
         print(f"skipped {path}: {reason}", file=sys.stderr)
-    if bad:
-        with open(run_dir / "bad_files.csv", "w", newline="") as fh:
+    if bad and not resuming:
+        with atomic_write(run_dir / "bad_files.csv") as tmp, open(tmp, "w", newline="") as fh:
             csv.writer(fh).writerows([("path", "reason")] + bad)
-    counts = np.bincount(data["train"].labels, minlength=len(classes))
+    counts = np.bincount(data["train"].labels if data["train"] else [], minlength=len(classes))
     empty = [c for c, n in zip(classes, counts) if n == 0]
     if empty:
-        raise ValueError(f"{cfg.data}: no usable training images for class(es) {', '.join(empty)}")
+        raise WbcnetError(f"{cfg.data}: no usable training images for class(es) {', '.join(empty)}")
     return classes, data
 
 
@@ -201,29 +253,62 @@ def channel_stats(images: np.ndarray, limit: int = 2000) -> tuple[list[float], l
 
 
 def write_history(path: Path, history: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_write(path) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=HISTORY_FIELDS)
         w.writeheader()
         w.writerows(history)
-    tmp.replace(path)
 
 
-def fit(cfg: TrainConfig, resume: str | Path | None = None, on_epoch_end=None) -> Path:
+def open_resume(run_dir) -> TrainConfig:
+    """The config of a run that can be continued, or a WbcnetError that says why not; reads only."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise WbcnetError(f"{run_dir}: no run folder to resume")
+    if (run_dir / "DONE").exists():
+        raise WbcnetError(f"{run_dir}: this run finished already; nothing to resume")
+    for name in ("config.yaml", "split.csv", "last.safetensors", "last.json"):
+        if not (run_dir / name).exists():
+            raise WbcnetError(f"{run_dir}: cannot resume, {name} is missing (the run stopped before its first "
+                              f"checkpoint, or files were removed); start a new run instead")
+    return TrainConfig.from_yaml(run_dir / "config.yaml")
+
+
+def fit(cfg: TrainConfig | None, resume: str | Path | None = None, on_epoch_end=None) -> Path:
     """Train as `cfg` says (or continue the run in `resume`); returns the run folder.
-
-    `on_epoch_end(epoch)` is called after each epoch's checkpoint is on disk (tests use it to
-    simulate an interrupt)."""
+    `cfg` is not changed. `on_epoch_end(epoch)` is called after each epoch's checkpoint is on
+    disk (tests use it to simulate an interrupt)."""
     if resume:
         run_dir = Path(resume)
-        cfg = TrainConfig.from_yaml(run_dir / "config.yaml")
+        cfg = open_resume(run_dir)
     else:
-        if not cfg.data:
-            raise ValueError("no training data: pass --data DIR (an ImageFolder) or a CSV manifest")
+        if cfg is None or not cfg.data:
+            raise WbcnetError("no training data: pass --data DIR (an ImageFolder) or a CSV manifest")
+        cfg = cfg.copy().validate()
         run_dir = new_run_dir(cfg)
-        run_dir.mkdir(parents=True, exist_ok=True)
         cfg.img_size = cfg.img_size or default_img_size(cfg.model)
         cfg.out = str(run_dir)
+    try:
+        return _fit(cfg, run_dir, bool(resume), on_epoch_end)
+    except BaseException:
+        # A new run that fails before its first checkpoint leaves no half-made folder behind.
+        if not resume and run_dir.is_dir() and not (run_dir / "last.safetensors").exists():
+            if {p.name for p in run_dir.iterdir()} <= PRELIMINARY_FILES:
+                shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def build_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (decay if p.ndim > 1 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def _fit(cfg: TrainConfig, run_dir: Path, resuming: bool, on_epoch_end) -> Path:
+    if not resuming:
         cfg.to_yaml(run_dir / "config.yaml")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -231,10 +316,9 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None, on_epoch_end=None) -
     channels_last = bf16 if cfg.channels_last is None else cfg.channels_last
     print(f"run folder: {run_dir}  (model {cfg.model}, {cfg.img_size} px, bf16={bf16}, channels_last={channels_last})")
 
-    classes, data = load_data(cfg, run_dir, cfg.img_size)
+    classes, data = load_data(cfg, run_dir, cfg.img_size, resuming)
     train, val, test = data["train"], data["val"], data["test"]
     print("images: " + ", ".join(f"{k} {len(v.samples) if v else 0}" for k, v in data.items()))
-    mean, std = channel_stats(train.images)
 
     model_args = dict(cfg.model_args)
     model_args.setdefault("img_size", cfg.img_size)
@@ -242,39 +326,39 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None, on_epoch_end=None) -
     model = create_model(cfg.model, num_classes=len(classes), pretrained=cfg.pretrained, **model_args)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    decay, no_decay = [], []
-    for p in model.parameters():
-        (decay if p.ndim > 1 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
-    elif cfg.optimizer == "sgd":
-        optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
-    else:
-        raise ValueError(f"optimizer must be adamw or sgd, not {cfg.optimizer!r}")
+    optimizer = build_optimizer(model, cfg)
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     weight = class_weights(train.labels, len(classes)) if cfg.balance == "weighted_loss" else None
     criterion = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
 
-    meta = {"classes": classes, "model": cfg.model, "model_args": model_args, "img_size": cfg.img_size,
-            "mean": mean, "std": std, "temperature": 1.0, "config": cfg.to_dict(), "git_commit": ckpt.git_commit(),
-            "data": str(cfg.data), "seed": cfg.seed}
+    mean, std = channel_stats(train.images)
+    sources = [{"name": Path(str(cfg.data)).name, "path": str(cfg.data),
+                "images": {k: len(v.samples) if v else 0 for k, v in data.items()}}]
+    meta = ckpt.new_meta(classes, cfg.model, model_args, cfg.img_size, mean, std, config=cfg.to_dict(),
+                         seed=cfg.seed, sources=sources)
     start_epoch, history, best_f1, since_best = 0, [], -1.0, 0
     last = run_dir / "last.safetensors"
-    if resume and last.exists():
+    if resuming:
         tensors, saved = ckpt.read_checkpoint(last)
-        model.load_state_dict(ckpt.part(tensors, "model"))
+        if saved.classes != classes:
+            raise WbcnetError(f"{cfg.data}: its classes {classes} are not the run's {saved.classes} "
+                              f"(was a class folder added or removed?); cannot resume")
+        ckpt.load_weights(model, ckpt.part(tensors, "model"), last)
         if ema is not None:
-            ema.module.load_state_dict(ckpt.part(tensors, "ema"))
-        ckpt.optimizer_from_parts(optimizer, tensors, saved["optimizer"])
-        state = saved["train_state"]
+            ckpt.load_weights(ema.module, ckpt.part(tensors, "ema"), last)
+        ckpt.optimizer_from_parts(optimizer, tensors, saved.optimizer)
+        state = saved.train_state
         start_epoch, best_f1, since_best = state["epoch"] + 1, state["best_f1"], state["since_best"]
         history = state["history"]
-        meta["mean"], meta["std"] = saved["mean"], saved["std"]
-        mean, std = saved["mean"], saved["std"]
+        meta.mean, meta.std = mean, std = saved.mean, saved.std
+        for key in ("best_epoch", "val_macro_f1", "val_accuracy"):
+            setattr(meta, key, getattr(saved, key))
         print(f"resuming after epoch {start_epoch} (best validation macro-F1 so far {best_f1:.4f})")
 
     steps_per_epoch = len(train.samples) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise WbcnetError(f"{cfg.data}: {len(train.samples)} training images is less than one batch "
+                          f"(--batch-size {cfg.batch_size}); lower the batch size or add images")
     total_steps = steps_per_epoch * cfg.epochs
     warmup_steps = int(cfg.warmup_epochs * steps_per_epoch)
     step = start_epoch * steps_per_epoch
@@ -296,10 +380,10 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None, on_epoch_end=None) -
         improved = val is None or val_f1 > best_f1
         best_f1, since_best = (val_f1, 0) if improved else (best_f1, since_best + 1)
         stopped = bool(cfg.patience) and since_best >= cfg.patience
-        meta["train_state"] = {"epoch": epoch, "best_f1": best_f1, "since_best": since_best, "history": history}
+        meta.train_state = {"epoch": epoch, "best_f1": best_f1, "since_best": since_best, "history": history}
         if improved:
-            meta["best_epoch"], meta["val_macro_f1"], meta["val_accuracy"] = epoch + 1, val_f1, val_acc
-            ckpt.save_checkpoint(run_dir / "best", eval_model, meta)
+            meta.best_epoch, meta.val_macro_f1, meta.val_accuracy = epoch + 1, val_f1, val_acc
+            ckpt.save_checkpoint(run_dir / "best", eval_model, _without_train_state(meta))
         ckpt.save_checkpoint(last, model, meta, optimizer=optimizer, ema=ema)
         write_history(run_dir / "metrics.csv", history)
         print(f"epoch {epoch + 1:3d}/{cfg.epochs}  loss {train_loss:.4f}  val loss {val_loss:.4f}  "
@@ -310,23 +394,37 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None, on_epoch_end=None) -
         if on_epoch_end is not None:
             on_epoch_end(epoch)
 
+    finish_run(run_dir, val, test, bf16, cfg.progress)
+    return run_dir
+
+
+def _without_train_state(meta):
+    import copy
+
+    best = copy.copy(meta)
+    best.train_state = None
+    return best
+
+
+def finish_run(run_dir: Path, val: RunData | None, test: RunData | None, bf16: bool, progress: bool) -> None:
+    """Fit the temperature on validation, then evaluate the best checkpoint on test and val."""
+    from .evaluate import evaluate_samples
+
     model, best_meta = ckpt.load_model(run_dir / "best")
     if val is not None:
         # Temperature scaling: one scalar fitted on the validation logits (accuracy unchanged);
-        # predict and evaluate divide the logits by meta["temperature"].
-        val_logits = predict_logits(model, val.images, best_meta["mean"], best_meta["std"], 256, bf16)
-        temperature = fit_temperature(val_logits, val.labels)
-        calibration = calibration_summary(val_logits, val.labels, temperature)
-        print(format_summary(calibration, "validation"))
-        best_meta.update(temperature=temperature, calibration=calibration)
-        ckpt.save_checkpoint(run_dir / "best", model, {k: v for k, v in best_meta.items() if k != "checkpoint_path"})
+        # inference divides the logits by meta.temperature.
+        val_logits = predict_logits(model, val.images, best_meta.mean, best_meta.std, 256, bf16)
+        best_meta.temperature = fit_temperature(val_logits, val.labels)
+        best_meta.calibration = calibration_summary(val_logits, val.labels, best_meta.temperature)
+        print(format_summary(best_meta.calibration, "validation"))
+        ckpt.save_checkpoint(run_dir / "best", model, best_meta)
     if test is not None:
         result = evaluate_samples(model, best_meta, test.samples, run_dir / "test", title="test split", run_dir=run_dir,
-                                  images=test.images, progress=cfg.progress)
+                                  images=test.images, progress=progress)
         print(f"test split: n={result['n']}  accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}  "
               f"-> {run_dir / 'test'}")
     if val is not None:
         evaluate_samples(model, best_meta, val.samples, run_dir / "val", title="validation split", run_dir=run_dir,
-                         images=val.images, progress=cfg.progress)
+                         images=val.images, progress=progress)
     (run_dir / "DONE").write_text(json.dumps({"finished": datetime.now().isoformat(timespec="seconds")}))
-    return run_dir

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..files import atomic_write, write_text_atomic
 from .imageio import ImageReadError, load_rgb
 
 CACHE_VERSION = 1  # bump when load_rgb's resizing changes
@@ -74,23 +76,41 @@ def cache_key(paths: list[str], size: int) -> str:
 
 def cached_decode(paths: list[str], size: int, cache_dir=None, workers: int | None = None,
                   desc: str = "decoding", progress: bool = True) -> DecodedImages:
-    """`decode_images`, memoised on disk when `cache_dir` is given (memory-mapped on reuse)."""
+    """`decode_images`, memoised on disk when `cache_dir` is given (memory-mapped on reuse).
+
+    A cache entry that can't be read back (cut short, overwritten, from another numpy) is named
+    on stderr, decoded again and replaced. A cache folder that can't be written to is named on
+    stderr and the images are decoded into memory instead."""
     if cache_dir is None:
         return decode_images(paths, size, workers, desc, progress)
     cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
     key = cache_key(paths, size)
     arr_path, meta_path = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
     if arr_path.exists() and meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        return DecodedImages(np.load(arr_path, mmap_mode="r"), np.asarray(meta["index"], dtype=np.int64),
-                             [tuple(e) for e in meta["errors"]])
+        try:
+            return _read_entry(arr_path, meta_path, len(paths), size)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            print(f"warning: decode cache entry {arr_path} is unreadable ({e}); decoding again", file=sys.stderr)
     decoded = decode_images(paths, size, workers, desc, progress)
-    tmp = arr_path.with_suffix(".tmp.npy")
-    np.save(tmp, decoded.images)
-    os.replace(tmp, arr_path)
-    tmp_meta = meta_path.with_suffix(".tmp")
-    tmp_meta.write_text(json.dumps({"size": size, "n_paths": len(paths), "index": decoded.index.tolist(),
-                                    "errors": decoded.errors}))
-    os.replace(tmp_meta, meta_path)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_write(arr_path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, decoded.images)
+        # The JSON goes last: an entry counts only once both files are whole.
+        write_text_atomic(meta_path, json.dumps({"size": size, "n_paths": len(paths), "index": decoded.index.tolist(),
+                                                 "errors": decoded.errors}))
+    except OSError as e:
+        print(f"warning: cannot write the decode cache in {cache_dir} ({e.strerror or e}); "
+              f"keeping the images in memory", file=sys.stderr)
     return decoded
+
+
+def _read_entry(arr_path: Path, meta_path: Path, n_paths: int, size: int) -> DecodedImages:
+    meta = json.loads(meta_path.read_text())
+    images = np.load(arr_path, mmap_mode="r")
+    index = np.asarray(meta["index"], dtype=np.int64)
+    if (meta["n_paths"] != n_paths or meta["size"] != size or images.dtype != np.uint8
+            or images.shape != (len(index), 3, size, size)):
+        raise ValueError(f"holds {images.shape} {images.dtype}, expected ({len(index)}, 3, {size}, {size}) uint8")
+    return DecodedImages(images, index, [tuple(e) for e in meta["errors"]])

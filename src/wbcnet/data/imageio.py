@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..errors import WbcnetError
+
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 
 # A cell crop is at most a few thousand pixels wide; anything above this is a slide scan or a
@@ -21,7 +23,7 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", "
 MAX_PIXELS = 16_000 * 16_000
 
 
-class ImageReadError(Exception):
+class ImageReadError(WbcnetError):
     """An image that cannot be used. str(err) is 'PATH: reason'."""
 
     def __init__(self, path, reason: str):

@@ -6,10 +6,12 @@ cell came from, so that splits never put two cells of one field on both sides.
 from __future__ import annotations
 
 import csv
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import WbcnetError
 from .imageio import IMAGE_EXTENSIONS, is_candidate
 
 
@@ -51,15 +53,15 @@ def scan_folder(root, classes: list[str] | None = None) -> ScanResult:
     and folders of other names are reported in `unknown_folders`, not loaded."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: not a folder")
+        raise WbcnetError(f"{root}: not a folder" if root.exists() else f"{root}: no such folder")
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
-        raise ValueError(f"{root}: no class folders inside (expected one folder per class)")
+        raise WbcnetError(f"{root}: no class folders inside (expected one folder per class)")
     if classes is None:
         seen: dict[str, str] = {}
         for f in folders:
             if f.name.lower() in seen:
-                raise ValueError(f"{root}: class folders '{seen[f.name.lower()]}' and '{f.name}' differ only in case")
+                raise WbcnetError(f"{root}: class folders '{seen[f.name.lower()]}' and '{f.name}' differ only in case")
             seen[f.name.lower()] = f.name
         classes = [f.name for f in folders]
     index = _canonical_index([f.name for f in folders], classes)
@@ -82,20 +84,45 @@ def scan_folder(root, classes: list[str] | None = None) -> ScanResult:
     return result
 
 
-def scan_csv(manifest, classes: list[str] | None = None, split: str | None = None) -> ScanResult:
-    """Scan a CSV with columns path,label[,group[,split]]; relative paths are relative to the CSV.
-    With `split`, only the rows of that split (a run's split.csv: train, val or test)."""
+def read_manifest(manifest) -> list[dict]:
+    """The rows of a CSV manifest, checked: a header with path and label, at least one row, and
+    a path and a label in every row. A UTF-8 byte-order mark (Excel writes one) is ignored."""
     manifest = Path(manifest)
-    with open(manifest, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows or not {"path", "label"} <= set(rows[0]):
-        raise ValueError(f"{manifest}: a manifest needs a header with 'path' and 'label' columns")
+    try:
+        with open(manifest, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            header = [h.strip() for h in reader.fieldnames or []]
+            reader.fieldnames = header
+            rows = list(reader)
+    except UnicodeDecodeError:
+        raise WbcnetError(f"{manifest}: not a UTF-8 text CSV") from None
+    except csv.Error as e:
+        raise WbcnetError(f"{manifest}: not a readable CSV ({e})") from None
+    if not {"path", "label"} <= set(header):
+        raise WbcnetError(f"{manifest}: a manifest needs a header with 'path' and 'label' columns "
+                          f"(found: {', '.join(header) or 'nothing'})")
+    if not rows:
+        raise WbcnetError(f"{manifest}: no rows under the header")
+    for line, r in enumerate(rows, start=2):
+        if not (r.get("path") or "").strip():
+            raise WbcnetError(f"{manifest}, line {line}: no path")
+        if not (r.get("label") or "").strip():
+            raise WbcnetError(f"{manifest}, line {line}: no label for {r['path'].strip()}")
+    return rows
+
+
+def scan_csv(manifest, classes: list[str] | None = None, split: str | None = None) -> ScanResult:
+    """Scan a CSV with columns path,label[,group[,split]]; relative paths are relative to the CSV's
+    folder (a run's split.csv writes them so). With `split`, only the rows of that split (a run's
+    split.csv: train, val or test)."""
+    manifest = Path(manifest)
+    rows = read_manifest(manifest)
     if split is not None:
         if "split" not in rows[0]:
-            raise ValueError(f"{manifest}: no 'split' column to choose '{split}' from")
+            raise WbcnetError(f"{manifest}: no 'split' column to choose '{split}' from")
         rows = [r for r in rows if r["split"] == split]
         if not rows:
-            raise ValueError(f"{manifest}: no rows of split '{split}'")
+            raise WbcnetError(f"{manifest}: no rows of split '{split}'")
     names = sorted({r["label"].strip() for r in rows}, key=str.lower)
     if classes is None:
         classes = []
@@ -107,12 +134,7 @@ def scan_csv(manifest, classes: list[str] | None = None, split: str | None = Non
     unknown = set()
     for r in rows:
         label = r["label"].strip()
-        p = Path(r["path"])
-        if not p.is_absolute():
-            beside = manifest.parent / p
-            # Relative to the manifest; but a run's split.csv holds paths as training was given
-            # them (relative to where it ran), so fall back to the working directory.
-            p = beside if beside.exists() or not p.exists() else p
+        p = manifest_path(manifest, r["path"].strip())
         if label not in index:
             unknown.add(label)
             continue
@@ -127,13 +149,21 @@ def scan_csv(manifest, classes: list[str] | None = None, split: str | None = Non
     return result
 
 
+def manifest_path(manifest: Path, path: str) -> Path:
+    """A manifest's path as written: absolute, or relative to the manifest's folder (only that)."""
+    p = Path(path)
+    return p if p.is_absolute() else Path(os.path.normpath(manifest.parent / p))
+
+
 def scan(source, classes: list[str] | None = None, split: str | None = None) -> ScanResult:
     """An ImageFolder directory or a .csv manifest (`split` selects rows of a run's split.csv)."""
     source = Path(source)
-    if source.suffix.lower() == ".csv" and source.is_file():
+    if source.suffix.lower() == ".csv":
+        if not source.is_file():
+            raise WbcnetError(f"{source}: no such manifest")
         return scan_csv(source, classes, split)
     if split is not None:
-        raise ValueError(f"{source}: --split needs a CSV manifest with a split column (a run's split.csv)")
+        raise WbcnetError(f"{source}: --split needs a CSV manifest with a split column (a run's split.csv)")
     return scan_folder(source, classes)
 
 

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import csv
+import os
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from .scan import Sample
+from ..errors import WbcnetError
+from ..files import atomic_write
+from .scan import Sample, manifest_path, read_manifest
 
 SPLITS = ("train", "val", "test")
 
@@ -38,7 +41,7 @@ def grouped_split(samples: list[Sample], val_frac: float, test_frac: float, seed
     `seed` and dealt to test, then val, until each holds its fraction of that class's images.
     """
     if not (0 <= val_frac < 1 and 0 <= test_frac < 1 and val_frac + test_frac < 1):
-        raise ValueError(f"val_frac={val_frac} and test_frac={test_frac} must be in [0, 1) and sum below 1")
+        raise WbcnetError(f"val_frac={val_frac} and test_frac={test_frac} must be in [0, 1) and sum below 1")
     by_group: dict[str, list[Sample]] = defaultdict(list)
     for s in samples:
         by_group[s.group].append(s)
@@ -69,21 +72,25 @@ def grouped_split(samples: list[Sample], val_frac: float, test_frac: float, seed
 
 
 def write_split(path, split: dict[str, list[Sample]], classes: list[str]) -> None:
+    """split.csv, a manifest with a split column. Paths are written relative to its own folder,
+    so it can be evaluated from any working directory (`wbcnet evaluate --data RUN/split.csv`)."""
     path = Path(path)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as fh:
+    here = os.path.abspath(path.parent)
+    with atomic_write(path) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["path", "label", "group", "split"])
         for name in SPLITS:
             for s in split.get(name, []):
-                w.writerow([s.path, classes[s.label], s.group, name])
-    tmp.replace(path)
+                w.writerow([os.path.relpath(os.path.abspath(s.path), here), classes[s.label], s.group, name])
 
 
 def read_split(path, classes: list[str]) -> dict[str, list[Sample]]:
+    path = Path(path)
     index = {c: i for i, c in enumerate(classes)}
     out = {k: [] for k in SPLITS}
-    with open(path, newline="") as fh:
-        for r in csv.DictReader(fh):
-            out[r["split"]].append(Sample(r["path"], index[r["label"]], r["group"]))
+    for r in read_manifest(path):
+        if r["label"] not in index:
+            raise WbcnetError(f"{path}: the run's class '{r['label']}' is not among the classes of its data now "
+                              f"({', '.join(classes)}); was a class folder removed or renamed?")
+        out[r["split"]].append(Sample(str(manifest_path(path, r["path"])), index[r["label"]], r["group"]))
     return out

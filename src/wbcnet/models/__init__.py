@@ -1,10 +1,17 @@
-"""Model registry: `create_model(name, num_classes=...)` for our models and any timm model."""
+"""Model registry: `create_model(name, num_classes=...)` for our models and any timm model.
+
+Our models expose `cam_layer()`, the last spatial feature map, for Grad-CAM. timm is imported
+only when a name is not ours: it takes seconds to import.
+"""
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import torch.nn as nn
 
+from ..errors import WbcnetError
+from ..weights import read_pretrained
 from .mhcnn import MHCNN
 from .seed import SeedMHCNN
 
@@ -26,20 +33,38 @@ def default_img_size(name: str) -> int:
     return 112
 
 
+def full_model_args(name: str, given: dict) -> dict:
+    """`given` plus every other constructor default of our models, so that a checkpoint never
+    depends on a default that may change later. timm models keep what was given (their
+    constructors take **kwargs, so there is no complete list to write out)."""
+    if name not in _REGISTRY:
+        return dict(given)
+    params = inspect.signature(_REGISTRY[name][0].__init__).parameters
+    unknown = set(given) - set(params) - {"self"}
+    if unknown:
+        raise WbcnetError(f"model '{name}' has no argument(s) {', '.join(sorted(unknown))}; "
+                          f"it takes {', '.join(p for p in params if p not in ('self', 'num_classes'))}")
+    full = {k: p.default for k, p in params.items() if k not in ("self", "num_classes")
+            and p.default is not inspect.Parameter.empty}
+    full.update(given)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in full.items()}
+
+
 def create_model(name: str, num_classes: int = 5, pretrained: str | Path | None = None, **kwargs) -> nn.Module:
     """Build a model by name. Names not ours go to timm, always built without downloading.
 
-    `pretrained` is a local weights file (.safetensors; or a PyTorch file read with
-    weights_only=True); the classifier is left out when its shape differs.
+    `pretrained` is a local .safetensors weights file; layers whose shape differs (the
+    classifier, for another class list) are left as initialised.
     """
     if name in _REGISTRY:
+        full_model_args(name, kwargs)  # unknown arguments get a clear error, not a TypeError
         model = _REGISTRY[name][0](num_classes=num_classes, **kwargs)
     else:
         import timm
 
         if not timm.list_models(name):
-            raise ValueError(f"unknown model '{name}': ours are {sorted(_REGISTRY)}; otherwise any timm model name "
-                             f"(e.g. {', '.join(TIMM_EXAMPLES)})")
+            raise WbcnetError(f"unknown model '{name}': ours are {sorted(_REGISTRY)}; otherwise any timm model name "
+                              f"(e.g. {', '.join(TIMM_EXAMPLES)})")
         try:
             model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
         except TypeError:
@@ -54,15 +79,9 @@ def create_model(name: str, num_classes: int = 5, pretrained: str | Path | None 
 
 
 def load_pretrained(model: nn.Module, path) -> None:
-    from ..checkpoint import read_state_dict
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: pretrained weights not found (wbcnet never downloads weights; "
-                                f"pass a local .safetensors file)")
-    state = read_state_dict(path)
+    state = read_pretrained(path)
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not usable:
-        raise ValueError(f"{path}: none of its tensors match this model's layers")
+        raise WbcnetError(f"{path}: none of its tensors match this model's layers")
     model.load_state_dict(usable, strict=False)

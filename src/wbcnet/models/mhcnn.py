@@ -93,6 +93,10 @@ class MHCNN(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.fc = nn.Linear(w3, num_classes)
 
+    def cam_layer(self) -> nn.Module:
+        # The last residual stage (S/16), right before its tokens enter attention.
+        return self.stages[-1]
+
     def tokens(self, x):
         if self.image_norm:
             x = (x - x.mean((2, 3), keepdim=True)) / (x.std((2, 3), keepdim=True) + 1e-3)

@@ -56,6 +56,11 @@ class SeedMHCNN(nn.Module):
             nn.Linear(1024, num_classes),  # logits; softmax lives in the loss
         )
 
+    def cam_layer(self) -> nn.Module:
+        # The BatchNorm closing `features`: the last Conv2d is followed by an in-place ReLU that
+        # would overwrite the activation a hook on the conv keeps.
+        return self.features[-1]
+
     def forward(self, x):
         x = self.features(x)
         # Keras reshapes the channels-last map in memory order: NHWC, then 256 rows.
