@@ -60,3 +60,39 @@ def tiny_imagefolder(tmp_path):
             for p in sorted(d.glob("*.jpg"))[:8]:
                 shutil.copy(p, root / d.name / p.name)
     return root
+
+
+def small_config(data, out, **kw):
+    """A run of a few seconds: a tiny mhcnn at 48 px."""
+    from wbcnet.config import TrainConfig
+
+    base = dict(data=str(data), out=str(out), model="mhcnn", img_size=48, epochs=3, batch_size=8, lr=2e-3,
+                warmup_epochs=1, patience=0, val_frac=0.25, test_frac=0.25, seed=7, cache_dir=None, progress=False,
+                ema_decay=0.9, model_args={"widths": [8, 16, 32, 48], "heads": 2, "depth": 1})
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def folder_state(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` with its bytes: to check that a failed command changed nothing."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def readonly_dir(tmp_path):
+    """A folder nothing can be written in: a read-only tmpfs as root (where chmod means nothing),
+    else a folder without write permission."""
+    import os
+    import subprocess
+
+    d = tmp_path / "readonly"
+    d.mkdir()
+    if os.geteuid() != 0:
+        d.chmod(0o555)
+        yield d
+        d.chmod(0o755)
+        return
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(d)], capture_output=True).returncode:
+        pytest.skip("running as root and cannot mount a read-only tmpfs")
+    yield d
+    subprocess.run(["umount", str(d)], capture_output=True)

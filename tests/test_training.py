@@ -10,13 +10,7 @@ from wbcnet.errors import WbcnetError
 from wbcnet.models import create_model
 from wbcnet.train import fit
 
-
-def small_config(data, out, **kw):
-    base = dict(data=str(data), out=str(out), model="mhcnn", img_size=48, epochs=3, batch_size=8, lr=2e-3,
-                warmup_epochs=1, patience=0, val_frac=0.25, test_frac=0.25, seed=7, cache_dir=None, progress=False,
-                ema_decay=0.9, model_args={"widths": [8, 16, 32, 48], "heads": 2, "depth": 1})
-    base.update(kw)
-    return TrainConfig(**base)
+from conftest import small_config
 
 
 def test_checkpoint_round_trip(tmp_path):

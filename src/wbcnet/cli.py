@@ -119,10 +119,11 @@ def cmd_predict(args) -> int:
     if args.out not in (None, "-"):
         ensure_writable_file(args.out, "predictions CSV")  # before classifying thousands of files, not after
     paths, skipped = expand_inputs(args.inputs)
+    if not paths:
+        why = f" ({skipped[0][0]}: {skipped[0][1]})" if len(skipped) == 1 else ""
+        raise WbcnetError(f"no images to classify in {' '.join(args.inputs)}{why}")
     for path, reason in skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)
-    if not paths:
-        raise WbcnetError(f"no images to classify in {' '.join(args.inputs)}")
     model, meta = load_model(args.checkpoint)
     backend = None
     if args.backend == "onnxruntime":
