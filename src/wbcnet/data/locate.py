@@ -1,17 +1,18 @@
-"""Find the white cell in a crop, then crop a square around it at a fixed multiple of its size.
+"""Find the white cell in a picture, then crop a square around it at a fixed multiple of its size.
 
-Labs frame cells differently: Raabin-WBC shows a small cell among many red cells, PBC a cell in
-the middle of a wider field, BCCD a tight, blurry crop; some labs pad with black where a cell sat
-near the edge of the field. Cropping every image to `context` x the cell's diameter brings the
-cell to the model at one scale whatever the framing.
+Labs frame cells differently: Raabin-WBC and PBC show a cell of about a third of the picture
+among red cells, BCCD a tight, blurry crop; some labs pad with black where a cell sat near the
+edge of the field. Cropping every image to `context` x the cell's diameter brings the cell to the
+model at one scale whatever the framing.
 
-No fixed colour rule holds across stains (Raabin's red cells are purple enough to pass for
-nucleus under a blue-minus-green threshold), so every threshold here is learnt from the image
-itself: the pixels are sorted into background, red cells / cytoplasm and nucleus by a small
-k-means on a stain feature, and the cell is measured from the nucleus outwards.
+No fixed colour rule holds across labs (Raabin's red cells are dark and purple enough to pass
+for nucleus under a blue-minus-green threshold), so every threshold is learnt from the image:
+a 1-D k-means on a stain feature sorts its pixels into plasma, red cells / cytoplasm and nucleus;
+the nucleus nearest the middle, lobes merged, seeds the cell; rays from it to the edge of the
+stained, not-red-cell region around it give the cell's centre and radius.
 
-All the work happens on a copy of at most `WORK_SIDE` pixels a side (about 0.5 ms for a 224 px
-crop); boxes are returned in the coordinates of the image given.
+All the work is done on a box-averaged copy of at most WORK_SIDE pixels a side (under a
+millisecond) and boxes come back in the coordinates of the image given.
 """
 from __future__ import annotations
 
@@ -21,213 +22,57 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage as ndi
 
-# Longest side of the working copy. A nucleus is still 10+ px across at this size in every lab
-# we have, and k-means on ~4,000 pixels costs next to nothing.
+# Longest side of the working copy of a single-cell crop. A lymphocyte's nucleus is still about
+# 10 px across at this size in every lab we have.
 WORK_SIDE = 64
-# Crop side = CONTEXT x cell diameter (see find_cell's users and docs/locate.png).
-DEFAULT_CONTEXT = 1.6
+# ... and of a whole smear field (BCCD's 640x480 fields: a white cell is then ~25 px across).
+FIELD_WORK_SIDE = 128
+# Crop side = DEFAULT_CONTEXT x the cell's diameter: the whole cell plus a rim of its
+# surroundings, so that a cell measured a little small is still whole (docs/locate.png).
+DEFAULT_CONTEXT = 1.5
 
-# Padding a lab added around a cell near the field's edge: near black and grey. Nucleus is
-# never this dark in brightfield, and when it is dark it is strongly purple.
+# Padding a lab added around a cell near the field's edge is near black and grey. Stained
+# nucleus is never this dark in brightfield, and when it is dark it is strongly purple.
 _PAD_MAX_VALUE = 50
 _PAD_MAX_RANGE = 30
-# The nucleus cluster must stand this far (in optical density, summed over R+G-B) above the
-# background, or the image has no stained nucleus at all (a blank field, plasma only).
+# The nucleus cluster must absorb green this much more than plasma does (optical density), or
+# the picture holds no white cell (plasma only; red cells alone reach ~0.15). In a whole field
+# the nuclei are a few percent of the pixels and their cluster centre sinks towards the red
+# cells', so the bar is lower there (BCCD's blurry fields: nuclei ~0.3, red cells ~0.1).
 _MIN_CONTRAST = 0.25
-# ... and cover at least this fraction of the working copy (a platelet or dust speck is smaller).
+_MIN_FIELD_CONTRAST = 0.15
+# ... and cover this fraction of the picture's working copy (a platelet or dust speck is smaller).
 _MIN_NUCLEUS_FRACTION = 0.004
-# Smallest colour distance from plasma (optical density) that counts as stained, however
-# clean the plasma; JPEG noise in BCCD's plasma alone reaches 0.05.
+# In a field, a nucleus this much smaller than the largest one is a platelet clump or a fragment.
+_MIN_FIELD_NUCLEUS_SHARE = 0.35
+# Colour distance from plasma (optical density) below which a pixel counts as plasma however
+# clean the plasma is; JPEG noise in BCCD's plasma alone reaches 0.05.
 _MIN_STAIN = 0.07
-# Lobes of one neutrophil lie closer than this (working pixels) and are merged into one nucleus.
+# Lobes of one neutrophil lie closer than twice this (working pixels) and count as one nucleus.
 _LOBE_GAP = 2
+# The tighter the framing, the further apart lobes lie in working pixels; nuclear pixels within
+# this many nucleus radii of the nucleus are let through as the same cell when measuring it.
+_LOBE_REACH = 1.2
 _N_RAYS = 32
+# Rays that run into a touching red cell only ever come out long, so the cell's radius is taken
+# low in the rays' spread rather than at the median (Raabin's lymphocytes sit among red cells).
+_EDGE_QUANTILE = 0.3
+# The cell is at least its nucleus and, in every cell we looked at, at most twice as wide.
+_MAX_CELL_OVER_NUCLEUS = 2.0
 
 
 @dataclass(frozen=True)
 class CellBox:
-    """A white cell in pixel coordinates of the image it was found in.
-
-    radius is the whole cell's (nucleus and cytoplasm), not the nucleus's.
-    """
+    """A white cell in pixel coordinates of the image it was found in (radius: nucleus and
+    cytoplasm, not the nucleus alone)."""
 
     cx: float
     cy: float
     radius: float
 
 
-def _downsample(rgb: np.ndarray, side: int) -> tuple[np.ndarray, int]:
-    """Box-average to at most `side` px (PIL's reduce is several times faster than numpy here)."""
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise ValueError(f"expected an HxWx3 uint8 image, got {rgb.shape} {rgb.dtype}")
-    factor = max(1, -(-max(rgb.shape[:2]) // side))
-    small = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).reduce(factor))
-    return small.astype(np.float32), factor
-
-
-def _kmeans_1d(x: np.ndarray, k: int, iters: int = 12) -> np.ndarray:
-    """Sorted centres of k clusters of the values x, started from spread-out percentiles."""
-    hist, edges = np.histogram(x, bins=128)
-    mids = (edges[:-1] + edges[1:]) / 2
-    # On a histogram rather than on the pixels: a few hundred operations a step, not thousands.
-    centres = np.percentile(x, np.linspace(30, 99, k))
-    for _ in range(iters):
-        nearest = np.abs(mids[:, None] - centres[None]).argmin(1)
-        w = np.bincount(nearest, weights=hist, minlength=k)
-        s = np.bincount(nearest, weights=hist * mids, minlength=k)
-        centres = np.where(w > 0, s / np.maximum(w, 1e-9), centres)
-    return np.sort(centres)
-
-
-def _stain_maps(small: np.ndarray):
-    """Optical density, nucleus-likeness, stained and padding masks of a working copy.
-
-    Returns (od, nucleus_score, stained, padding), or None for an image that is all padding.
-    The score is the excess of green absorption over red and blue, relative to the background:
-    a nucleus absorbs green far more than anything else on a Romanowsky-stained slide, while
-    red cells, even Raabin's dark purple ones, absorb blue and red nearly as much as green.
-    `stained` is every pixel whose colour differs from the plasma (cells of all kinds); padding is
-    the near-black frame.
-    """
-    v = small.max(2)
-    padding = (v < _PAD_MAX_VALUE) & (v - small.min(2) < _PAD_MAX_RANGE)
-    if padding.any():
-        # The resampled rim between padding and picture is a dark grey that is neither.
-        padding = ndi.binary_dilation(padding, iterations=1)
-    inside = ~padding
-    if inside.sum() < 16:
-        return None
-    od = -np.log((small + 1.0) / 256.0)
-    # Plasma is the palest tenth of the picture; tight crops still show that much of it, and
-    # when they do not, the palest cytoplasm stands in and the cell still outranks it.
-    darkness = od.sum(2)
-    plasma = inside & (darkness <= np.percentile(darkness[inside], 10))
-    od_plasma = np.median(od[plasma], axis=0)
-    off_plasma = np.sqrt(((od - od_plasma) ** 2).sum(2))
-    # Pale cytoplasm (a neutrophil's in PBC) differs from plasma by a hue shift rather than by
-    # darkness, so the test is a colour distance, against the plasma's own spread.
-    spread = np.percentile(off_plasma[plasma], 90)
-    stained = inside & (off_plasma > max(_MIN_STAIN, 3 * spread))
-    score = od[..., 1] - (od[..., 0] + od[..., 2]) / 2
-    score = score - np.median(score[plasma])
-    return od, score, stained, padding
-
-
-def _nucleus(score: np.ndarray, padding: np.ndarray):
-    """Mask of the nucleus (lobes merged) of the cell nearest the centre, or None."""
-    inside = ~padding
-    centres = _kmeans_1d(score[inside], 3)
-    if centres[-1] < _MIN_CONTRAST:
-        return None
-    nucleus = (score > (centres[-1] + centres[-2]) / 2) & inside
-    # Label on a dilated copy so that a neutrophil's lobes count as one object.
-    grouped, n = ndi.label(ndi.binary_dilation(nucleus, iterations=_LOBE_GAP))
-    if n == 0:
-        return None
-    labels = np.where(nucleus, grouped, 0)
-    h, w = score.shape
-    yy, xx = np.mgrid[0:h, 0:w]
-    # Prefer strong, large objects near the middle: a crop is centred on its cell, and a
-    # neighbour cut by the edge is both smaller and off-centre.
-    d2 = ((yy - (h - 1) / 2) ** 2 + (xx - (w - 1) / 2) ** 2) / (0.3 * max(h, w)) ** 2
-    weight = np.where(nucleus, (score - centres[-2]) * np.exp(-0.5 * d2), 0.0)
-    votes = np.bincount(labels.ravel(), weights=weight.ravel(), minlength=n + 1)
-    votes[0] = 0
-    best = int(votes.argmax())
-    mask = labels == best
-    if mask.sum() < _MIN_NUCLEUS_FRACTION * inside.sum():
-        return None
-    return mask
-
-
-def _cast_rays(cell: np.ndarray, blocked: np.ndarray, cy: float, cx: float):
-    """Walk out from (cy, cx) in `_N_RAYS` directions until leaving `cell`.
-
-    Returns (dist, end_y, end_x, cut): how far each ray went, where it stopped, and whether it
-    stopped because the picture ended (image edge or padding) rather than the cell, so that its
-    distance is only a lower bound.
-    """
-    h, w = cell.shape
-    angles = np.linspace(0, 2 * np.pi, _N_RAYS, endpoint=False)
-    steps = np.arange(0, 1.5 * max(h, w), 0.5)
-    ys = cy + np.sin(angles)[:, None] * steps[None]
-    xs = cx + np.cos(angles)[:, None] * steps[None]
-    iy, ix = np.rint(ys).astype(int), np.rint(xs).astype(int)
-    on_image = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
-    iy, ix = np.clip(iy, 0, h - 1), np.clip(ix, 0, w - 1)
-    go_on = on_image & cell[iy, ix] & ~blocked[iy, ix]
-    # First step that is not cell (argmin of a boolean finds the first False).
-    first_out = np.where(go_on.all(1), steps.size - 1, go_on.argmin(1))
-    k = np.arange(_N_RAYS)
-    cut = ~on_image[k, first_out] | blocked[iy[k, first_out], ix[k, first_out]]
-    return steps[first_out], ys[k, first_out], xs[k, first_out], cut
-
-
-def _fit_circle(y: np.ndarray, x: np.ndarray):
-    """Least-squares circle through points (Kasa's linear fit): (cy, cx, r), or None."""
-    a = np.column_stack([x, y, np.ones_like(x)])
-    try:
-        (d, e, f), *_ = np.linalg.lstsq(a, -(x * x + y * y), rcond=None)
-    except np.linalg.LinAlgError:
-        return None
-    cx, cy = -d / 2, -e / 2
-    r2 = cx * cx + cy * cy - f
-    return (float(cy), float(cx), float(np.sqrt(r2))) if r2 > 0 else None
-
-
-def _cell_mask(od: np.ndarray, stained: np.ndarray, nucleus: np.ndarray) -> np.ndarray:
-    """The stained pixels that belong to the white cell rather than to red cells touching it.
-
-    Two colour prototypes learnt from the image: cytoplasm from the stained ring just outside
-    the nucleus, red cell from stained pixels far from it. Each stained pixel goes to the nearer.
-    """
-    far_from_nucleus = ndi.distance_transform_edt(~nucleus)
-    ny, nx = np.nonzero(nucleus)
-    extent = np.sqrt(nucleus.sum() / np.pi)
-    ring = stained & ~nucleus & (far_from_nucleus <= 2)
-    far = stained & (far_from_nucleus > 1.5 * extent)
-    cell = stained
-    if ring.sum() >= 8 and far.sum() >= 8:
-        cyto = np.median(od[ring], axis=0)
-        rbc = np.median(od[far], axis=0)
-        cell = stained & (((od - cyto) ** 2).sum(2) < ((od - rbc) ** 2).sum(2))
-    # Close one-pixel gaps (granules, JPEG noise) so that a ray does not stop inside the cell.
-    return ndi.binary_fill_holes(ndi.binary_closing(cell | nucleus))
-
-
-def _measure(small: np.ndarray, debug: dict | None = None):
-    """(cy, cx, radius) of the cell nearest the centre of a working copy, or None."""
-    maps = _stain_maps(small)
-    if maps is None:
-        return None
-    od, score, stained, padding = maps
-    nucleus = _nucleus(score, padding)
-    if nucleus is None:
-        return None
-    cell = _cell_mask(od, stained, nucleus)
-    if debug is not None:
-        debug.update(stained=stained, nucleus=nucleus, cell=cell, padding=padding)
-    cy, cx = ndi.center_of_mass(nucleus)
-    # The nucleus's centre is not the cell's (a lymphocyte's or eosinophil's cytoplasm sits to
-    # one side): fit a circle to where the rays left the cell, leaving out rays that ran on into
-    # a touching red cell or off the picture, and cast again from its centre.
-    for _ in range(2):
-        dist, ey, ex, cut = _cast_rays(cell, padding, cy, cx)
-        keep = ~cut & (dist <= 1.3 * np.median(dist))
-        fit = _fit_circle(ey[keep], ex[keep]) if keep.sum() >= _N_RAYS // 3 else None
-        if fit is None or np.hypot(fit[0] - cy, fit[1] - cx) > 0.5 * np.median(dist):
-            break
-        cy, cx = fit[0], fit[1]
-    dist, _, _, _ = _cast_rays(cell, padding, cy, cx)
-    radius = float(np.median(dist))
-    # The cell holds its nucleus whatever the stained mask says (pale cytoplasm, blur).
-    ny, nx = np.nonzero(nucleus)
-    radius = max(radius, float(np.sqrt(((ny - cy) ** 2 + (nx - cx) ** 2).max())) + 0.5)
-    return cy, cx, radius
-
-
 def find_cell(rgb: np.ndarray) -> CellBox | None:
-    """Locate the white cell nearest the middle of an RGB crop.
+    """Locate the white cell nearest the middle of a single-cell crop.
 
     Parameters
     ----------
@@ -238,22 +83,307 @@ def find_cell(rgb: np.ndarray) -> CellBox | None:
     CellBox in `rgb`'s pixel coordinates, or None when no stained nucleus stands out.
     """
     small, factor = _downsample(rgb, WORK_SIDE)
-    found = _measure(small)
-    if found is None:
+    maps = _stain_maps(small, _MIN_CONTRAST)
+    if maps is None:
         return None
-    cy, cx, radius = found
-    # A working pixel i covers original pixels [i*factor, (i+1)*factor).
-    return CellBox(cx=(cx + 0.5) * factor - 0.5, cy=(cy + 0.5) * factor - 0.5, radius=radius * factor)
+    labels, n = _nucleus_labels(maps)
+    if n == 0:
+        return None
+    h, w = labels.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    # Vote for the strong, large nucleus near the middle: a crop is centred on its cell, and a
+    # neighbour cut by the edge is both smaller and off-centre. Padded crops are off-centre too,
+    # hence a wide vote rather than "the one at the centre".
+    near = np.exp(-0.5 * (((yy - (h - 1) / 2) ** 2 + (xx - (w - 1) / 2) ** 2) / (0.3 * max(h, w)) ** 2))
+    votes = np.bincount(labels.ravel(), weights=(maps.score * near).ravel(), minlength=n + 1)
+    votes[0] = -np.inf
+    nucleus = _with_lobes(maps, labels, labels == int(votes.argmax()))
+    if nucleus.sum() < _MIN_NUCLEUS_FRACTION * (~maps.padding).sum():
+        return None
+    return _to_box(_measure(maps, nucleus), factor)
+
+
+def find_cells(field_rgb: np.ndarray) -> list[CellBox]:
+    """Locate every white cell in a whole smear field, largest first.
+
+    Parameters
+    ----------
+    field_rgb : HxWx3 uint8 array (e.g. a 640x480 BCCD field).
+
+    Returns
+    -------
+    CellBoxes in `field_rgb`'s pixel coordinates; empty when none stands out.
+    """
+    small, factor = _downsample(field_rgb, FIELD_WORK_SIDE)
+    maps = _stain_maps(small, _MIN_FIELD_CONTRAST)
+    if maps is None:
+        return []
+    labels, n = _nucleus_labels(maps)
+    if n == 0:
+        return []
+    areas = np.bincount(labels.ravel(), minlength=n + 1)
+    areas[0] = 0
+    floor = max(_MIN_NUCLEUS_FRACTION / 4 * labels.size, _MIN_FIELD_NUCLEUS_SHARE * areas.max())
+    boxes: list[CellBox] = []
+    for k in np.argsort(-areas):
+        if areas[k] < floor:
+            break
+        box = _to_box(_measure(maps, labels == k), factor)
+        # A nucleus split in two by the threshold must not give the same cell twice.
+        if all(np.hypot(box.cx - b.cx, box.cy - b.cy) > b.radius for b in boxes):
+            boxes.append(box)
+    return boxes
 
 
 def crop_square(rgb: np.ndarray, box: CellBox, context: float = DEFAULT_CONTEXT) -> np.ndarray:
-    """Square of side 2 * box.radius * context centred on the cell, edges repeated where it
-    leaves the image.
-    """
+    """The square of side 2 * box.radius * context centred on the cell; where it runs off the
+    image, the image's edge pixels are repeated (a padded black frame stays black)."""
     half = max(1, int(round(box.radius * context)))
     cy, cx = int(round(box.cy)), int(round(box.cx))
-    y0, x0, y1, x1 = cy - half, cx - half, cy + half, cx + half
     h, w = rgb.shape[:2]
-    pad = ((max(0, -y0), max(0, y1 - h)), (max(0, -x0), max(0, x1 - w)), (0, 0))
+    # Clamp the centre into the image so that some pixels remain to repeat.
+    cy, cx = min(max(cy, 0), h - 1), min(max(cx, 0), w - 1)
+    y0, x0, y1, x1 = cy - half, cx - half, cy + half, cx + half
     inner = rgb[max(0, y0):min(h, y1), max(0, x0):min(w, x1)]
-    return np.pad(inner, pad, mode="edge") if any(p != (0, 0) for p in pad[:2]) else inner.copy()
+    pad = ((max(0, -y0), max(0, y1 - h)), (max(0, -x0), max(0, x1 - w)), (0, 0))
+    return np.pad(inner, pad, mode="edge") if any(pad[0] + pad[1]) else inner.copy()
+
+
+# --- the steps, in the order they run ---------------------------------------------------------
+
+def _downsample(rgb: np.ndarray, side: int) -> tuple[np.ndarray, int]:
+    """Box-average to at most `side` px a side (PIL's reduce: ~10x faster than numpy here)."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"expected an HxWx3 uint8 image, got {rgb.shape} {rgb.dtype}")
+    factor = max(1, -(-max(rgb.shape[:2]) // side))
+    small = Image.fromarray(np.ascontiguousarray(rgb)).reduce(factor) if factor > 1 else rgb
+    return np.asarray(small, dtype=np.float32), factor
+
+
+@dataclass(frozen=True)
+class _Maps:
+    od: np.ndarray         # 3xHxW optical density, one plane a channel
+    score: np.ndarray      # nucleus-likeness, relative to plasma
+    nuclear: np.ndarray    # score above the nucleus cluster's threshold: nuclei of any cell
+    stained: np.ndarray    # colour differs from plasma: cells of any kind
+    padding: np.ndarray    # the near-black frame some labs add
+
+
+def _stain_maps(small: np.ndarray, min_contrast: float) -> _Maps | None:
+    """Per-pixel maps of a working copy; None when there is no stained nucleus or no picture.
+
+    The nucleus score is the excess of green absorption over red and blue: nucleus absorbs green
+    far more than anything else on a Romanowsky-stained slide, while red cells, even Raabin's
+    dark purple ones, absorb blue and red nearly as much as green.
+    """
+    # Channel planes: numpy reduces over a last axis of length 3 slowly, over planes fast.
+    r, g, b = np.ascontiguousarray(small.transpose(2, 0, 1))
+    v = np.maximum(np.maximum(r, g), b)
+    padding = (v < _PAD_MAX_VALUE) & (v - np.minimum(np.minimum(r, g), b) < _PAD_MAX_RANGE)
+    if padding.any():
+        # The resampled rim between padding and picture is a dark grey that is neither.
+        padding = _grow(padding, 1)
+    inside = ~padding
+    if inside.sum() < 64:
+        return None
+    od = -np.log((np.stack([r, g, b]) + 1.0) / 256.0)
+    # Plasma is the palest tenth of the picture. Tight crops still show that much of it; when
+    # they do not, the palest cytoplasm stands in, and the nucleus still outranks it.
+    darkness = od[0] + od[1] + od[2]
+    plasma = inside & (darkness <= _quantile(darkness[inside], 0.10))
+    od_plasma = _channel_medians(od, plasma)
+    # Pale cytoplasm (a PBC neutrophil's) differs from plasma by hue more than by darkness, hence
+    # a colour distance, measured against the plasma's own spread.
+    off_plasma = np.sqrt(((od - od_plasma) ** 2).sum(0))
+    stained = inside & (off_plasma > max(_MIN_STAIN, 3 * _quantile(off_plasma[plasma], 0.9)))
+    score = od[1] - (od[0] + od[2]) / 2
+    score -= _quantile(score[plasma], 0.5)
+    # Three clusters of the score: plasma, red cells and cytoplasm, nucleus.
+    centres = _kmeans_1d(score[inside], 3)
+    if centres[-1] < min_contrast:
+        return None
+    nuclear = (score > (centres[-1] + centres[-2]) / 2) & inside
+    return _Maps(od, score, nuclear, stained, padding)
+
+
+def _nucleus_labels(maps: _Maps) -> tuple[np.ndarray, int]:
+    """Label image of the nuclei, each neutrophil's lobes under one label."""
+    # Label a grown copy so that lobes a thin strand apart join, then keep only true pixels.
+    grouped, n = ndi.label(_grow(maps.nuclear, _LOBE_GAP))
+    return np.where(maps.nuclear, grouped, 0), n
+
+
+def _with_lobes(maps: _Maps, labels: np.ndarray, nucleus: np.ndarray) -> np.ndarray:
+    """`nucleus` plus the other lobes of its cell.
+
+    The tighter the framing, the further apart a neutrophil's lobes lie in working pixels, so
+    the reach scales with the nucleus's size. A neighbour's nucleus is told apart as best we
+    can: a lobe is between a quarter and twice the size of the first, stays clear of the
+    picture's edge (a neighbour in a single-cell crop is usually cut by it) and is joined to the
+    first by stain, not across plasma.
+    """
+    area = nucleus.sum()
+    reach = max(_LOBE_GAP, int(round(_LOBE_REACH * np.sqrt(area / np.pi))))
+    body, _ = ndi.label(maps.stained | maps.nuclear)
+    n = labels.max()
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    ok = (sizes >= area / 4) & (sizes <= 2 * area)
+    for edge in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
+        ok[edge] = False
+    ok[np.unique(labels[body != np.bincount(body[nucleus]).argmax()])] = False
+    ok[0] = False
+    near = np.unique(labels[_grow(nucleus, reach)])
+    near = near[ok[near]]
+    return nucleus | np.isin(labels, near) if near.size else nucleus
+
+
+def _measure(maps: _Maps, nucleus: np.ndarray) -> tuple[float, float, float]:
+    """(cy, cx, radius) of the cell around `nucleus`, in working pixels."""
+    cell = _cell_mask(maps, nucleus)
+    ny, nx = np.nonzero(nucleus)
+    cy, cx = ny.mean(), nx.mean()
+    # Rays need not go further than the largest radius we would accept (see below).
+    longest = _MAX_CELL_OVER_NUCLEUS * (np.sqrt(((ny - cy) ** 2 + (nx - cx) ** 2).max()) + 1) + 2
+    # The nucleus's centre is not the cell's (an eosinophil's or a lymphocyte's cytoplasm sits to
+    # one side): fit a circle to where the rays left the cell, leaving out rays that ran on into
+    # a touching red cell or off the picture, and cast again from its centre.
+    for _ in range(2):
+        dist, ey, ex, cut = _cast_rays(cell, maps.padding, cy, cx, longest)
+        keep = ~cut & (dist <= 1.3 * np.quantile(dist, _EDGE_QUANTILE))
+        fit = _fit_circle(ey[keep], ex[keep]) if keep.sum() >= _N_RAYS // 3 else None
+        if fit is None or np.hypot(fit[0] - cy, fit[1] - cx) > 0.5 * np.median(dist):
+            break
+        cy, cx = fit
+    dist, _, _, _ = _cast_rays(cell, maps.padding, cy, cx, longest)
+    # Whatever the stained mask says (pale cytoplasm, blur, touching red cells), the cell holds
+    # its nucleus and is not much wider. A quantile, so one stray pixel does not count.
+    reach = float(np.sqrt(_quantile((ny - cy) ** 2 + (nx - cx) ** 2, 0.98))) + 0.5
+    radius = min(max(float(np.quantile(dist, _EDGE_QUANTILE)), reach), _MAX_CELL_OVER_NUCLEUS * reach)
+    return float(cy), float(cx), radius
+
+
+def _cell_mask(maps: _Maps, nucleus: np.ndarray) -> np.ndarray:
+    """The stained pixels that belong to the white cell rather than to red cells touching it.
+
+    Two colour prototypes learnt from the image: cytoplasm from the stained ring just outside the
+    nucleus, red cell from stained pixels well away from it; each stained pixel goes to the
+    nearer. Where either is missing (scant cytoplasm, a crop that is all cell), all stain counts.
+    """
+    od, stained = maps.od, maps.stained
+    ring = stained & _grow(nucleus, 2) & ~maps.nuclear
+    ny, nx = np.nonzero(nucleus)
+    h, w = nucleus.shape
+    yy, xx = np.ogrid[0:h, 0:w]
+    reach = np.sqrt(((ny - ny.mean()) ** 2 + (nx - nx.mean()) ** 2).max())
+    far = stained & ((yy - ny.mean()) ** 2 + (xx - nx.mean()) ** 2 > (reach + np.sqrt(ny.size / np.pi)) ** 2)
+    cell = stained
+    if ring.sum() >= 8 and far.sum() >= 8:
+        cyto, rbc = _channel_medians(od, ring), _channel_medians(od, far)
+        cell = stained & (((od - cyto) ** 2).sum(0) < ((od - rbc) ** 2).sum(0))
+    # Lobes the grouping left out (neither cytoplasm- nor red-cell-coloured) must not stop the
+    # rays; a neighbour's nucleus further away must. Then close one-pixel gaps (granules, noise).
+    lobes = maps.nuclear & _grow(nucleus, max(1, int(round(_LOBE_REACH * np.sqrt(ny.size / np.pi)))))
+    cell = ~_grow(~_grow(cell | lobes, 1), 1)
+    return _fill_holes(cell | nucleus)
+
+
+def _cast_rays(cell: np.ndarray, blocked: np.ndarray, cy: float, cx: float, longest: float):
+    """Walk out from (cy, cx) in _N_RAYS directions until leaving `cell`, at most `longest`.
+
+    Returns (dist, end_y, end_x, cut): how far each ray went, where it stopped, and whether it
+    stopped because the picture ended (image edge or padding) rather than the cell, so that its
+    distance is only a lower bound.
+    """
+    h, w = cell.shape
+    angles = np.linspace(0, 2 * np.pi, _N_RAYS, endpoint=False)
+    steps = np.arange(0, longest, 0.5)
+    ys = cy + np.sin(angles)[:, None] * steps[None]
+    xs = cx + np.cos(angles)[:, None] * steps[None]
+    iy, ix = np.rint(ys).astype(np.intp), np.rint(xs).astype(np.intp)
+    on_image = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
+    iy, ix = np.clip(iy, 0, h - 1), np.clip(ix, 0, w - 1)
+    go_on = on_image & cell[iy, ix] & ~blocked[iy, ix]
+    # The first step out of the cell (argmin of a boolean finds the first False).
+    first_out = np.where(go_on.all(1), steps.size - 1, go_on.argmin(1))
+    k = np.arange(_N_RAYS)
+    cut = ~on_image[k, first_out] | blocked[iy[k, first_out], ix[k, first_out]]
+    return steps[first_out], ys[k, first_out], xs[k, first_out], cut
+
+
+def _fit_circle(y: np.ndarray, x: np.ndarray) -> tuple[float, float] | None:
+    """Centre (cy, cx) of the least-squares circle through the points (Kasa's linear fit)."""
+    a = np.column_stack([x, y, np.ones_like(x)])
+    (d, e, f), *_ = np.linalg.lstsq(a, -(x * x + y * y), rcond=None)
+    if d * d / 4 + e * e / 4 - f <= 0:
+        return None
+    return float(-e / 2), float(-d / 2)
+
+
+def _to_box(found: tuple[float, float, float], factor: int) -> CellBox:
+    """Working pixels to the original's: working pixel i covers [i * factor, (i + 1) * factor)."""
+    cy, cx, radius = found
+    return CellBox(cx=(cx + 0.5) * factor - 0.5, cy=(cy + 0.5) * factor - 0.5, radius=radius * factor)
+
+
+# --- small fast helpers (scipy's general versions cost more than all the rest) ----------------
+
+def _kmeans_1d(x: np.ndarray, k: int, iters: int = 20) -> np.ndarray:
+    """Sorted centres of k clusters of the values x, run on a 128-bin histogram of them.
+
+    In one dimension a cluster is a run of bins between midpoints of the centres, so a step is
+    a few look-ups in cumulative sums rather than a distance matrix.
+    """
+    lo, hi = float(x.min()), float(x.max())
+    if hi - lo < 1e-6:
+        return np.full(k, lo)
+    bins = np.minimum(((x - lo) * (128 / (hi - lo))).astype(np.intp), 127)
+    hist = np.bincount(bins, minlength=128).astype(np.float64)
+    mids = lo + (np.arange(128) + 0.5) * ((hi - lo) / 128)
+    count = np.concatenate([[0.0], np.cumsum(hist)])
+    mass = np.concatenate([[0.0], np.cumsum(hist * mids)])
+    # Start from spread-out quantiles, the top one high enough to sit in a small nucleus.
+    centres = mids[np.minimum(np.searchsorted(count[1:] / count[-1], np.linspace(0.3, 0.99, k)), 127)]
+    for _ in range(iters):
+        cuts = np.concatenate([[0], np.searchsorted(mids, (centres[1:] + centres[:-1]) / 2), [128]])
+        n, m = np.diff(count[cuts]), np.diff(mass[cuts])
+        new = np.where(n > 0, m / np.maximum(n, 1e-12), centres)
+        if np.allclose(new, centres):
+            break
+        centres = np.sort(new)
+    return centres
+
+
+def _channel_medians(planes: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Median of each plane over `mask`, shaped (C, 1, 1) to broadcast against the planes."""
+    return np.array([_quantile(p[mask], 0.5) for p in planes])[:, None, None]
+
+
+def _quantile(x: np.ndarray, q: float) -> float:
+    """np.quantile's nearest-rank value by partition: a fraction of its cost on small arrays."""
+    x = x.ravel()
+    i = min(x.size - 1, int(q * (x.size - 1) + 0.5))
+    return float(np.partition(x, i)[i])
+
+
+def _grow(mask: np.ndarray, steps: int) -> np.ndarray:
+    """Dilate by `steps` pixels with a 4-neighbour cross."""
+    out = mask.copy()
+    for _ in range(steps):
+        prev = out.copy()
+        out[1:] |= prev[:-1]
+        out[:-1] |= prev[1:]
+        out[:, 1:] |= prev[:, :-1]
+        out[:, :-1] |= prev[:, 1:]
+    return out
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """`mask` plus every region of ~mask that does not reach the border."""
+    holes, n = ndi.label(~mask)
+    if n == 0:
+        return mask
+    outside = np.zeros(n + 1, bool)
+    for edge in (holes[0], holes[-1], holes[:, 0], holes[:, -1]):
+        outside[edge] = True
+    outside[0] = True
+    return ~outside[holes] | mask
