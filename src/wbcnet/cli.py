@@ -29,7 +29,9 @@ def add_train_flags(p) -> None:
         default = field_default(f)
         help = f"{f.metadata['help']} (default: {'none' if default is None else default})"
         kind = str(f.type)
-        if kind.startswith("bool"):
+        if f.metadata.get("append"):
+            p.add_argument(_flag(f.name), dest=f.name, action="append", default=None, metavar="[NAME=]PATH", help=help)
+        elif kind.startswith("bool"):
             p.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help)
         elif kind.startswith("list"):
             p.add_argument(_flag(f.name), dest=f.name, type=lambda v: [c.strip() for c in v.split(",") if c.strip()],
@@ -52,10 +54,15 @@ def given_train_flags(args) -> dict:
 def train_config(args):
     """The YAML config (if any) with the flags given on top, checked."""
     from .config import TrainConfig
+    from .data.sources import parse_sources
 
     cfg = TrainConfig.from_yaml(args.config) if args.config else TrainConfig()
     for name, value in given_train_flags(args).items():
         setattr(cfg, name, value)
+    if isinstance(cfg.data, list):  # from --data flags: a plain path, or {name: path} for several labs
+        named = [d for d in cfg.data if "=" in d]
+        cfg.data = cfg.data[0] if len(cfg.data) == 1 and not named else \
+            {s.name: s.path for s in parse_sources(cfg.data)}
     return cfg.validate()
 
 
@@ -76,16 +83,25 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .checkpoint import load_model
-    from .evaluate import evaluate_folder
+    from .data.sources import parse_sources
+    from .evaluate import evaluate_folder, evaluate_sets
     from .files import prepare_output_dir
 
+    sets = parse_sources(args.data)
     out = prepare_output_dir(args.out, args.overwrite)
     model, meta = load_model(args.checkpoint)
     print(f"model: {meta.path} ({meta.model}, classes {', '.join(meta.classes)})")
     run_dir = args.run or (meta.path.parent if args.checkpoint else None)
-    result = evaluate_folder(model, meta, args.data, out, run_dir=run_dir, split=args.split, batch_size=args.batch_size,
-                             workers=args.workers, progress=not args.no_progress, explain_maps=not args.no_explain,
-                             n_resamples=args.bootstrap)
+    common = dict(batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress,
+                  explain_maps=not args.no_explain, n_resamples=args.bootstrap)
+    if len(args.data) > 1 or "=" in args.data[0]:
+        rows = evaluate_sets(model, meta, [(s.name, s.path) for s in sets], out, split=args.split, **common)
+        for r in rows:
+            print(f"{r['set']:>12s}  n={r['n']:<6d} accuracy {r['accuracy']:.4f} ({r['accuracy_ci']})  balanced "
+                  f"accuracy {r['balanced_accuracy']:.4f}  macro-F1 {r['macro_f1']:.4f} ({r['macro_f1_ci']})")
+        print(f"-> {out / 'summary.md'}, {out / 'report.html'}")
+        return 0
+    result = evaluate_folder(model, meta, sets[0].path, out, run_dir=run_dir, split=args.split, **common)
     ci = result["ci"].get("accuracy")
     print(f"n={result['n']}  accuracy {result['accuracy']:.4f}" + (f" (95% CI {ci[0]:.4f}-{ci[1]:.4f})" if ci else "")
           + f"  balanced accuracy {result['balanced_accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}  "
@@ -204,7 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint on a labelled folder")
-    p.add_argument("--data", required=True, help="ImageFolder or CSV manifest; classes matched by name")
+    p.add_argument("--data", required=True, action="append", metavar="[NAME=]PATH",
+                   help="ImageFolder or CSV manifest; classes matched by name. Repeat as NAME=PATH for several sets "
+                        "(one folder each, plus summary.csv/.md and a summary report.html); with a multi-lab run's "
+                        "split.csv, NAME=split.csv keeps that lab's rows")
     p.add_argument("--split", choices=["train", "val", "test"],
                    help="with --data RUN/split.csv: evaluate only that split of the run")
     p.add_argument("--checkpoint", help="run folder or .safetensors (default: the shipped model)")

@@ -15,9 +15,9 @@ from .data.augment import AugmentConfig
 from .errors import WbcnetError
 
 
-def _opt(default, help: str, choices=None, flag: bool = True, **kw):
-    """A config field with what `wbcnet train --help` says about it."""
-    meta = {"help": help, "choices": choices, "flag": flag}
+def _opt(default, help: str, choices=None, flag: bool = True, append: bool = False, **kw):
+    """A config field with what `wbcnet train --help` says about it (`append`: a repeatable flag)."""
+    meta = {"help": help, "choices": choices, "flag": flag, "append": append}
     if isinstance(default, (dict, list, AugmentConfig)):
         return field(default_factory=lambda: copy.deepcopy(default), metadata=meta, **kw)
     return field(default=default, metadata=meta, **kw)
@@ -25,7 +25,12 @@ def _opt(default, help: str, choices=None, flag: bool = True, **kw):
 
 @dataclass
 class TrainConfig:
-    data: str | None = _opt(None, "ImageFolder (one folder per class) or CSV manifest path,label[,group]")
+    data: str | list | dict | None = _opt(None, "training data: an ImageFolder (one folder per class) or a CSV "
+                                          "manifest path,label[,group]; repeat as NAME=PATH for several labs",
+                                          append=True)
+    group_by: str = _opt("auto", "how cells are grouped so a group stays on one side of a split: auto (fields of "
+                         "view from file names, one group per image where those look like labels), name, column, "
+                         "none, or regex:PATTERN")
     val_data: str | None = _opt(None, "separate validation set (default: split from --data)")
     test_data: str | None = _opt(None, "separate test set (default: split from --data)")
     classes: list[str] | None = _opt(None, "comma-separated class names to train on (default: every class folder)")
@@ -88,6 +93,12 @@ class TrainConfig:
         if self.val_frac + self.test_frac >= 0.6:
             raise WbcnetError(f"val_frac + test_frac = {self.val_frac + self.test_frac:g} leaves too little to train "
                               f"on (keep it below 0.6)")
+        if not (self.group_by in ("auto", "name", "column", "none") or str(self.group_by).startswith("regex:")):
+            raise WbcnetError(f"group_by: {self.group_by!r} is not one of auto, name, column, none, regex:PATTERN")
+        if self.data is not None:
+            from .data.sources import parse_sources
+
+            parse_sources(self.data)  # names and duplicates checked here, paths when scanned
         if not isinstance(self.model_args, dict):
             raise WbcnetError(f"model_args: must be a mapping of argument names to values, not {self.model_args!r}")
         return self

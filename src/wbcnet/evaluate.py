@@ -79,7 +79,7 @@ def write_evaluation(out, paths: list[str], y_true: np.ndarray, probs: np.ndarra
     return result
 
 
-def evaluate_samples(model, meta: dict, samples: list[Sample], out, title=None, run_dir=None,
+def evaluate_samples(model, meta, samples: list[Sample], out, title=None, run_dir=None,
                      batch_size: int = 128, workers: int | None = None, bf16: bool | None = None,
                      images: np.ndarray | None = None, progress: bool = True, explain_maps: bool = True,
                      source: str | None = None, n_resamples: int = analysis.N_RESAMPLES) -> dict:
@@ -112,10 +112,12 @@ def evaluate_samples(model, meta: dict, samples: list[Sample], out, title=None, 
                             n_resamples=n_resamples)
 
 
-def evaluate_folder(model, meta: dict, data, out, run_dir=None, split: str | None = None, **kw) -> dict:
+def evaluate_folder(model, meta, data, out, run_dir=None, split: str | None = None, source_name: str = "",
+                    **kw) -> dict:
     """Evaluate on an ImageFolder/CSV whose classes are matched to the checkpoint's by name
-    (`split`: only that split of a run's split.csv)."""
-    found = scan(data, classes=meta.classes, split=split)
+    (`split`: only that split of a run's split.csv; `source_name`: only that source's rows of a
+    multi-lab run's split.csv)."""
+    found = scan(data, classes=meta.classes, split=split, source=source_name)
     for path, reason in found.skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     for folder in found.unknown_folders:
@@ -126,3 +128,60 @@ def evaluate_folder(model, meta: dict, data, out, run_dir=None, split: str | Non
         raise WbcnetError(f"{data}: no images of the model's classes {meta.classes}")
     kw.setdefault("source", str(Path(data).resolve()))
     return evaluate_samples(model, meta, found.samples, out, title=f"{Path(data).name}", run_dir=run_dir, **kw)
+
+
+SUMMARY_FIELDS = ["set", "n", "accuracy", "accuracy_ci", "balanced_accuracy", "balanced_accuracy_ci", "macro_f1",
+                  "macro_f1_ci", "ece"]
+
+
+def summary_row(name: str, result: dict) -> dict:
+    ci = result.get("ci", {})
+
+    def interval(key):
+        v = ci.get(key)
+        return f"{v[0]:.4f}-{v[1]:.4f}" if v else ""
+
+    return {"set": name, "n": result["n"], "accuracy": round(result["accuracy"], 4), "accuracy_ci": interval("accuracy"),
+            "balanced_accuracy": round(result["balanced_accuracy"], 4),
+            "balanced_accuracy_ci": interval("balanced_accuracy"), "macro_f1": round(result["macro_f1"], 4),
+            "macro_f1_ci": interval("macro_f1"), "ece": round(result["ece"], 4)}
+
+
+def write_summary(out, rows: list[dict], title: str = "Evaluation on several sets") -> None:
+    """summary.csv, summary.md and report.html: one row per set, each linking to its own report."""
+    from .htmlpage import escape, page, table
+
+    out = Path(out)
+    with atomic_write(out / "summary.csv") as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=SUMMARY_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    md = ["| set | n | accuracy (95% CI) | balanced accuracy (95% CI) | macro-F1 (95% CI) | ECE |",
+          "|---|---|---|---|---|---|"]
+    for r in rows:
+        md.append(f"| {r['set']} | {r['n']} | {r['accuracy']:.4f} ({r['accuracy_ci']}) | {r['balanced_accuracy']:.4f} "
+                  f"({r['balanced_accuracy_ci']}) | {r['macro_f1']:.4f} ({r['macro_f1_ci']}) | {r['ece']:.4f} |")
+    with atomic_write(out / "summary.md") as tmp:
+        tmp.write_text("\n".join(md) + "\n")
+    body = [f"<h1>wbcnet: {escape(title)}</h1>",
+            '<p class="sub">One row per set; 95% percentile-bootstrap intervals. Each set\'s name opens its full '
+            'report (confusion matrix, calibration, errors, where the model looked).</p>',
+            table(["set", "cells", "accuracy", "95% CI", "balanced accuracy", "95% CI", "macro-F1", "95% CI", "ECE"],
+                  [[f'<a href="{escape(r["set"])}/report.html">{escape(r["set"])}</a>', str(r["n"]),
+                    f"{r['accuracy']:.4f}", escape(r["accuracy_ci"]), f"{r['balanced_accuracy']:.4f}",
+                    escape(r["balanced_accuracy_ci"]), f"{r['macro_f1']:.4f}", escape(r["macro_f1_ci"]),
+                    f"{r['ece']:.4f}"] for r in rows], muted_cols=(3, 5, 7))]
+    with atomic_write(out / "report.html") as tmp:
+        tmp.write_text(page(title, "\n".join(body)), encoding="utf-8")
+
+
+def evaluate_sets(model, meta, sets: list[tuple[str, str]], out, split: str | None = None, **kw) -> list[dict]:
+    """Evaluate on each named (name, path) set into out/NAME/, then write the summary table."""
+    out = Path(out)
+    rows = []
+    for name, path in sets:
+        print(f"set {name}: {path}")
+        result = evaluate_folder(model, meta, path, out / name, split=split, source_name=name, **kw)
+        rows.append(summary_row(name, result))
+    write_summary(out, rows)
+    return rows

@@ -31,7 +31,8 @@ from .config import TrainConfig
 from .data.augment import augment_batch, normalize
 from .data.cache import cached_decode
 from .data.scan import Sample, scan
-from .data.split import SPLITS, grouped_split, merge_linked_groups, read_split, write_split
+from .data.sources import Source, parse_sources, regroup, source_name
+from .data.split import SPLITS, merge_linked_groups, read_split, split_by_source, write_split
 from .errors import WbcnetError
 from .files import atomic_write, ensure_writable_dir
 from .inference import predict_logits, use_bf16
@@ -53,6 +54,11 @@ class RunData:
     def labels(self) -> np.ndarray:
         return np.array([s.label for s in self.samples], dtype=np.int64)
 
+    @property
+    def source_ids(self) -> np.ndarray:
+        names = sorted({s.source for s in self.samples})
+        return np.array([names.index(s.source) for s in self.samples], dtype=np.int64)
+
 
 def lr_at(step: int, total: int, warmup: int, base_lr: float) -> float:
     if step < warmup:
@@ -67,10 +73,19 @@ def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     return torch.tensor(w, dtype=torch.float32)
 
 
-def epoch_order(labels: np.ndarray, balance: str, g: torch.Generator) -> torch.Tensor:
+def sampling_weights(labels: np.ndarray, sources: np.ndarray | None = None) -> torch.Tensor:
+    """Per-image weights giving every class the same share of a batch, and within a class every
+    source (lab) that has it the same share: a large lab cannot drown a small one."""
+    sources = np.zeros_like(labels) if sources is None else sources
+    cells = labels * (int(sources.max()) + 1) + sources
+    per_cell = np.bincount(cells)[cells].astype(np.float64)
+    n_sources = np.array([len(np.unique(sources[labels == c])) for c in range(int(labels.max()) + 1)])
+    return torch.tensor(1.0 / (per_cell * n_sources[labels]), dtype=torch.float64)
+
+
+def epoch_order(labels: np.ndarray, balance: str, g: torch.Generator, sources: np.ndarray | None = None) -> torch.Tensor:
     if balance == "sampler":
-        w = class_weights(labels, int(labels.max()) + 1)[torch.from_numpy(labels)]
-        return torch.multinomial(w, len(labels), replacement=True, generator=g)
+        return torch.multinomial(sampling_weights(labels, sources), len(labels), replacement=True, generator=g)
     return torch.randperm(len(labels), generator=g)
 
 
@@ -117,7 +132,7 @@ def train_one_epoch(model, criterion, optimizer, data: RunData, cfg: TrainConfig
     g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
     torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout
     labels = data.labels
-    order = epoch_order(labels, cfg.balance, g)
+    order = epoch_order(labels, cfg.balance, g, data.source_ids)
     n_batches = len(order) // cfg.batch_size  # drop the ragged last batch: BatchNorm dislikes size 1
     total_loss, correct, seen = 0.0, 0, 0
     bar = tqdm(range(n_batches), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
@@ -179,23 +194,57 @@ def _report_scan(found, source) -> None:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     for folder in found.unknown_folders:
         print(f"warning: {folder} is not one of the classes {found.classes}; ignored", file=sys.stderr)
-    if found.missing_classes:
-        raise WbcnetError(f"{source}: no images for class(es) {', '.join(found.missing_classes)}")
 
 
-def make_split(cfg: TrainConfig, found) -> dict[str, list[Sample]]:
-    samples = found.samples
+def scan_sources(cfg: TrainConfig) -> tuple[list[str], list[Sample], list[Source]]:
+    """Every source scanned, its samples tagged with its name and labelled in one class list:
+    `cfg.classes`, or the class folders of all sources together (names matched ignoring case)."""
+    sources = parse_sources(cfg.data)
+    found = [(src, scan(src.path, cfg.classes, source=src.name)) for src in sources]
+    classes = list(cfg.classes) if cfg.classes else []
+    for _, f in found:
+        for c in f.classes:
+            if c.lower() not in {k.lower() for k in classes}:
+                classes.append(c)
+    if not cfg.classes:
+        classes.sort(key=str.lower)
+    index = {c.lower(): i for i, c in enumerate(classes)}
+    samples = []
+    for src, f in found:
+        _report_scan(f, src.path)
+        samples += [Sample(s.path, index[f.classes[s.label].lower()], s.group, s.source) for s in f.samples]
+        if len(sources) > 1:
+            counts = f.counts()
+            print(f"source {src.name}: {len(f.samples)} images ({', '.join(f'{c} {n}' for c, n in counts.items())})")
+            empty = [c for c, n in counts.items() if n == 0]
+            if empty and cfg.classes:
+                print(f"note: source {src.name} has no {', '.join(empty)}", file=sys.stderr)
+    present = {s.label for s in samples}
+    missing = [c for i, c in enumerate(classes) if i not in present]
+    if missing:
+        raise WbcnetError(f"{', '.join(s.path for s in sources)}: no images for class(es) {', '.join(missing)}")
+    return classes, samples, sources
+
+
+def make_split(cfg: TrainConfig, samples: list[Sample], classes: list[str]) -> dict[str, list[Sample]]:
+    grouped = []
+    for name in sorted({s.source for s in samples}):
+        mine, note = regroup([s for s in samples if s.source == name], cfg.group_by, name)
+        print(note if note.startswith("warning") else f"source {name}: {note}",
+              file=sys.stderr if note.startswith("warning") else sys.stdout)
+        grouped += mine
+    samples = grouped
     if cfg.merge_near_duplicates:
         from .data.near_duplicates import near_duplicate_pairs
 
         links = near_duplicate_pairs([s.path for s in samples], cfg.workers, cfg.progress)
         samples = merge_linked_groups(samples, [(a, b) for a, b, _ in links])
         print(f"near-duplicates: {len(links)} pairs; their fields of view are kept on one side of the split")
-    split = grouped_split(samples, 0.0 if cfg.val_data else cfg.val_frac, 0.0 if cfg.test_data else cfg.test_frac,
-                          cfg.seed)
+    split = split_by_source(samples, 0.0 if cfg.val_data else cfg.val_frac, 0.0 if cfg.test_data else cfg.test_frac,
+                            cfg.seed)
     for name, extra in (("val", cfg.val_data), ("test", cfg.test_data)):
         if extra:
-            more = scan(extra, found.classes)
+            more = scan(extra, classes, source=source_name(extra))
             _report_scan(more, extra)
             split[name] = more.samples
     return split
@@ -212,18 +261,18 @@ def check_split(split: dict[str, list[Sample]], classes: list[str], source) -> N
 
 
 def load_data(cfg: TrainConfig, run_dir: Path, img_size: int, resuming: bool = False):
-    """Scan, split (or read the run's split), decode once. Returns classes and RunData per split."""
-    found = scan(cfg.data, cfg.classes)
-    _report_scan(found, cfg.data)
-    classes = found.classes
+    """Scan, split (or read the run's split), decode once. Returns classes, RunData per split,
+    and the sources."""
+    classes, samples, sources = scan_sources(cfg)
+    where = ", ".join(s.path for s in sources)
     if len(classes) < 2:
-        raise WbcnetError(f"{cfg.data}: only one class ({classes[0]}); a classifier needs at least two")
+        raise WbcnetError(f"{where}: only one class ({classes[0]}); a classifier needs at least two")
     split_csv = run_dir / "split.csv"
     if resuming:
         split = read_split(split_csv, classes)
     else:
-        split = make_split(cfg, found)
-        check_split(split, classes, cfg.data)
+        split = make_split(cfg, samples, classes)
+        check_split(split, classes, where)
         write_split(split_csv, split, classes)
     data, bad = {}, []
     for name in SPLITS:
@@ -243,8 +292,8 @@ def load_data(cfg: TrainConfig, run_dir: Path, img_size: int, resuming: bool = F
     counts = np.bincount(data["train"].labels if data["train"] else [], minlength=len(classes))
     empty = [c for c, n in zip(classes, counts) if n == 0]
     if empty:
-        raise WbcnetError(f"{cfg.data}: no usable training images for class(es) {', '.join(empty)}")
-    return classes, data
+        raise WbcnetError(f"{where}: no usable training images for class(es) {', '.join(empty)}")
+    return classes, data, sources
 
 
 def channel_stats(images: np.ndarray, limit: int = 2000) -> tuple[list[float], list[float]]:
@@ -316,7 +365,7 @@ def _fit(cfg: TrainConfig, run_dir: Path, resuming: bool, on_epoch_end) -> Path:
     channels_last = bf16 if cfg.channels_last is None else cfg.channels_last
     print(f"run folder: {run_dir}  (model {cfg.model}, {cfg.img_size} px, bf16={bf16}, channels_last={channels_last})")
 
-    classes, data = load_data(cfg, run_dir, cfg.img_size, resuming)
+    classes, data, sources = load_data(cfg, run_dir, cfg.img_size, resuming)
     train, val, test = data["train"], data["val"], data["test"]
     print("images: " + ", ".join(f"{k} {len(v.samples) if v else 0}" for k, v in data.items()))
 
@@ -332,10 +381,11 @@ def _fit(cfg: TrainConfig, run_dir: Path, resuming: bool, on_epoch_end) -> Path:
     criterion = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
 
     mean, std = channel_stats(train.images)
-    sources = [{"name": Path(str(cfg.data)).name, "path": str(cfg.data),
-                "images": {k: len(v.samples) if v else 0 for k, v in data.items()}}]
+    trained_on = [{"name": src.name, "path": src.path,
+                   "images": {k: sum(s.source == src.name for s in v.samples) if v else 0 for k, v in data.items()}}
+                  for src in sources]
     meta = ckpt.new_meta(classes, cfg.model, model_args, cfg.img_size, mean, std, config=cfg.to_dict(),
-                         seed=cfg.seed, sources=sources)
+                         seed=cfg.seed, sources=trained_on)
     start_epoch, history, best_f1, since_best = 0, [], -1.0, 0
     last = run_dir / "last.safetensors"
     if resuming:
@@ -357,7 +407,7 @@ def _fit(cfg: TrainConfig, run_dir: Path, resuming: bool, on_epoch_end) -> Path:
 
     steps_per_epoch = len(train.samples) // cfg.batch_size
     if steps_per_epoch == 0:
-        raise WbcnetError(f"{cfg.data}: {len(train.samples)} training images is less than one batch "
+        raise WbcnetError(f"{len(train.samples)} training images is less than one batch "
                           f"(--batch-size {cfg.batch_size}); lower the batch size or add images")
     total_steps = steps_per_epoch * cfg.epochs
     warmup_steps = int(cfg.warmup_epochs * steps_per_epoch)
@@ -406,6 +456,23 @@ def _without_train_state(meta):
     return best
 
 
+def evaluate_by_source(model, meta, data: RunData, out: Path, progress: bool) -> None:
+    """With several labs, each lab's share of a split evaluated alone, and a table of them."""
+    from .evaluate import evaluate_samples, summary_row, write_summary
+
+    names = sorted({s.source for s in data.samples})
+    if len(names) < 2:
+        return
+    rows = []
+    for name in names:
+        idx = np.array([i for i, s in enumerate(data.samples) if s.source == name])
+        result = evaluate_samples(model, meta, [data.samples[i] for i in idx], out / name, title=f"test split, {name}",
+                                  images=np.asarray(data.images[idx]), progress=progress, explain_maps=False)
+        rows.append(summary_row(name, result))
+        print(f"  {name}: n={result['n']}  accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}")
+    write_summary(out, rows, "Test split, one row per lab")
+
+
 def finish_run(run_dir: Path, val: RunData | None, test: RunData | None, bf16: bool, progress: bool) -> None:
     """Fit the temperature on validation, then evaluate the best checkpoint on test and val."""
     from .evaluate import evaluate_samples
@@ -424,6 +491,7 @@ def finish_run(run_dir: Path, val: RunData | None, test: RunData | None, bf16: b
                                   images=test.images, progress=progress)
         print(f"test split: n={result['n']}  accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}  "
               f"-> {run_dir / 'test'}")
+        evaluate_by_source(model, best_meta, test, run_dir / "test" / "by_source", progress)
     if val is not None:
         evaluate_samples(model, best_meta, val.samples, run_dir / "val", title="validation split", run_dir=run_dir,
                          images=val.images, progress=progress)

@@ -1,7 +1,8 @@
 """Find the samples of a dataset: an ImageFolder (one folder per class) or a CSV manifest.
 
-A sample is (path, label, group). `label` indexes `classes`; `group` is the field of view the
-cell came from, so that splits never put two cells of one field on both sides.
+A sample is (path, label, group, source). `label` indexes `classes`; `group` is the field of view
+the cell came from, so that splits never put two cells of one field on both sides; `source`
+names the data set (lab) it came from.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ class Sample:
     path: str
     label: int
     group: str
+    source: str = ""
 
 
 @dataclass
@@ -48,7 +50,7 @@ def _canonical_index(names: list[str], classes: list[str]) -> dict[str, int]:
     return {n: lower[n.lower()] for n in names if n.lower() in lower}
 
 
-def scan_folder(root, classes: list[str] | None = None) -> ScanResult:
+def scan_folder(root, classes: list[str] | None = None, source: str = "") -> ScanResult:
     """Scan an ImageFolder. With `classes` (a checkpoint's), folders are matched case-insensitively
     and folders of other names are reported in `unknown_folders`, not loaded."""
     root = Path(root)
@@ -74,7 +76,7 @@ def scan_folder(root, classes: list[str] | None = None) -> ScanResult:
             if not p.is_file():
                 continue
             if is_candidate(p):
-                result.samples.append(Sample(str(p), index[f.name], default_group(p)))
+                result.samples.append(Sample(str(p), index[f.name], default_group(p), source))
             elif p.name.startswith("."):
                 result.skipped.append((str(p), "hidden file, skipped"))
             else:
@@ -111,12 +113,15 @@ def read_manifest(manifest) -> list[dict]:
     return rows
 
 
-def scan_csv(manifest, classes: list[str] | None = None, split: str | None = None) -> ScanResult:
-    """Scan a CSV with columns path,label[,group[,split]]; relative paths are relative to the CSV's
-    folder (a run's split.csv writes them so). With `split`, only the rows of that split (a run's
-    split.csv: train, val or test)."""
+def scan_csv(manifest, classes: list[str] | None = None, split: str | None = None, source: str = "") -> ScanResult:
+    """Scan a CSV with columns path,label[,group[,split[,source]]]; relative paths are relative to
+    the CSV's folder (a run's split.csv writes them so). With `split`, only the rows of that split
+    (a run's split.csv: train, val or test). A `source` that the CSV's source column names keeps
+    only that source's rows (one lab of a multi-lab run's split.csv)."""
     manifest = Path(manifest)
     rows = read_manifest(manifest)
+    if source and "source" in rows[0] and source in {r["source"] for r in rows}:
+        rows = [r for r in rows if r["source"] == source]
     if split is not None:
         if "split" not in rows[0]:
             raise WbcnetError(f"{manifest}: no 'split' column to choose '{split}' from")
@@ -142,7 +147,7 @@ def scan_csv(manifest, classes: list[str] | None = None, split: str | None = Non
             result.skipped.append((str(p), "not an image extension or hidden, skipped"))
             continue
         group = (r.get("group") or "").strip() or default_group(p)
-        result.samples.append(Sample(str(p), index[label], group))
+        result.samples.append(Sample(str(p), index[label], group, (r.get("source") or "").strip() or source))
     result.unknown_folders = sorted(unknown)
     present = {s.label for s in result.samples}
     result.missing_classes = [c for i, c in enumerate(classes) if i not in present]
@@ -155,16 +160,17 @@ def manifest_path(manifest: Path, path: str) -> Path:
     return p if p.is_absolute() else Path(os.path.normpath(manifest.parent / p))
 
 
-def scan(source, classes: list[str] | None = None, split: str | None = None) -> ScanResult:
-    """An ImageFolder directory or a .csv manifest (`split` selects rows of a run's split.csv)."""
-    source = Path(source)
-    if source.suffix.lower() == ".csv":
-        if not source.is_file():
-            raise WbcnetError(f"{source}: no such manifest")
-        return scan_csv(source, classes, split)
+def scan(path, classes: list[str] | None = None, split: str | None = None, source: str = "") -> ScanResult:
+    """An ImageFolder directory or a .csv manifest (`split` selects rows of a run's split.csv);
+    samples are tagged with `source`, the data set's name."""
+    path = Path(path)
+    if path.suffix.lower() == ".csv":
+        if not path.is_file():
+            raise WbcnetError(f"{path}: no such manifest")
+        return scan_csv(path, classes, split, source)
     if split is not None:
-        raise WbcnetError(f"{source}: --split needs a CSV manifest with a split column (a run's split.csv)")
-    return scan_folder(source, classes)
+        raise WbcnetError(f"{path}: --split needs a CSV manifest with a split column (a run's split.csv)")
+    return scan_folder(path, classes, source)
 
 
 __all__ = ["Sample", "ScanResult", "scan", "scan_folder", "scan_csv", "default_group", "IMAGE_EXTENSIONS"]

@@ -31,7 +31,7 @@ def merge_linked_groups(samples: list[Sample], links: list[tuple[str, str]]) -> 
             ra, rb = root(group_of[a]), root(group_of[b])
             if ra != rb:
                 parent[max(ra, rb)] = min(ra, rb)
-    return [Sample(s.path, s.label, root(s.group)) for s in samples]
+    return [Sample(s.path, s.label, root(s.group), s.source) for s in samples]
 
 
 def grouped_split(samples: list[Sample], val_frac: float, test_frac: float, seed: int) -> dict[str, list[Sample]]:
@@ -71,6 +71,16 @@ def grouped_split(samples: list[Sample], val_frac: float, test_frac: float, seed
     return out
 
 
+def split_by_source(samples: list[Sample], val_frac: float, test_frac: float, seed: int) -> dict[str, list[Sample]]:
+    """`grouped_split` within each source, so every lab has its share in every split."""
+    out = {k: [] for k in SPLITS}
+    for source in sorted({s.source for s in samples}):
+        part = grouped_split([s for s in samples if s.source == source], val_frac, test_frac, seed)
+        for k in SPLITS:
+            out[k].extend(part[k])
+    return out
+
+
 def write_split(path, split: dict[str, list[Sample]], classes: list[str]) -> None:
     """split.csv, a manifest with a split column. Paths are written relative to its own folder,
     so it can be evaluated from any working directory (`wbcnet evaluate --data RUN/split.csv`)."""
@@ -78,10 +88,10 @@ def write_split(path, split: dict[str, list[Sample]], classes: list[str]) -> Non
     here = os.path.abspath(path.parent)
     with atomic_write(path) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["path", "label", "group", "split"])
+        w.writerow(["path", "label", "group", "split", "source"])
         for name in SPLITS:
             for s in split.get(name, []):
-                w.writerow([os.path.relpath(os.path.abspath(s.path), here), classes[s.label], s.group, name])
+                w.writerow([os.path.relpath(os.path.abspath(s.path), here), classes[s.label], s.group, name, s.source])
 
 
 def read_split(path, classes: list[str]) -> dict[str, list[Sample]]:
@@ -92,5 +102,6 @@ def read_split(path, classes: list[str]) -> dict[str, list[Sample]]:
         if r["label"] not in index:
             raise WbcnetError(f"{path}: the run's class '{r['label']}' is not among the classes of its data now "
                               f"({', '.join(classes)}); was a class folder removed or renamed?")
-        out[r["split"]].append(Sample(str(manifest_path(path, r["path"])), index[r["label"]], r["group"]))
+        out[r["split"]].append(Sample(str(manifest_path(path, r["path"])), index[r["label"]], r["group"],
+                                      r.get("source") or ""))
     return out
