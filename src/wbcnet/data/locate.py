@@ -27,6 +27,10 @@ from scipy import ndimage as ndi
 WORK_SIDE = 64
 # ... and of a whole smear field (BCCD's 640x480 fields: a white cell is then ~25 px across).
 FIELD_WORK_SIDE = 128
+# A nucleus under this equivalent radius in the working copy is looked at again, through a
+# window of _CLOSER_WINDOW nucleus radii either side of it (a cell is at most ~2.5 of them).
+_MIN_WORK_NUCLEUS = 4.5
+_CLOSER_WINDOW = 5.0
 # Crop side = DEFAULT_CONTEXT x the cell's diameter: the whole cell plus a rim of its
 # surroundings, so that a cell measured a little small is still whole (docs/locate.png).
 DEFAULT_CONTEXT = 1.5
@@ -50,15 +54,20 @@ _MIN_FIELD_NUCLEUS_SHARE = 0.35
 _MIN_STAIN = 0.07
 # Lobes of one neutrophil lie closer than twice this (working pixels) and count as one nucleus.
 _LOBE_GAP = 2
-# The tighter the framing, the further apart lobes lie in working pixels; nuclear pixels within
-# this many nucleus radii of the nucleus are let through as the same cell when measuring it.
+# The tighter the framing, the further apart lobes lie in working pixels: pieces within this many
+# nucleus radii of the nucleus may be lobes of it too (see _with_lobes).
 _LOBE_REACH = 1.2
+# Cytoplasm and red cell prototypes closer than this (relative to the red cells' distance from
+# plasma) are one colour: a Raabin lymphocyte's rim of cytoplasm among dark touching red cells.
+_MIN_CYTO_CONTRAST = 0.2
 _N_RAYS = 32
 # Rays that run into a touching red cell only ever come out long, so the cell's radius is taken
 # low in the rays' spread rather than at the median (Raabin's lymphocytes sit among red cells).
 _EDGE_QUANTILE = 0.3
-# The cell is at least its nucleus and, in every cell we looked at, at most twice as wide.
-_MAX_CELL_OVER_NUCLEUS = 2.0
+# The cell is at least its nucleus and at most this much wider: a few cells with a wide pale
+# cytoplasm (PBC neutrophils, Raabin monocytes) reach 1.9, but a cap this low stops touching
+# red cells that pass for cytoplasm from doubling the circle (context 1.5 still holds the cell).
+_MAX_CELL_OVER_NUCLEUS = 1.6
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,26 @@ def find_cell(rgb: np.ndarray) -> CellBox | None:
     -------
     CellBox in `rgb`'s pixel coordinates, or None when no stained nucleus stands out.
     """
+    found = _find_central(rgb)
+    if found is None:
+        return None
+    box, nucleus_radius, factor = found
+    if nucleus_radius >= _MIN_WORK_NUCLEUS * factor or factor == 1:
+        return box
+    # The nucleus is a few pixels in the working copy (a wide field, a big padded frame): too few
+    # to tell cytoplasm from a touching red cell, so look again through a window around it.
+    half = int(np.ceil(_CLOSER_WINDOW * nucleus_radius))
+    y0, x0 = max(0, int(box.cy) - half), max(0, int(box.cx) - half)
+    closer = _find_central(rgb[y0:int(box.cy) + half, x0:int(box.cx) + half])
+    if closer is None:
+        return box
+    box = closer[0]
+    return CellBox(cx=box.cx + x0, cy=box.cy + y0, radius=box.radius)
+
+
+def _find_central(rgb: np.ndarray) -> tuple[CellBox, float, int] | None:
+    """find_cell's pass over a working copy of all of `rgb`: (box, the nucleus's equivalent
+    radius in `rgb`'s pixels, the working copy's reduction factor), or None."""
     small, factor = _downsample(rgb, WORK_SIDE)
     maps = _stain_maps(small, _MIN_CONTRAST)
     if maps is None:
@@ -100,7 +129,7 @@ def find_cell(rgb: np.ndarray) -> CellBox | None:
     nucleus = _with_lobes(maps, labels, labels == int(votes.argmax()))
     if nucleus.sum() < _MIN_NUCLEUS_FRACTION * (~maps.padding).sum():
         return None
-    return _to_box(_measure(maps, nucleus), factor)
+    return _to_box(_measure(maps, nucleus), factor), float(np.sqrt(nucleus.sum() / np.pi)) * factor, factor
 
 
 def find_cells(field_rgb: np.ndarray) -> list[CellBox]:
@@ -135,18 +164,31 @@ def find_cells(field_rgb: np.ndarray) -> list[CellBox]:
     return boxes
 
 
-def crop_square(rgb: np.ndarray, box: CellBox, context: float = DEFAULT_CONTEXT) -> np.ndarray:
-    """The square of side 2 * box.radius * context centred on the cell; where it runs off the
-    image, the image's edge pixels are repeated (a padded black frame stays black)."""
+def crop_square(rgb: np.ndarray, box: CellBox, context: float = DEFAULT_CONTEXT,
+                fill: str = "plasma") -> np.ndarray:
+    """The square of side 2 * box.radius * context centred on the cell.
+
+    Where it runs off the image it is filled with the picture's plasma colour (`fill="plasma"`),
+    or by repeating the edge pixels (`fill="edge"`, np.pad's mode). Plasma keeps a cell that is
+    cut by the image edge at its size; repeated edges smear it outwards into a bigger blob.
+    """
     half = max(1, int(round(box.radius * context)))
-    cy, cx = int(round(box.cy)), int(round(box.cx))
     h, w = rgb.shape[:2]
     # Clamp the centre into the image so that some pixels remain to repeat.
-    cy, cx = min(max(cy, 0), h - 1), min(max(cx, 0), w - 1)
+    cy, cx = min(max(int(round(box.cy)), 0), h - 1), min(max(int(round(box.cx)), 0), w - 1)
     y0, x0, y1, x1 = cy - half, cx - half, cy + half, cx + half
     inner = rgb[max(0, y0):min(h, y1), max(0, x0):min(w, x1)]
     pad = ((max(0, -y0), max(0, y1 - h)), (max(0, -x0), max(0, x1 - w)), (0, 0))
-    return np.pad(inner, pad, mode="edge") if any(pad[0] + pad[1]) else inner.copy()
+    if not any(pad[0] + pad[1]):
+        return inner.copy()
+    if fill == "edge":
+        return np.pad(inner, pad, mode="edge")
+    if fill != "plasma":
+        raise ValueError(f"fill must be 'plasma' or 'edge', not {fill!r}")
+    out = np.empty((2 * half, 2 * half, 3), np.uint8)
+    out[...] = _plasma_colour(rgb)
+    out[pad[0][0]:pad[0][0] + inner.shape[0], pad[1][0]:pad[1][0] + inner.shape[1]] = inner
+    return out
 
 
 # --- the steps, in the order they run ---------------------------------------------------------
@@ -163,6 +205,7 @@ def _downsample(rgb: np.ndarray, side: int) -> tuple[np.ndarray, int]:
 @dataclass(frozen=True)
 class _Maps:
     od: np.ndarray         # 3xHxW optical density, one plane a channel
+    od_plasma: np.ndarray  # 3x1x1 the plasma's
     score: np.ndarray      # nucleus-likeness, relative to plasma
     nuclear: np.ndarray    # score above the nucleus cluster's threshold: nuclei of any cell
     stained: np.ndarray    # colour differs from plasma: cells of any kind
@@ -203,7 +246,7 @@ def _stain_maps(small: np.ndarray, min_contrast: float) -> _Maps | None:
     if centres[-1] < min_contrast:
         return None
     nuclear = (score > (centres[-1] + centres[-2]) / 2) & inside
-    return _Maps(od, score, nuclear, stained, padding)
+    return _Maps(od, od_plasma, score, nuclear, stained, padding)
 
 
 def _nucleus_labels(maps: _Maps) -> tuple[np.ndarray, int]:
@@ -267,7 +310,9 @@ def _cell_mask(maps: _Maps, nucleus: np.ndarray) -> np.ndarray:
 
     Two colour prototypes learnt from the image: cytoplasm from the stained ring just outside the
     nucleus, red cell from stained pixels well away from it; each stained pixel goes to the
-    nearer. Where either is missing (scant cytoplasm, a crop that is all cell), all stain counts.
+    nearer. Where the red cells cannot be sampled (a crop that is all cell), all stain counts;
+    where the two are the same colour (scant cytoplasm between touching red cells), only the
+    nucleus does, and the cell is measured from it.
     """
     od, stained = maps.od, maps.stained
     ring = stained & _grow(nucleus, 2) & ~maps.nuclear
@@ -276,14 +321,16 @@ def _cell_mask(maps: _Maps, nucleus: np.ndarray) -> np.ndarray:
     yy, xx = np.ogrid[0:h, 0:w]
     reach = np.sqrt(((ny - ny.mean()) ** 2 + (nx - nx.mean()) ** 2).max())
     far = stained & ((yy - ny.mean()) ** 2 + (xx - nx.mean()) ** 2 > (reach + np.sqrt(ny.size / np.pi)) ** 2)
+    if far.sum() < 8:
+        return _fill_holes(nucleus)
     cell = stained
-    if ring.sum() >= 8 and far.sum() >= 8:
+    if ring.sum() >= 8:
         cyto, rbc = _channel_medians(od, ring), _channel_medians(od, far)
+        if np.linalg.norm(cyto - rbc) < _MIN_CYTO_CONTRAST * np.linalg.norm(rbc - maps.od_plasma):
+            return _fill_holes(nucleus)
         cell = stained & (((od - cyto) ** 2).sum(0) < ((od - rbc) ** 2).sum(0))
-    # Lobes the grouping left out (neither cytoplasm- nor red-cell-coloured) must not stop the
-    # rays; a neighbour's nucleus further away must. Then close one-pixel gaps (granules, noise).
-    lobes = maps.nuclear & _grow(nucleus, max(1, int(round(_LOBE_REACH * np.sqrt(ny.size / np.pi)))))
-    cell = ~_grow(~_grow(cell | lobes, 1), 1)
+    # Close one-pixel gaps (granules, JPEG noise) so that a ray does not stop inside the cell.
+    cell = ~_grow(~_grow(cell | nucleus, 1), 1)
     return _fill_holes(cell | nucleus)
 
 
@@ -323,6 +370,17 @@ def _to_box(found: tuple[float, float, float], factor: int) -> CellBox:
     """Working pixels to the original's: working pixel i covers [i * factor, (i + 1) * factor)."""
     cy, cx, radius = found
     return CellBox(cx=(cx + 0.5) * factor - 0.5, cy=(cy + 0.5) * factor - 0.5, radius=radius * factor)
+
+
+def _plasma_colour(rgb: np.ndarray) -> np.ndarray:
+    """The plasma's RGB: the median colour of the palest tenth of a small copy, padding aside."""
+    small, _ = _downsample(rgb, 32)
+    pixels = small.reshape(-1, 3)
+    pixels = pixels[~((pixels.max(1) < _PAD_MAX_VALUE) & (np.ptp(pixels, axis=1) < _PAD_MAX_RANGE))]
+    if pixels.size == 0:
+        return np.zeros(3, np.uint8)
+    palest = pixels[pixels.sum(1) >= _quantile(pixels.sum(1), 0.9)]
+    return np.median(palest, axis=0).round().astype(np.uint8)
 
 
 # --- small fast helpers (scipy's general versions cost more than all the rest) ----------------
