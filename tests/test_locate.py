@@ -88,7 +88,7 @@ def test_a_cell_pasted_off_centre_on_black_is_found_where_it_was_pasted(framing)
         canvas[oy:oy + side, ox:ox + side] = cell
         found = find_cell(canvas)
         assert found is not None, path.name
-        assert np.hypot(found.cx - ox - side / 2, found.cy - oy - side / 2) < 0.4 * box.radius, (path.name, found)
+        assert np.hypot(found.cx - ox - side / 2, found.cy - oy - side / 2) < 0.5 * box.radius, (path.name, found)
         # Loosely: with less of the surroundings there is less to tell cytoplasm from red cell by.
         assert 0.7 < found.radius / box.radius < 1.45, (path.name, found, box)
 

@@ -11,8 +11,8 @@ a 1-D k-means on a stain feature sorts its pixels into plasma, red cells / cytop
 the nucleus nearest the middle, lobes merged, seeds the cell; rays from it to the edge of the
 stained, not-red-cell region around it give the cell's centre and radius.
 
-All the work is done on a box-averaged copy of at most WORK_SIDE pixels a side (under a
-millisecond) and boxes come back in the coordinates of the image given.
+All the work is done on a box-averaged copy of at most WORK_SIDE pixels a side (about a
+millisecond a crop) and boxes come back in the coordinates of the image given.
 """
 from __future__ import annotations
 
@@ -27,14 +27,14 @@ from scipy import ndimage as ndi
 WORK_SIDE = 64
 # ... and of a whole smear field (BCCD's 640x480 fields: a white cell is then ~25 px across).
 FIELD_WORK_SIDE = 128
-# A nucleus under this equivalent radius in the working copy is looked at again, through a
-# window of _CLOSER_WINDOW nucleus radii either side of it (a cell is at most ~2.5 of them).
-_MIN_WORK_NUCLEUS = 4.5
-_CLOSER_WINDOW = 5.0
 # Crop side = DEFAULT_CONTEXT x the cell's diameter: the whole cell plus a rim of its
 # surroundings, so that a cell measured a little small is still whole (docs/locate.png).
 DEFAULT_CONTEXT = 1.5
 
+# A nucleus under this equivalent radius in the working copy is looked at again, through a
+# window of _CLOSER_WINDOW nucleus radii either side of it (a cell is at most ~2.5 of them).
+_MIN_WORK_NUCLEUS = 4.5
+_CLOSER_WINDOW = 5.0
 # Padding a lab added around a cell near the field's edge is near black and grey. Stained
 # nucleus is never this dark in brightfield, and when it is dark it is strongly purple.
 _PAD_MAX_VALUE = 50
@@ -48,7 +48,7 @@ _MIN_FIELD_CONTRAST = 0.15
 # ... and cover this fraction of the picture's working copy (a platelet or dust speck is smaller).
 _MIN_NUCLEUS_FRACTION = 0.004
 # In a field, a nucleus this much smaller than the largest one is a platelet clump or a fragment.
-_MIN_FIELD_NUCLEUS_SHARE = 0.35
+_MIN_FIELD_NUCLEUS_SHARE = 0.25
 # Colour distance from plasma (optical density) below which a pixel counts as plasma however
 # clean the plasma is; JPEG noise in BCCD's plasma alone reaches 0.05.
 _MIN_STAIN = 0.07
@@ -59,7 +59,9 @@ _LOBE_GAP = 2
 _LOBE_REACH = 1.2
 # Cytoplasm and red cell prototypes closer than this (relative to the red cells' distance from
 # plasma) are one colour: a Raabin lymphocyte's rim of cytoplasm among dark touching red cells.
-_MIN_CYTO_CONTRAST = 0.2
+_MIN_CYTO_CONTRAST = 0.12
+# ... and then the cell is taken as the nucleus grown by this fraction of its reach.
+_RIM = 0.15
 _N_RAYS = 32
 # Rays that run into a touching red cell only ever come out long, so the cell's radius is taken
 # low in the rays' spread rather than at the median (Raabin's lymphocytes sit among red cells).
@@ -310,24 +312,27 @@ def _cell_mask(maps: _Maps, nucleus: np.ndarray) -> np.ndarray:
 
     Two colour prototypes learnt from the image: cytoplasm from the stained ring just outside the
     nucleus, red cell from stained pixels well away from it; each stained pixel goes to the
-    nearer. Where the red cells cannot be sampled (a crop that is all cell), all stain counts;
-    where the two are the same colour (scant cytoplasm between touching red cells), only the
-    nucleus does, and the cell is measured from it.
+    nearer. Where the red cells cannot be sampled (a crop that is all cell) or look like the
+    cytoplasm (a thin rim of it between touching red cells), the cell is the nucleus and a rim.
     """
     od, stained = maps.od, maps.stained
-    ring = stained & _grow(nucleus, 2) & ~maps.nuclear
+    # The ring skips the pixel next to the nucleus, whose colour is half nucleus.
+    ring = stained & _grow(nucleus, 3) & ~_grow(maps.nuclear, 1)
     ny, nx = np.nonzero(nucleus)
     h, w = nucleus.shape
     yy, xx = np.ogrid[0:h, 0:w]
     reach = np.sqrt(((ny - ny.mean()) ** 2 + (nx - nx.mean()) ** 2).max())
     far = stained & ((yy - ny.mean()) ** 2 + (xx - nx.mean()) ** 2 > (reach + np.sqrt(ny.size / np.pi)) ** 2)
+    # Without red cells to compare with, or with cytoplasm of their colour, only the nucleus and
+    # a rim of cytoplasm the width lymphocytes have can be vouched for.
+    rim = _fill_holes(_grow(nucleus, max(1, int(round(_RIM * reach)))))
     if far.sum() < 8:
-        return _fill_holes(nucleus)
+        return rim
     cell = stained
     if ring.sum() >= 8:
         cyto, rbc = _channel_medians(od, ring), _channel_medians(od, far)
         if np.linalg.norm(cyto - rbc) < _MIN_CYTO_CONTRAST * np.linalg.norm(rbc - maps.od_plasma):
-            return _fill_holes(nucleus)
+            return rim
         cell = stained & (((od - cyto) ** 2).sum(0) < ((od - rbc) ** 2).sum(0))
     # Close one-pixel gaps (granules, JPEG noise) so that a ray does not stop inside the cell.
     cell = ~_grow(~_grow(cell | nucleus, 1), 1)
