@@ -87,8 +87,10 @@ def main(argv=None) -> int:
                  f"cell's diameter, plasma-filled past the edge)", fontsize=11)
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=90)
+    fig.savefig(args.out, dpi=80)
     plt.close(fig)
+    # A palette PNG: a quarter of the bytes, and the cells still read at this size.
+    Image.open(args.out).convert("RGB").quantize(256, dither=Image.Dither.NONE).save(args.out, optimize=True)
     print(args.out)
     return 0
 
