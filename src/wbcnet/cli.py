@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -298,6 +299,9 @@ def main(argv=None) -> int:
             raise
         print(f"wbcnet {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `wbcnet predict ... | head`: the reader left; that is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("\ninterrupted" + ("; resume with: wbcnet train --resume <run folder>" if args.command == "train" else ""),
               file=sys.stderr)

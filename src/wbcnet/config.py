@@ -39,6 +39,9 @@ class TrainConfig:
     model_args: dict = _opt({}, "constructor arguments of the model (YAML only)", flag=False)
     pretrained: str | None = _opt(None, "local .safetensors weights to start from; never downloaded")
     img_size: int | None = _opt(None, "training size in pixels (default: the model's, 112 for mhcnn)")
+    crop: str = _opt("none", "what the model sees: the whole picture (none), or a square around the white cell "
+                     "found in it (cell), at the same scale whatever the lab's framing", choices=("none", "cell"))
+    crop_context: float = _opt(1.5, "with --crop cell: the crop's side in cell diameters")
     epochs: int = _opt(50, "training epochs")
     batch_size: int = _opt(64, "images per batch")
     optimizer: str = _opt("adamw", "optimizer", choices=("adamw", "sgd"))
@@ -99,6 +102,8 @@ class TrainConfig:
             from .data.sources import parse_sources
 
             parse_sources(self.data)  # names and duplicates checked here, paths when scanned
+        if not (_is_number(self.crop_context) and 1.0 <= self.crop_context <= 5.0):
+            raise WbcnetError(f"crop_context: must be between 1 and 5 cell diameters, not {self.crop_context!r}")
         if not isinstance(self.model_args, dict):
             raise WbcnetError(f"model_args: must be a mapping of argument names to values, not {self.model_args!r}")
         return self

@@ -16,6 +16,7 @@ from . import analysis, explain, plots, report
 from . import calibration as cal
 from . import metrics as M
 from .data.cache import decode_images
+from .data.preprocess import from_meta
 from .data.scan import Sample, scan
 from .errors import WbcnetError
 from .files import atomic_write
@@ -87,12 +88,18 @@ def evaluate_samples(model, meta, samples: list[Sample], out, title=None, run_di
 
     `explain_maps=False` skips the Grad-CAM/attention grids, the one part that runs the model
     backwards; `source` names the images in the report (default: the folder they share)."""
+    extra_counts = {}
     if images is None:
-        decoded = decode_images([s.path for s in samples], meta.img_size, workers, "decoding", progress)
+        decoded = decode_images([s.path for s in samples], from_meta(meta), workers, "decoding", progress)
         for path, reason in decoded.errors:
             print(f"skipped {path}: {reason}", file=sys.stderr)
         samples = [samples[i] for i in decoded.index]
         images = decoded.images
+        if meta.preprocess.get("crop") == "cell":
+            no_cell = int((~decoded.found).sum())
+            print(f"cell found in {len(samples) - no_cell} of {len(samples)} images" +
+                  (f"; the whole picture was used for the other {no_cell}" if no_cell else ""))
+            extra_counts = {"cell_not_found": no_cell}
     if not len(samples):
         raise WbcnetError("no readable images to evaluate")
     pred = run_model(model, meta, images, batch_size, bf16)
@@ -107,7 +114,7 @@ def evaluate_samples(model, meta, samples: list[Sample], out, title=None, run_di
             source = None
     return write_evaluation(out, paths, y_true, probs, meta.classes, title, run_dir,
                             extra={"checkpoint": str(meta.path) if meta.path else None, "model": meta.model,
-                                   "source": source},
+                                   "source": source, "preprocess": dict(meta.preprocess), **extra_counts},
                             logits=logits, temperature=temperature, images=images, figures=figures,
                             n_resamples=n_resamples)
 

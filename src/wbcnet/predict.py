@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from .data.cache import decode_images
+from .data.preprocess import from_meta
 from .data.imageio import is_candidate
 from .inference import run_model
 
@@ -40,21 +41,23 @@ def predict_paths(model, meta, paths: list[str], batch_size: int = 64, workers: 
                   min_confidence: float = 0.0, backend=None, progress: bool = True) -> list[dict]:
     """One row per path, in input order. Unreadable files get `error` and no class."""
     classes = meta.classes
-    decoded = decode_images(paths, meta.img_size, workers, "decoding", progress)
+    decoded = decode_images(paths, from_meta(meta), workers, "decoding", progress)
     probs = run_model(model, meta, decoded.images, batch_size, backend=backend).probs
     rows = [{"path": p, "predicted": "", "confidence": "", "error": ""} for p in paths]
     failed = sorted(set(range(len(paths))) - set(decoded.index.tolist()))
     for i, (_, reason) in zip(failed, decoded.errors):  # both in input order
         rows[i]["error"] = reason
-    for i, pr in zip(decoded.index, probs):
+    for i, pr, found in zip(decoded.index, probs, decoded.found):
         k = int(pr.argmax())
-        rows[i].update(predicted=classes[k] if pr[k] >= min_confidence else "refer",
-                       confidence=f"{pr[k]:.4f}", **{f"p_{c}": f"{v:.4f}" for c, v in zip(classes, pr)})
+        rows[i].update(predicted=classes[k] if pr[k] >= min_confidence else "refer", confidence=f"{pr[k]:.4f}",
+                       cell_found="yes" if found else "no", **{f"p_{c}": f"{v:.4f}" for c, v in zip(classes, pr)})
     return rows
 
 
 def write_rows(rows: list[dict], classes: list[str], out) -> None:
-    fields = ["path", "predicted", "confidence"] + [f"p_{c}" for c in classes] + ["error"]
+    """The predictions CSV. `cell_found` is "no" where the model's cell crop found no cell and
+    the whole picture was classified instead."""
+    fields = ["path", "predicted", "confidence"] + [f"p_{c}" for c in classes] + ["cell_found", "error"]
     fh = open(out, "w", newline="") if out not in (None, "-") else sys.stdout
     try:
         w = csv.DictWriter(fh, fieldnames=fields, restval="")

@@ -30,6 +30,7 @@ from .calibration import calibration_summary, fit_temperature, format_summary
 from .config import TrainConfig
 from .data.augment import augment_batch, normalize
 from .data.cache import cached_decode
+from .data.preprocess import Preprocess
 from .data.scan import Sample, scan
 from .data.sources import Source, parse_sources, regroup, source_name
 from .data.split import SPLITS, merge_linked_groups, read_split, split_by_source, write_split
@@ -260,7 +261,11 @@ def check_split(split: dict[str, list[Sample]], classes: list[str], source) -> N
                               f"{', '.join(empty)}; add images, or give --val/--test sets")
 
 
-def load_data(cfg: TrainConfig, run_dir: Path, img_size: int, resuming: bool = False):
+def preprocess_of(cfg: TrainConfig) -> Preprocess:
+    return Preprocess(size=cfg.img_size, crop=cfg.crop, context=cfg.crop_context)
+
+
+def load_data(cfg: TrainConfig, run_dir: Path, resuming: bool = False):
     """Scan, split (or read the run's split), decode once. Returns classes, RunData per split,
     and the sources."""
     classes, samples, sources = scan_sources(cfg)
@@ -280,8 +285,11 @@ def load_data(cfg: TrainConfig, run_dir: Path, img_size: int, resuming: bool = F
         if not samples:
             data[name] = None
             continue
-        decoded = cached_decode([s.path for s in samples], img_size, cfg.cache_dir, cfg.workers, f"decoding {name}",
-                                cfg.progress)
+        decoded = cached_decode([s.path for s in samples], preprocess_of(cfg), cfg.cache_dir, cfg.workers,
+                                f"decoding {name}", cfg.progress)
+        if cfg.crop == "cell" and not decoded.found.all():
+            print(f"{name}: no cell found in {int((~decoded.found).sum())} of {len(decoded.found)} images; "
+                  f"the whole picture is used for those")
         bad.extend(decoded.errors)
         data[name] = RunData([samples[i] for i in decoded.index], decoded.images)
     for path, reason in bad:
@@ -365,7 +373,7 @@ def _fit(cfg: TrainConfig, run_dir: Path, resuming: bool, on_epoch_end) -> Path:
     channels_last = bf16 if cfg.channels_last is None else cfg.channels_last
     print(f"run folder: {run_dir}  (model {cfg.model}, {cfg.img_size} px, bf16={bf16}, channels_last={channels_last})")
 
-    classes, data, sources = load_data(cfg, run_dir, cfg.img_size, resuming)
+    classes, data, sources = load_data(cfg, run_dir, resuming)
     train, val, test = data["train"], data["val"], data["test"]
     print("images: " + ", ".join(f"{k} {len(v.samples) if v else 0}" for k, v in data.items()))
 
@@ -385,7 +393,7 @@ def _fit(cfg: TrainConfig, run_dir: Path, resuming: bool, on_epoch_end) -> Path:
                    "images": {k: sum(s.source == src.name for s in v.samples) if v else 0 for k, v in data.items()}}
                   for src in sources]
     meta = ckpt.new_meta(classes, cfg.model, model_args, cfg.img_size, mean, std, config=cfg.to_dict(),
-                         seed=cfg.seed, sources=trained_on)
+                         seed=cfg.seed, sources=trained_on, preprocess=preprocess_of(cfg).to_dict())
     start_epoch, history, best_f1, since_best = 0, [], -1.0, 0
     last = run_dir / "last.safetensors"
     if resuming:

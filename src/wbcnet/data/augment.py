@@ -5,14 +5,22 @@ One affine warp per image does the reference project's Keras ImageDataGenerator 
 vertical flip and 90-degree turns, since a cell on a slide has no up. A mild colour jitter
 (brightness, contrast, saturation, hue, per-channel gain) stands in for stain and camera
 differences, and keeps a model from learning one class's colour instead of its shape.
+
+For cells from other labs (issue 8) there are more, each off by default so that an existing config
+draws the same random numbers and gives the same batches as before: HED stain jitter (Tellez et
+al. 2018/2019), Gaussian blur, a lower camera resolution and JPEG re-compression.
 """
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ..errors import WbcnetError
 
 
 @dataclass
@@ -31,6 +39,28 @@ class AugmentConfig:
     saturation: float = 0.2
     hue: float = 0.03             # fraction of a full turn of the colour wheel
     channel_gain: float = 0.05    # independent R, G, B gain, uniform +-
+    # Other labs' optics, cameras and stains. All off by default; suggested values in the comments.
+    blur: float = 0.0             # probability of a Gaussian blur (0.3 suggested)
+    blur_sigma: float = 1.5       # its sigma is uniform in [0.3, blur_sigma] pixels at the training size
+    downscale: float = 1.0        # half the images shrink by a log-uniform factor in [1, downscale] and
+                                  # enlarge back: a lower-resolution camera (2.5 suggested; 1 = off)
+    jpeg: float = 0.0             # probability of JPEG re-compression at a quality uniform in 30-90 (0.3 suggested)
+    hed: float = 0.0              # HED stain jitter: each stain's optical density s -> a*s + b with
+                                  # a ~ U(1 - hed, 1 + hed), b ~ U(-hed, hed) (0.03-0.05 suggested; 0 = off)
+
+    def __post_init__(self):
+        # Only the camera and stain fields are checked here: a wrong value of theirs would pass
+        # silently (a blur "probability" of 2, a downscale of 0.5 that enlarges instead).
+        def number(name, ok, what):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not ok(v):
+                raise WbcnetError(f"augment.{name}: {what}, not {v!r}")
+
+        number("blur", lambda v: 0 <= v <= 1, "is a probability, in [0, 1]")
+        number("jpeg", lambda v: 0 <= v <= 1, "is a probability, in [0, 1]")
+        number("blur_sigma", lambda v: v > 0.3, "is the largest blur sigma in pixels, above 0.3")
+        number("downscale", lambda v: v >= 1, "is a shrink factor, at least 1 (1 = off)")
+        number("hed", lambda v: 0 <= v < 1, "is the HED jitter's sigma, in [0, 1) (0 = off)")
 
 
 def _uniform(n, bound, g, device):
@@ -95,6 +125,111 @@ def color_jitter(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> tor
     return x.clamp_(0, 1)
 
 
+# Ruifrok & Johnston (2001) stain vectors, rows haematoxylin, eosin, DAB, exactly as
+# skimage.color.rgb2hed has them: a pixel's optical density (OD) is its stain amounts @ _RGB_FROM_HED.
+# White cells are Romanowsky-stained (May-Gruenwald-Giemsa, Wright), not H&E, but the H and E axes
+# are still close to the purple nucleus and pink-orange cytoplasm/red-cell stains, so moving along
+# them is a plausible stain change.
+_RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29],
+                              [0.07, 0.99, 0.11],
+                              [0.27, 0.57, 0.78]], dtype=torch.float64)
+_HED_FROM_RGB = torch.linalg.inv(_RGB_FROM_HED)
+
+
+def hed_jitter(x: torch.Tensor, sigma: float, g: torch.Generator) -> torch.Tensor:
+    """Tellez et al.'s HED augmentation on float images in [0, 1]: s -> alpha * s + beta per stain.
+
+    OD is -ln((255 x + 1) / 256), Beer-Lambert with the +1 that Macenko-style stain code uses: it
+    keeps black pixels finite (OD <= ln 256) and makes the round trip exact for every colour, where
+    skimage's clip of negative stain amounts would not. beta is in natural OD units, and b = sigma
+    ties it to alpha: stained pixels have an OD near 1, so the stain-strength term (alpha) and the
+    tint term (beta, which also tints the background) are about the same size.
+    """
+    n, dev = x.shape[0], x.device
+    alpha = 1 + _uniform(3 * n, sigma, g, dev).view(n, 3)
+    beta = _uniform(3 * n, sigma, g, dev).view(n, 1, 3)
+    hed_from_rgb = _HED_FROM_RGB.to(device=dev, dtype=x.dtype)
+    rgb_from_hed = _RGB_FROM_HED.to(device=dev, dtype=x.dtype)
+    # od @ hed_from_rgb -> stains, * alpha + beta, @ rgb_from_hed -> od is one affine map of OD per
+    # image: od @ m + c. Folding it into a 3x3 matrix makes it a single batched matmul.
+    m = hed_from_rgb @ torch.diag_embed(alpha) @ rgb_from_hed   # (n, 3, 3)
+    c = beta @ rgb_from_hed                                      # (n, 1, 3)
+    od = x.flatten(2).mul(255).add_(1).log_().sub_(math.log(256)).neg_()  # (n, 3, H W); log1p is 15x slower on CPU
+    od = torch.baddbmm(c.transpose(1, 2), m.transpose(1, 2), od)
+    return od.neg_().exp_().mul_(256).sub_(1).div_(255).clamp_(0, 1).view_as(x)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.Tensor:
+    """Blur image i of `x` with its own `sigma[i]` (pixels): one separable, grouped convolution.
+    Edges repeat, like the warp's fill, so a blurred image gains no dark frame."""
+    n, c, h, w = x.shape
+    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    k = torch.exp(-0.5 * (t / sigma.to(x.dtype).view(n, 1)) ** 2)
+    k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (n * c, 2 radius + 1)
+    y = F.pad(x.reshape(1, n * c, h, w), (radius, radius, radius, radius), mode="replicate")
+    y = F.conv2d(y, k.view(n * c, 1, 1, -1), groups=n * c)
+    y = F.conv2d(y, k.view(n * c, 1, -1, 1), groups=n * c)
+    return y.view(n, c, h, w)
+
+
+def random_blur(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
+    """Gaussian blur on a `cfg.blur` share of the images: a soft focus or a worse objective."""
+    n, dev = x.shape[0], x.device
+    chosen = (torch.rand(n, generator=g, device=dev) < cfg.blur).nonzero().squeeze(1)
+    sigma = 0.3 + torch.rand(n, generator=g, device=dev) * (cfg.blur_sigma - 0.3)
+    if chosen.numel() == 0:
+        return x
+    radius = math.ceil(3 * cfg.blur_sigma)
+    return x.index_copy(0, chosen, gaussian_blur(x[chosen], sigma[chosen], radius))
+
+
+def _jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
+    """Encode and decode one float (1, 3, H, W) image as JPEG, on the CPU. Pillow rather than
+    torchvision.io: the same libjpeg-turbo bytes (checked identical), 0.2 ms per 112 px image, and
+    torchvision 0.29 deprecates its JPEG codec."""
+    from PIL import Image
+
+    q = x[0].mul(255).round_().clamp_(0, 255).to(device="cpu", dtype=torch.uint8).permute(1, 2, 0).numpy()
+    buf = io.BytesIO()
+    Image.fromarray(q).save(buf, "JPEG", quality=quality)
+    buf.seek(0)
+    y = torch.from_numpy(np.array(Image.open(buf).convert("RGB")))
+    return y.permute(2, 0, 1).unsqueeze(0).to(x.device).float().div_(255)
+
+
+def low_res_and_jpeg(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
+    """A lower-resolution camera and a lossy file: half the images shrink by a log-uniform factor
+    in [1, cfg.downscale] and come back to size; a `cfg.jpeg` share are JPEG-compressed. The JPEG
+    happens at the small size, as a camera would save it, so its 8x8 blocks grow with the
+    enlargement just as a low-resolution lab's do when wbcnet resizes its images."""
+    n, dev = x.shape[0], x.device
+    h, w = x.shape[-2:]
+    shrink = [False] * n
+    compress = [False] * n
+    if cfg.downscale > 1:
+        shrink = (torch.rand(n, generator=g, device=dev) < 0.5).tolist()
+        factor = torch.exp(torch.rand(n, generator=g, device=dev) * math.log(cfg.downscale)).tolist()
+    if cfg.jpeg:
+        compress = (torch.rand(n, generator=g, device=dev) < cfg.jpeg).tolist()
+        quality = torch.randint(30, 91, (n,), generator=g, device=dev).tolist()
+    # Images differ in size and quality, so this is a loop; each step is a few hundred microseconds.
+    out = x.clone()
+    for i in range(n):
+        if not (shrink[i] or compress[i]):
+            continue
+        y = x[i:i + 1]
+        if shrink[i]:
+            small = (max(4, round(h / factor[i])), max(4, round(w / factor[i])))
+            # antialias: a camera's pixel integrates light over its area; plain bilinear would alias
+            y = F.interpolate(y, size=small, mode="bilinear", antialias=True, align_corners=False)
+        if compress[i]:
+            y = _jpeg(y, quality[i])
+        if shrink[i]:
+            y = F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
+        out[i] = y[0].clamp(0, 1)
+    return out
+
+
 def augment_batch(images: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
     """uint8 (N, 3, S, S) -> float (N, 3, S, S) in [0, 1], augmented."""
     x = images.float().div_(255)
@@ -103,6 +238,17 @@ def augment_batch(images: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) 
     # Bilinear like Keras' apply_affine_transform (order=1); 'border' repeats edge pixels, which is
     # Keras' fill_mode='nearest'.
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    # Optics and camera (blur, then the sensor's resolution and the file's JPEG) before colour. Blur
+    # and resampling are linear filters, so they commute with the per-pixel linear colour jitter
+    # (and nearly with HED); doing colour last means no uint8 re-quantisation (JPEG) follows it and
+    # its clamp is the last word on the range. Each stage is skipped, drawing no random numbers,
+    # when it is off, so configs without them give exactly the batches they gave before.
+    if cfg.blur:
+        x = random_blur(x, cfg, g)
+    if cfg.downscale > 1 or cfg.jpeg:
+        x = low_res_and_jpeg(x, cfg, g)
+    if cfg.hed:
+        x = hed_jitter(x, cfg.hed, g)
     return color_jitter(x, cfg, g)
 
 

@@ -18,9 +18,10 @@ import numpy as np
 from tqdm import tqdm
 
 from ..files import atomic_write, write_text_atomic
-from .imageio import ImageReadError, load_rgb
+from .imageio import ImageReadError
+from .preprocess import Preprocess, load_input
 
-CACHE_VERSION = 1  # bump when load_rgb's resizing changes
+CACHE_VERSION = 2  # bump when load_rgb's resizing or the cell crop changes
 
 
 @dataclass
@@ -28,6 +29,15 @@ class DecodedImages:
     images: np.ndarray                 # (N, 3, S, S) uint8, one row per readable input path
     index: np.ndarray                  # (N,) position of each row in the input path list
     errors: list[tuple[str, str]]      # (path, reason) for every unreadable file, once each
+    found: np.ndarray | None = None    # (N,) bool: the cell was found (always True without a crop)
+
+    def __post_init__(self):
+        if self.found is None:
+            self.found = np.ones(len(self.index), dtype=bool)
+
+
+def as_preprocess(prep: Preprocess | int) -> Preprocess:
+    return prep if isinstance(prep, Preprocess) else Preprocess(size=int(prep))
 
 
 def default_workers() -> int:
@@ -35,36 +45,41 @@ def default_workers() -> int:
 
 
 def _decode_one(args):
-    path, size = args
+    path, prep = args
     try:
-        return load_rgb(path, size).transpose(2, 0, 1), None
+        arr, found = load_input(path, prep)
+        return arr.transpose(2, 0, 1), found, None
     except ImageReadError as e:
-        return None, e.reason
+        return None, False, e.reason
 
 
-def decode_images(paths: list[str], size: int, workers: int | None = None, desc: str = "decoding",
+def decode_images(paths: list[str], prep: Preprocess | int, workers: int | None = None, desc: str = "decoding",
                   progress: bool = True) -> DecodedImages:
-    """Decode in parallel threads (Pillow releases the GIL while decoding and resizing)."""
+    """Decode (and crop, as `prep` says) in parallel threads; Pillow, numpy and scipy release the
+    GIL for most of the work. `prep` may be a plain size: the whole picture, resized."""
+    prep = as_preprocess(prep)
     workers = workers or default_workers()
+    size = prep.size
     out = np.empty((len(paths), 3, size, size), dtype=np.uint8)
     ok = np.zeros(len(paths), dtype=bool)
+    found = np.zeros(len(paths), dtype=bool)
     errors = []
     with ThreadPoolExecutor(workers) as pool:
-        results = pool.map(_decode_one, [(p, size) for p in paths], chunksize=16)
-        for i, (arr, err) in enumerate(tqdm(results, total=len(paths), desc=desc, unit="img",
-                                            disable=not progress, leave=False)):
+        results = pool.map(_decode_one, [(p, prep) for p in paths], chunksize=16)
+        for i, (arr, cell, err) in enumerate(tqdm(results, total=len(paths), desc=desc, unit="img",
+                                                  disable=not progress, leave=False)):
             if err is None:
                 out[i] = arr
-                ok[i] = True
+                ok[i], found[i] = True, cell
             else:
                 errors.append((paths[i], err))
     index = np.flatnonzero(ok)
     images = out if ok.all() else out[index]
-    return DecodedImages(images, index, errors)
+    return DecodedImages(images, index, errors, found[index])
 
 
-def cache_key(paths: list[str], size: int) -> str:
-    h = hashlib.sha1(f"v{CACHE_VERSION} size={size}\n".encode())
+def cache_key(paths: list[str], prep: Preprocess) -> str:
+    h = hashlib.sha1(f"v{CACHE_VERSION} {prep.key()}\n".encode())
     for p in paths:
         try:
             st = os.stat(p)
@@ -74,24 +89,26 @@ def cache_key(paths: list[str], size: int) -> str:
     return h.hexdigest()[:20]
 
 
-def cached_decode(paths: list[str], size: int, cache_dir=None, workers: int | None = None,
+def cached_decode(paths: list[str], prep: Preprocess | int, cache_dir=None, workers: int | None = None,
                   desc: str = "decoding", progress: bool = True) -> DecodedImages:
     """`decode_images`, memoised on disk when `cache_dir` is given (memory-mapped on reuse).
 
     A cache entry that can't be read back (cut short, overwritten, from another numpy) is named
     on stderr, decoded again and replaced. A cache folder that can't be written to is named on
     stderr and the images are decoded into memory instead."""
+    prep = as_preprocess(prep)
+    size = prep.size
     if cache_dir is None:
-        return decode_images(paths, size, workers, desc, progress)
+        return decode_images(paths, prep, workers, desc, progress)
     cache_dir = Path(cache_dir)
-    key = cache_key(paths, size)
+    key = cache_key(paths, prep)
     arr_path, meta_path = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
     if arr_path.exists() and meta_path.exists():
         try:
             return _read_entry(arr_path, meta_path, len(paths), size)
         except (OSError, ValueError, KeyError, TypeError) as e:
             print(f"warning: decode cache entry {arr_path} is unreadable ({e}); decoding again", file=sys.stderr)
-    decoded = decode_images(paths, size, workers, desc, progress)
+    decoded = decode_images(paths, prep, workers, desc, progress)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         with atomic_write(arr_path) as tmp:
@@ -99,7 +116,7 @@ def cached_decode(paths: list[str], size: int, cache_dir=None, workers: int | No
                 np.save(fh, decoded.images)
         # The JSON goes last: an entry counts only once both files are whole.
         write_text_atomic(meta_path, json.dumps({"size": size, "n_paths": len(paths), "index": decoded.index.tolist(),
-                                                 "errors": decoded.errors}))
+                                                 "errors": decoded.errors, "found": decoded.found.tolist()}))
     except OSError as e:
         print(f"warning: cannot write the decode cache in {cache_dir} ({e.strerror or e}); "
               f"keeping the images in memory", file=sys.stderr)
@@ -113,4 +130,4 @@ def _read_entry(arr_path: Path, meta_path: Path, n_paths: int, size: int) -> Dec
     if (meta["n_paths"] != n_paths or meta["size"] != size or images.dtype != np.uint8
             or images.shape != (len(index), 3, size, size)):
         raise ValueError(f"holds {images.shape} {images.dtype}, expected ({len(index)}, 3, {size}, {size}) uint8")
-    return DecodedImages(images, index, [tuple(e) for e in meta["errors"]])
+    return DecodedImages(images, index, [tuple(e) for e in meta["errors"]], np.asarray(meta["found"], dtype=bool))

@@ -66,14 +66,16 @@ def _pad_square(arr: np.ndarray) -> np.ndarray:
     return np.pad(arr, pad, mode="edge")
 
 
-def load_rgb(path, size: int | None = None) -> np.ndarray:
+def load_rgb(path, size: int | None = None, min_side: int | None = None) -> np.ndarray:
     """Read `path` as an RGB uint8 array (H, W, 3); with `size`, padded square and resized to it.
 
     JPEGs are decoded with DCT scaling ("draft" mode) to the smallest scale that is still at
-    least `size`: a 575 px original is decoded at 1/4 (144 px) for a 112 px model, several times
-    cheaper, and after the final Lanczos resize it stays within a grey level or so of a full
-    decode on average (tests/test_imageio.py checks it).
+    least `size` (or `min_side`, when the caller crops before resizing): a 575 px original is
+    decoded at 1/4 (144 px) for a 112 px model, several times cheaper, and after the final
+    Lanczos resize it stays within a grey level or so of a full decode on average
+    (tests/test_imageio.py checks it).
     """
+    draft = size or min_side
     path = Path(path)
     try:
         if path.stat().st_size == 0:
@@ -83,8 +85,8 @@ def load_rgb(path, size: int | None = None) -> np.ndarray:
             with Image.open(path) as img:
                 if img.width * img.height > MAX_PIXELS:
                     raise ImageReadError(path, f"image too large ({img.width}x{img.height} pixels)")
-                if size is not None and img.format == "JPEG" and img.mode in ("RGB", "L"):
-                    img.draft("RGB", (size, size))
+                if draft is not None and img.format == "JPEG" and img.mode in ("RGB", "L"):
+                    img.draft("RGB", (draft, draft))
                 img.load()
                 img = ImageOps.exif_transpose(img)
                 img = _to_rgb(img)
@@ -102,8 +104,11 @@ def load_rgb(path, size: int | None = None) -> np.ndarray:
     except (ValueError, SyntaxError) as e:  # broken headers
         raise ImageReadError(path, f"corrupt image ({e})") from None
     arr = np.asarray(img, dtype=np.uint8)
-    if size is None:
-        return arr
+    return arr if size is None else square_resize(arr, size)
+
+
+def square_resize(arr: np.ndarray, size: int) -> np.ndarray:
+    """Pad to a square by repeating edges (the cell is not squashed), then resize to `size`."""
     arr = _pad_square(arr)
     if arr.shape[0] != size:
         arr = np.asarray(Image.fromarray(arr).resize((size, size), Image.Resampling.LANCZOS))
