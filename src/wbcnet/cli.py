@@ -87,14 +87,16 @@ def cmd_evaluate(args) -> int:
     from .data.sources import parse_sources
     from .evaluate import evaluate_folder, evaluate_sets
     from .files import prepare_output_dir
+    from .inference import resolve_device
 
     sets = parse_sources(args.data)
     out = prepare_output_dir(args.out, args.overwrite)
     model, meta = load_model(args.checkpoint)
+    model = model.to(resolve_device(args.device))
     print(f"model: {meta.path} ({meta.model}, classes {', '.join(meta.classes)})")
     run_dir = args.run or (meta.path.parent if args.checkpoint else None)
     common = dict(batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress,
-                  explain_maps=not args.no_explain, n_resamples=args.bootstrap)
+                  explain_maps=not args.no_explain, n_resamples=args.bootstrap, tta=args.tta)
     if len(args.data) > 1 or "=" in args.data[0]:
         rows = evaluate_sets(model, meta, [(s.name, s.path) for s in sets], out, split=args.split, **common)
         for r in rows:
@@ -148,7 +150,7 @@ def cmd_predict(args) -> int:
 
         backend = onnx_backend(args.onnx or meta.path.with_suffix(".onnx"), meta, args.batch_size)
     rows = predict_paths(model, meta, paths, args.batch_size, args.workers, args.min_confidence, backend,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, tta=args.tta)
     for r in rows:
         if r["error"]:
             print(f"unreadable {r['path']}: {r['error']}", file=sys.stderr)
@@ -232,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="empty --out first if it holds files")
     p.add_argument("--run", help="run folder whose training curves to draw")
     p.add_argument("--no-explain", action="store_true", help="skip the Grad-CAM/attention grids")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation: average each cell's 8 turns and "
+                   "mirror images (8x slower)")
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                    help="bootstrap resamples for the 95%% confidence intervals (default 1000; 0: none)")
     p.add_argument("--batch-size", type=int, default=128)
@@ -253,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="decode threads (default: all cores)")
     p.add_argument("--min-confidence", type=float, default=0.0, help="below this, predict 'refer' (to a human)")
     p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
+    p.add_argument("--tta", action="store_true", help="average each cell's 8 turns and mirror images (8x slower; "
+                   "torch backend)")
     p.add_argument("--onnx", help="ONNX file for --backend onnxruntime (default: beside the checkpoint)")
     _add_common(p)
     p.set_defaults(func=cmd_predict)

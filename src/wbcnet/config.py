@@ -7,6 +7,7 @@ config.yaml are all views of it. `validate()` checks values as well as names.
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
 import yaml
@@ -57,7 +58,8 @@ class TrainConfig:
     val_frac: float = _opt(0.15, "share of the data for validation (when --val is not given)")
     test_frac: float = _opt(0.15, "share of the data for the test split (when --test is not given)")
     seed: int = _opt(0, "seed of the split, initialisation, sampling and augmentation")
-    bf16: bool | None = _opt(None, "bf16 autocast (default: where the CPU supports it)")
+    device: str = _opt("cpu", "where to train: cpu, cuda, cuda:N, or auto (a GPU when there is one)")
+    bf16: bool | None = _opt(None, "bf16 autocast (default: on GPUs, and on CPUs that support it)")
     channels_last: bool | None = _opt(None, "channels-last memory layout (default: with bf16)")
     threads: int | None = _opt(None, "torch threads (default: torch's choice)")
     workers: int | None = _opt(None, "image decoding threads (default: the cores, up to 8)")
@@ -102,6 +104,8 @@ class TrainConfig:
             from .data.sources import parse_sources
 
             parse_sources(self.data)  # names and duplicates checked here, paths when scanned
+        if not (self.device in ("cpu", "cuda", "auto") or re.fullmatch(r"cuda:\d+", str(self.device))):
+            raise WbcnetError(f"device: {self.device!r} is not one of cpu, cuda, cuda:N, auto")
         if not (_is_number(self.crop_context) and 1.0 <= self.crop_context <= 5.0):
             raise WbcnetError(f"crop_context: must be between 1 and 5 cell diameters, not {self.crop_context!r}")
         if not isinstance(self.model_args, dict):

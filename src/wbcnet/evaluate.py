@@ -83,7 +83,7 @@ def write_evaluation(out, paths: list[str], y_true: np.ndarray, probs: np.ndarra
 def evaluate_samples(model, meta, samples: list[Sample], out, title=None, run_dir=None,
                      batch_size: int = 128, workers: int | None = None, bf16: bool | None = None,
                      images: np.ndarray | None = None, progress: bool = True, explain_maps: bool = True,
-                     source: str | None = None, n_resamples: int = analysis.N_RESAMPLES) -> dict:
+                     source: str | None = None, n_resamples: int = analysis.N_RESAMPLES, tta: bool = False) -> dict:
     """Decode (unless `images` are given, aligned with `samples`), predict, and write the folder.
 
     `explain_maps=False` skips the Grad-CAM/attention grids, the one part that runs the model
@@ -102,7 +102,7 @@ def evaluate_samples(model, meta, samples: list[Sample], out, title=None, run_di
             extra_counts = {"cell_not_found": no_cell}
     if not len(samples):
         raise WbcnetError("no readable images to evaluate")
-    pred = run_model(model, meta, images, batch_size, bf16)
+    pred = run_model(model, meta, images, batch_size, bf16, tta=tta)
     logits, probs, temperature = pred.logits, pred.probs, pred.temperature
     y_true = np.array([s.label for s in samples], dtype=np.int64)
     paths = [s.path for s in samples]

@@ -16,10 +16,23 @@ from .calibration import softmax
 from .data.augment import normalize, to_float
 
 
-def use_bf16(flag: bool | None = None) -> bool:
-    """bf16 autocast only where the CPU does bf16 natively (AVX-512 BF16 or AMX)."""
+def resolve_device(name: str = "cpu") -> torch.device:
+    """"auto": a CUDA GPU when there is one, else the CPU."""
+    from .errors import WbcnetError
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise WbcnetError(f"device {name}: no CUDA GPU is visible to PyTorch here (use --device cpu)")
+    return torch.device(name)
+
+
+def use_bf16(flag: bool | None = None, device: torch.device | str = "cpu") -> bool:
+    """bf16 autocast on GPUs, and on CPUs that do bf16 natively (AVX-512 BF16 or AMX)."""
     if flag is not None:
         return flag
+    if torch.device(device).type == "cuda":
+        return torch.cuda.is_bf16_supported()
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -27,10 +40,18 @@ def use_bf16(flag: bool | None = None) -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
+def dihedral(x: torch.Tensor) -> list[torch.Tensor]:
+    """The 8 turns and mirror images of a batch: a cell on a slide has no up and no left."""
+    turns = [torch.rot90(x, k, (2, 3)) for k in range(4)]
+    return turns + [t.flip(3) for t in turns]
+
+
 def predict_logits(model: torch.nn.Module, images: np.ndarray, mean, std, batch_size: int = 128,
-                   bf16: bool | None = None, channels_last: bool | None = None) -> np.ndarray:
-    """uint8 (N, 3, S, S) -> float32 logits (N, C)."""
-    bf16 = use_bf16(bf16)
+                   bf16: bool | None = None, channels_last: bool | None = None, tta: bool = False) -> np.ndarray:
+    """uint8 (N, 3, S, S) -> float32 logits (N, C), computed on the device the model is on.
+    `tta`: the mean logits over the 8 turns and mirror images of each cell (8x the work)."""
+    device = next(model.parameters()).device
+    bf16 = use_bf16(bf16, device)
     channels_last = bf16 if channels_last is None else channels_last
     model.eval()
     if channels_last:
@@ -40,12 +61,14 @@ def predict_logits(model: torch.nn.Module, images: np.ndarray, mean, std, batch_
     out = []
     with torch.inference_mode():
         for i in range(0, len(images), batch_size):
-            x = normalize(to_float(torch.from_numpy(np.array(images[i:i + batch_size]))), mean, std)  # copy: caches are read-only
+            batch = torch.from_numpy(np.array(images[i:i + batch_size])).to(device)  # copy: caches are read-only
+            x = normalize(to_float(batch), mean, std)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                out.append(model(x).float())
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
+            views = dihedral(x) if tta else [x]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                out.append(torch.stack([model(v).float() for v in views]).mean(0))
+    return torch.cat(out).cpu().numpy() if out else np.zeros((0, 0), dtype=np.float32)
 
 
 @dataclass
@@ -64,13 +87,14 @@ class Predictions:
 
 
 def run_model(model: torch.nn.Module, meta, images: np.ndarray, batch_size: int = 128, bf16: bool | None = None,
-              backend=None) -> Predictions:
+              backend=None, tta: bool = False) -> Predictions:
     """Probabilities for decoded uint8 images, as the checkpoint `meta` says to compute them.
-    `backend` (images -> logits, e.g. ONNX Runtime) replaces the PyTorch model."""
+    `backend` (images -> logits, e.g. ONNX Runtime) replaces the PyTorch model; `tta` averages
+    over the 8 turns and mirror images of each cell."""
     n_classes = len(meta.classes)
     if len(images) == 0:
         empty = np.zeros((0, n_classes), dtype=np.float32)
         return Predictions(empty, empty.astype(np.float64), meta.temperature)
     logits = backend(images) if backend is not None else predict_logits(model, images, meta.mean, meta.std,
-                                                                         batch_size, bf16)
+                                                                         batch_size, bf16, tta=tta)
     return Predictions(logits, softmax(logits, meta.temperature), meta.temperature)

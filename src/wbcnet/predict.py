@@ -38,11 +38,11 @@ def expand_inputs(inputs: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
 
 
 def predict_paths(model, meta, paths: list[str], batch_size: int = 64, workers: int | None = None,
-                  min_confidence: float = 0.0, backend=None, progress: bool = True) -> list[dict]:
+                  min_confidence: float = 0.0, backend=None, progress: bool = True, tta: bool = False) -> list[dict]:
     """One row per path, in input order. Unreadable files get `error` and no class."""
     classes = meta.classes
     decoded = decode_images(paths, from_meta(meta), workers, "decoding", progress)
-    probs = run_model(model, meta, decoded.images, batch_size, backend=backend).probs
+    probs = run_model(model, meta, decoded.images, batch_size, backend=backend, tta=tta).probs
     rows = [{"path": p, "predicted": "", "confidence": "", "error": ""} for p in paths]
     failed = sorted(set(range(len(paths))) - set(decoded.index.tolist()))
     for i, (_, reason) in zip(failed, decoded.errors):  # both in input order

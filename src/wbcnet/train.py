@@ -36,7 +36,7 @@ from .data.sources import Source, parse_sources, regroup, source_name
 from .data.split import SPLITS, merge_linked_groups, read_split, split_by_source, write_split
 from .errors import WbcnetError
 from .files import atomic_write, ensure_writable_dir
-from .inference import predict_logits, use_bf16
+from .inference import predict_logits, resolve_device, use_bf16
 from .metrics import macro_f1
 from .models import create_model, default_img_size
 
@@ -117,7 +117,7 @@ class EMA:
 
 def train_step(model, criterion, optimizer, x: torch.Tensor, y: torch.Tensor, bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step on a normalised batch; returns (loss, logits)."""
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
         logits = model(x)
     loss = criterion(logits.float(), y)
     optimizer.zero_grad(set_to_none=True)
@@ -130,7 +130,10 @@ def train_one_epoch(model, criterion, optimizer, data: RunData, cfg: TrainConfig
                     total_steps: int, warmup_steps: int, mean, std, bf16: bool, channels_last: bool, ema=None):
     """One pass over `data`. Returns (mean loss, accuracy on augmented batches, next step)."""
     model.train()
-    g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    device = next(model.parameters()).device
+    g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # the epoch's order, on the CPU
+    # Augmentation draws its randomness where the batch is, so a GPU never waits for the CPU.
+    g_aug = g if device.type == "cpu" else torch.Generator(device).manual_seed(cfg.seed * 100_003 + epoch)
     torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout
     labels = data.labels
     order = epoch_order(labels, cfg.balance, g, data.source_ids)
@@ -140,9 +143,9 @@ def train_one_epoch(model, criterion, optimizer, data: RunData, cfg: TrainConfig
                disable=not cfg.progress, dynamic_ncols=True)
     for b in bar:
         idx = np.sort(order[b * cfg.batch_size:(b + 1) * cfg.batch_size].numpy())  # memory-mapped caches read faster in order
-        x = torch.from_numpy(np.ascontiguousarray(data.images[idx]))
-        y = torch.from_numpy(labels[idx])
-        x = normalize(augment_batch(x, cfg.augment, g), mean, std)
+        x = torch.from_numpy(np.ascontiguousarray(data.images[idx])).to(device, non_blocking=True)
+        y = torch.from_numpy(labels[idx]).to(device, non_blocking=True)
+        x = normalize(augment_batch(x, cfg.augment, g_aug), mean, std)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         for group in optimizer.param_groups:
@@ -369,9 +372,11 @@ def _fit(cfg: TrainConfig, run_dir: Path, resuming: bool, on_epoch_end) -> Path:
         cfg.to_yaml(run_dir / "config.yaml")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    bf16 = use_bf16(cfg.bf16)
+    device = resolve_device(cfg.device)
+    bf16 = use_bf16(cfg.bf16, device)
     channels_last = bf16 if cfg.channels_last is None else cfg.channels_last
-    print(f"run folder: {run_dir}  (model {cfg.model}, {cfg.img_size} px, bf16={bf16}, channels_last={channels_last})")
+    print(f"run folder: {run_dir}  (model {cfg.model}, {cfg.img_size} px, {device}, bf16={bf16}, "
+          f"channels_last={channels_last})")
 
     classes, data, sources = load_data(cfg, run_dir, resuming)
     train, val, test = data["train"], data["val"], data["test"]
@@ -380,13 +385,14 @@ def _fit(cfg: TrainConfig, run_dir: Path, resuming: bool, on_epoch_end) -> Path:
     model_args = dict(cfg.model_args)
     model_args.setdefault("img_size", cfg.img_size)
     torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model, num_classes=len(classes), pretrained=cfg.pretrained, **model_args)
+    model = create_model(cfg.model, num_classes=len(classes), pretrained=cfg.pretrained, **model_args).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg)
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     weight = class_weights(train.labels, len(classes)) if cfg.balance == "weighted_loss" else None
-    criterion = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+    criterion = torch.nn.CrossEntropyLoss(weight=weight.to(device) if weight is not None else None,
+                                          label_smoothing=cfg.label_smoothing)
 
     mean, std = channel_stats(train.images)
     trained_on = [{"name": src.name, "path": src.path,
@@ -404,7 +410,7 @@ def _fit(cfg: TrainConfig, run_dir: Path, resuming: bool, on_epoch_end) -> Path:
         ckpt.load_weights(model, ckpt.part(tensors, "model"), last)
         if ema is not None:
             ckpt.load_weights(ema.module, ckpt.part(tensors, "ema"), last)
-        ckpt.optimizer_from_parts(optimizer, tensors, saved.optimizer)
+        ckpt.optimizer_from_parts(optimizer, {k: v.to(device) for k, v in tensors.items()}, saved.optimizer)
         state = saved.train_state
         start_epoch, best_f1, since_best = state["epoch"] + 1, state["best_f1"], state["since_best"]
         history = state["history"]
