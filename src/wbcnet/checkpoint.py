@@ -21,6 +21,7 @@ from . import __version__
 from .errors import WbcnetError
 from .files import atomic_write
 from .models import create_model, full_model_args
+from .shift import ShiftStats
 from .weights import load_tensors, part, save_tensors, sha256_file
 
 SHIPPED = Path(__file__).parent / "assets" / "model"
@@ -46,13 +47,15 @@ class CheckpointMeta:
     val_macro_f1: float | None = None
     val_accuracy: float | None = None
     calibration: dict | None = None       # ECE/NLL on validation before and after the temperature
-    shift: dict | None = None             # statistics for the unfamiliar-image check
+    shift: dict | None = None             # the unfamiliar-image check: method, threshold, cells it came from
     adapted_from: dict | None = None      # parent checkpoint and adaptation data, for `adapt`
     train_state: dict | None = None       # last.* only: epoch, best_f1, since_best, history
     optimizer: dict | None = None         # last.* only: the non-tensor part of the optimizer state
     weights_sha256: str | None = None     # of NAME.safetensors; set when saved
-    # Run-time fact, never saved: the .safetensors file this was read from.
+    # Run-time facts, never saved in the JSON: the .safetensors file this was read from, and the
+    # unfamiliar-image statistics, whose arrays live in the weights file under `shift.`.
     path: Path | None = field(default=None, compare=False, repr=False, metadata={"saved": False})
+    shift_stats: ShiftStats | None = field(default=None, compare=False, repr=False, metadata={"saved": False})
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("saved", True)}
@@ -115,6 +118,9 @@ def save_checkpoint(stem, model: torch.nn.Module, meta: CheckpointMeta, optimize
     if optimizer is not None:
         t, saved["optimizer"] = optimizer_to_parts(optimizer)
         tensors.update(t)
+    if meta.shift_stats is not None:
+        saved["shift"] = meta.shift_stats.summary()
+        tensors.update({f"shift.{k}": torch.from_numpy(v) for k, v in meta.shift_stats.tensors().items()})
     weights, info = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
     # The inner block is left first, so the weights are renamed into place before the JSON.
     with atomic_write(info) as tmp_info, atomic_write(weights) as tmp_weights:
@@ -160,6 +166,9 @@ def read_checkpoint(path=None) -> tuple[dict[str, torch.Tensor], CheckpointMeta]
                           f"an interrupted write left weights and {info.name} from different saves)")
     tensors = load_tensors(path)
     meta.path = path
+    stats = part(tensors, "shift")
+    if meta.shift and stats:
+        meta.shift_stats = ShiftStats.from_parts(meta.shift, {k: v.numpy() for k, v in stats.items()})
     return tensors, meta
 
 

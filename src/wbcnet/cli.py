@@ -96,12 +96,17 @@ def cmd_evaluate(args) -> int:
     print(f"model: {meta.path} ({meta.model}, classes {', '.join(meta.classes)})")
     run_dir = args.run or (meta.path.parent if args.checkpoint else None)
     common = dict(batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress,
-                  explain_maps=not args.no_explain, n_resamples=args.bootstrap, tta=args.tta)
+                  explain_maps=not args.no_explain, n_resamples=args.bootstrap, tta=args.tta,
+                  shift_check=not args.no_shift_check)
     if len(args.data) > 1 or "=" in args.data[0]:
-        rows = evaluate_sets(model, meta, [(s.name, s.path) for s in sets], out, split=args.split, **common)
+        home = [h.strip() for h in args.home.split(",")] if args.home else None
+        rows = evaluate_sets(model, meta, [(s.name, s.path) for s in sets], out, split=args.split, home=home, **common)
         for r in rows:
             print(f"{r['set']:>12s}  n={r['n']:<6d} accuracy {r['accuracy']:.4f} ({r['accuracy_ci']})  balanced "
                   f"accuracy {r['balanced_accuracy']:.4f}  macro-F1 {r['macro_f1']:.4f} ({r['macro_f1_ci']})")
+        for r in rows:
+            if r["shift_auroc"] != "":
+                print(f"{r['set']:>12s}  shift score AUROC against the home sets: {r['shift_auroc']:.4f}")
         print(f"-> {out / 'summary.md'}, {out / 'report.html'}")
         return 0
     result = evaluate_folder(model, meta, sets[0].path, out, run_dir=run_dir, split=args.split, **common)
@@ -150,7 +155,7 @@ def cmd_predict(args) -> int:
 
         backend = onnx_backend(args.onnx or meta.path.with_suffix(".onnx"), meta, args.batch_size)
     rows = predict_paths(model, meta, paths, args.batch_size, args.workers, args.min_confidence, backend,
-                         progress=not args.no_progress, tta=args.tta)
+                         progress=not args.no_progress, tta=args.tta, shift_check=not args.no_shift_check)
     for r in rows:
         if r["error"]:
             print(f"unreadable {r['path']}: {r['error']}", file=sys.stderr)
@@ -235,6 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", help="run folder whose training curves to draw")
     p.add_argument("--no-explain", action="store_true", help="skip the Grad-CAM/attention grids")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    p.add_argument("--no-shift-check", action="store_true", help="don't flag cells unlike the training labs' cells")
+    p.add_argument("--home", help="with several sets: the comma-separated sets of the training labs' own cells, "
+                   "against which the shift score's AUROC is measured (default: sets named after a training lab, "
+                   "or LAB_test)")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average each cell's 8 turns and "
                    "mirror images (8x slower)")
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
@@ -257,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, help="decode threads (default: all cores)")
     p.add_argument("--min-confidence", type=float, default=0.0, help="below this, predict 'refer' (to a human)")
+    p.add_argument("--no-shift-check", action="store_true", help="don't flag (and refer) cells unlike the training "
+                   "labs' cells")
     p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
     p.add_argument("--tta", action="store_true", help="average each cell's 8 turns and mirror images (8x slower; "
                    "torch backend)")

@@ -27,7 +27,8 @@ def write_evaluation(out, paths: list[str], y_true: np.ndarray, probs: np.ndarra
                      title: str | None = None, run_dir=None, extra: dict | None = None, *,
                      logits: np.ndarray | None = None, temperature: float = 1.0, images: np.ndarray | None = None,
                      figures: dict[str, Path] | None = None, n_resamples: int = analysis.N_RESAMPLES,
-                     seed: int = analysis.SEED) -> dict:
+                     seed: int = analysis.SEED, shift_score: np.ndarray | None = None,
+                     unfamiliar: np.ndarray | None = None) -> dict:
     """metrics.json, classification_report.txt, predictions.csv, confusion_matrix.png, per_class.png,
     reliability.png, coverage.png, training_curves.png (when `run_dir` has a metrics.csv),
     error_gallery.png (when the decoded `images` are given and there are mistakes) and report.html,
@@ -62,9 +63,12 @@ def write_evaluation(out, paths: list[str], y_true: np.ndarray, probs: np.ndarra
     (out / "classification_report.txt").write_text(M.report_text(y_true, y_pred, classes))
     with open(out / "predictions.csv", "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["path", "true", "predicted", "confidence"] + [f"p_{c}" for c in classes])
-        for p, t, q, row in zip(paths, y_true, y_pred, probs):
-            w.writerow([p, classes[t], classes[q], f"{row[q]:.4f}"] + [f"{v:.4f}" for v in row])
+        shifted = shift_score is not None
+        w.writerow(["path", "true", "predicted", "confidence"] + [f"p_{c}" for c in classes] +
+                   (["shift_score", "unfamiliar"] if shifted else []))
+        for i, (p, t, q, row) in enumerate(zip(paths, y_true, y_pred, probs)):
+            w.writerow([p, classes[t], classes[q], f"{row[q]:.4f}"] + [f"{v:.4f}" for v in row] +
+                       ([f"{shift_score[i]:.2f}", "yes" if unfamiliar[i] else "no"] if shifted else []))
 
     figs = {"confusion": plots.plot_confusion(result, out / "confusion_matrix.png", title),
             "per_class": analysis.plot_per_class(result, out / "per_class.png"),
@@ -83,7 +87,8 @@ def write_evaluation(out, paths: list[str], y_true: np.ndarray, probs: np.ndarra
 def evaluate_samples(model, meta, samples: list[Sample], out, title=None, run_dir=None,
                      batch_size: int = 128, workers: int | None = None, bf16: bool | None = None,
                      images: np.ndarray | None = None, progress: bool = True, explain_maps: bool = True,
-                     source: str | None = None, n_resamples: int = analysis.N_RESAMPLES, tta: bool = False) -> dict:
+                     source: str | None = None, n_resamples: int = analysis.N_RESAMPLES, tta: bool = False,
+                     shift_check: bool = True) -> dict:
     """Decode (unless `images` are given, aligned with `samples`), predict, and write the folder.
 
     `explain_maps=False` skips the Grad-CAM/attention grids, the one part that runs the model
@@ -102,7 +107,7 @@ def evaluate_samples(model, meta, samples: list[Sample], out, title=None, run_di
             extra_counts = {"cell_not_found": no_cell}
     if not len(samples):
         raise WbcnetError("no readable images to evaluate")
-    pred = run_model(model, meta, images, batch_size, bf16, tta=tta)
+    pred = run_model(model, meta, images, batch_size, bf16, tta=tta, shift_check=shift_check)
     logits, probs, temperature = pred.logits, pred.probs, pred.temperature
     y_true = np.array([s.label for s in samples], dtype=np.int64)
     paths = [s.path for s in samples]
@@ -112,11 +117,37 @@ def evaluate_samples(model, meta, samples: list[Sample], out, title=None, run_di
             source = os.path.commonpath([os.path.abspath(p) for p in paths])
         except ValueError:  # paths on different drives
             source = None
-    return write_evaluation(out, paths, y_true, probs, meta.classes, title, run_dir,
-                            extra={"checkpoint": str(meta.path) if meta.path else None, "model": meta.model,
-                                   "source": source, "preprocess": dict(meta.preprocess), **extra_counts},
-                            logits=logits, temperature=temperature, images=images, figures=figures,
-                            n_resamples=n_resamples)
+    if pred.unfamiliar is not None:
+        extra_counts["shift"] = shift_summary(meta, y_true, pred)
+    result = write_evaluation(out, paths, y_true, probs, meta.classes, title, run_dir,
+                              extra={"checkpoint": str(meta.path) if meta.path else None, "model": meta.model,
+                                     "source": source, "preprocess": dict(meta.preprocess), **extra_counts},
+                              logits=logits, temperature=temperature, images=images, figures=figures,
+                              n_resamples=n_resamples, shift_score=pred.shift_score, unfamiliar=pred.unfamiliar)
+    if pred.unfamiliar is not None:
+        from .predict import warn_if_unfamiliar
+
+        warn_if_unfamiliar(pred.unfamiliar, meta)
+        result["_shift_scores"] = pred.shift_score  # for AUROC across sets; not in metrics.json
+    return result
+
+
+def shift_summary(meta, y_true: np.ndarray, pred) -> dict:
+    """The unfamiliar-image check on labelled cells: how many are flagged, how accurate the rest
+    are, and the risk-coverage of referring unfamiliar or unconfident cells."""
+    from .shift import WARN_SHARE, WARNING, referral_table
+
+    flagged = pred.unfamiliar
+    correct = pred.predicted == y_true
+    share = float(flagged.mean()) if len(flagged) else 0.0
+    labs = ", ".join(s.get("name", "?") for s in meta.sources) or "unrecorded"
+    return {"threshold": meta.shift_stats.threshold, "share_unfamiliar": round(share, 4),
+            "n_unfamiliar": int(flagged.sum()),
+            "accuracy_familiar": round(float(correct[~flagged].mean()), 4) if (~flagged).any() else None,
+            "accuracy_unfamiliar": round(float(correct[flagged].mean()), 4) if flagged.any() else None,
+            "referral": referral_table(correct, pred.confidence, flagged),
+            "warning": WARNING.format(n=int(flagged.sum()), total=len(flagged), share=share, labs=labs)
+            if share > WARN_SHARE else None}
 
 
 def evaluate_folder(model, meta, data, out, run_dir=None, split: str | None = None, source_name: str = "",
@@ -138,7 +169,7 @@ def evaluate_folder(model, meta, data, out, run_dir=None, split: str | None = No
 
 
 SUMMARY_FIELDS = ["set", "n", "accuracy", "accuracy_ci", "balanced_accuracy", "balanced_accuracy_ci", "macro_f1",
-                  "macro_f1_ci", "ece"]
+                  "macro_f1_ci", "ece", "share_unfamiliar", "accuracy_familiar", "shift_auroc"]
 
 
 def summary_row(name: str, result: dict) -> dict:
@@ -151,7 +182,9 @@ def summary_row(name: str, result: dict) -> dict:
     return {"set": name, "n": result["n"], "accuracy": round(result["accuracy"], 4), "accuracy_ci": interval("accuracy"),
             "balanced_accuracy": round(result["balanced_accuracy"], 4),
             "balanced_accuracy_ci": interval("balanced_accuracy"), "macro_f1": round(result["macro_f1"], 4),
-            "macro_f1_ci": interval("macro_f1"), "ece": round(result["ece"], 4)}
+            "macro_f1_ci": interval("macro_f1"), "ece": round(result["ece"], 4),
+            "share_unfamiliar": result.get("shift", {}).get("share_unfamiliar", ""),
+            "accuracy_familiar": result.get("shift", {}).get("accuracy_familiar", ""), "shift_auroc": ""}
 
 
 def write_summary(out, rows: list[dict], title: str = "Evaluation on several sets") -> None:
@@ -163,32 +196,63 @@ def write_summary(out, rows: list[dict], title: str = "Evaluation on several set
         w = csv.DictWriter(fh, fieldnames=SUMMARY_FIELDS)
         w.writeheader()
         w.writerows(rows)
-    md = ["| set | n | accuracy (95% CI) | balanced accuracy (95% CI) | macro-F1 (95% CI) | ECE |",
-          "|---|---|---|---|---|---|"]
+    md = ["| set | n | accuracy (95% CI) | balanced accuracy (95% CI) | macro-F1 (95% CI) | ECE | flagged unfamiliar "
+          "| accuracy of the rest | shift AUROC |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         md.append(f"| {r['set']} | {r['n']} | {r['accuracy']:.4f} ({r['accuracy_ci']}) | {r['balanced_accuracy']:.4f} "
-                  f"({r['balanced_accuracy_ci']}) | {r['macro_f1']:.4f} ({r['macro_f1_ci']}) | {r['ece']:.4f} |")
+                  f"({r['balanced_accuracy_ci']}) | {r['macro_f1']:.4f} ({r['macro_f1_ci']}) | {r['ece']:.4f} | "
+                  f"{_share(r['share_unfamiliar'])} | {r['accuracy_familiar']} | {r['shift_auroc']} |")
     with atomic_write(out / "summary.md") as tmp:
         tmp.write_text("\n".join(md) + "\n")
     body = [f"<h1>wbcnet: {escape(title)}</h1>",
             '<p class="sub">One row per set; 95% percentile-bootstrap intervals. Each set\'s name opens its full '
             'report (confusion matrix, calibration, errors, where the model looked).</p>',
-            table(["set", "cells", "accuracy", "95% CI", "balanced accuracy", "95% CI", "macro-F1", "95% CI", "ECE"],
+            table(["set", "cells", "accuracy", "95% CI", "balanced accuracy", "95% CI", "macro-F1", "95% CI", "ECE",
+                   "flagged unfamiliar", "accuracy of the rest", "shift AUROC"],
                   [[f'<a href="{escape(r["set"])}/report.html">{escape(r["set"])}</a>', str(r["n"]),
                     f"{r['accuracy']:.4f}", escape(r["accuracy_ci"]), f"{r['balanced_accuracy']:.4f}",
                     escape(r["balanced_accuracy_ci"]), f"{r['macro_f1']:.4f}", escape(r["macro_f1_ci"]),
-                    f"{r['ece']:.4f}"] for r in rows], muted_cols=(3, 5, 7))]
+                    f"{r['ece']:.4f}", _share(r["share_unfamiliar"]), escape(r["accuracy_familiar"]),
+                    escape(r["shift_auroc"])] for r in rows], muted_cols=(3, 5, 7)),
+            '<p class="note">Flagged unfamiliar: cells whose features lie further from the training labs\' cells '
+            'than 99% of their validation cells (referred to a person). Shift AUROC: how well that score tells '
+            'this set\'s cells from the training labs\' own (1: perfectly, 0.5: not at all).</p>']
     with atomic_write(out / "report.html") as tmp:
         tmp.write_text(page(title, "\n".join(body)), encoding="utf-8")
 
 
-def evaluate_sets(model, meta, sets: list[tuple[str, str]], out, split: str | None = None, **kw) -> list[dict]:
-    """Evaluate on each named (name, path) set into out/NAME/, then write the summary table."""
+def _share(v) -> str:
+    return f"{v:.1%}" if isinstance(v, float) else str(v)
+
+
+def evaluate_sets(model, meta, sets: list[tuple[str, str]], out, split: str | None = None,
+                  home: list[str] | None = None, **kw) -> list[dict]:
+    """Evaluate on each named (name, path) set into out/NAME/, then write the summary table. With
+    the unfamiliar-image check, each set that is not `home` (default: the sets named after the
+    training labs) gets the AUROC of the shift score against the home sets' cells."""
     out = Path(out)
-    rows = []
+    rows, scores = [], {}
     for name, path in sets:
         print(f"set {name}: {path}")
-        result = evaluate_folder(model, meta, path, out / name, split=split, source_name=name, **kw)
+        # --split picks rows of a run's split.csv; a folder is evaluated whole.
+        result = evaluate_folder(model, meta, path, out / name, split=split if str(path).endswith(".csv") else None,
+                                 source_name=name, **kw)
         rows.append(summary_row(name, result))
+        if "_shift_scores" in result:
+            scores[name] = result["_shift_scores"]
+    home = set(home or default_home(meta, [n for n, _ in sets]))
+    if scores and home & set(scores):
+        from .shift import auroc
+
+        home_scores = np.concatenate([scores[n] for n in scores if n in home])
+        for r in rows:
+            if r["set"] in scores and r["set"] not in home:
+                r["shift_auroc"] = round(auroc(home_scores, scores[r["set"]]), 4)
     write_summary(out, rows)
     return rows
+
+
+def default_home(meta, names: list[str]) -> list[str]:
+    """Sets that hold the training labs' own cells: named as a source, or a source's `_test`."""
+    labs = {s.get("name") for s in meta.sources}
+    return [n for n in names if n in labs or n.removesuffix("_test") in labs]

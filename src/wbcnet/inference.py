@@ -46,10 +46,19 @@ def dihedral(x: torch.Tensor) -> list[torch.Tensor]:
     return turns + [t.flip(3) for t in turns]
 
 
+def classifier_layer(model: torch.nn.Module) -> torch.nn.Module:
+    """The layer that turns features into class scores: its input is the image's feature vector."""
+    if hasattr(model, "get_classifier"):  # timm
+        return model.get_classifier()
+    return [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+
+
 def predict_logits(model: torch.nn.Module, images: np.ndarray, mean, std, batch_size: int = 128,
-                   bf16: bool | None = None, channels_last: bool | None = None, tta: bool = False) -> np.ndarray:
+                   bf16: bool | None = None, channels_last: bool | None = None, tta: bool = False,
+                   with_features: bool = False):
     """uint8 (N, 3, S, S) -> float32 logits (N, C), computed on the device the model is on.
-    `tta`: the mean logits over the 8 turns and mirror images of each cell (8x the work)."""
+    `tta`: the mean logits over the 8 turns and mirror images of each cell (8x the work).
+    `with_features`: also the classifier's input, (N, D), for the unfamiliar-image check."""
     device = next(model.parameters()).device
     bf16 = use_bf16(bf16, device)
     channels_last = bf16 if channels_last is None else channels_last
@@ -58,17 +67,30 @@ def predict_logits(model: torch.nn.Module, images: np.ndarray, mean, std, batch_
         # Outside inference mode: converting the weights inside it would turn them into inference
         # tensors, and the model could never be run with gradients again (Grad-CAM, training).
         model = model.to(memory_format=torch.channels_last)
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(images), batch_size):
-            batch = torch.from_numpy(np.array(images[i:i + batch_size])).to(device)  # copy: caches are read-only
-            x = normalize(to_float(batch), mean, std)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            views = dihedral(x) if tta else [x]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                out.append(torch.stack([model(v).float() for v in views]).mean(0))
-    return torch.cat(out).cpu().numpy() if out else np.zeros((0, 0), dtype=np.float32)
+    out, feats = [], []
+    seen: list[torch.Tensor] = []
+    hook = classifier_layer(model).register_forward_pre_hook(lambda _, inp: seen.append(inp[0].float())) \
+        if with_features else None
+    try:
+        with torch.inference_mode():
+            for i in range(0, len(images), batch_size):
+                batch = torch.from_numpy(np.array(images[i:i + batch_size])).to(device)  # copy: caches are read-only
+                x = normalize(to_float(batch), mean, std)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                views = dihedral(x) if tta else [x]
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    out.append(torch.stack([model(v).float() for v in views]).mean(0))
+                if with_features:
+                    feats.append(torch.stack(seen).mean(0))
+                    seen.clear()
+    finally:
+        if hook is not None:
+            hook.remove()
+    logits = torch.cat(out).cpu().numpy() if out else np.zeros((0, 0), dtype=np.float32)
+    if not with_features:
+        return logits
+    return logits, (torch.cat(feats).cpu().numpy() if feats else np.zeros((0, 0), dtype=np.float32))
 
 
 @dataclass
@@ -76,6 +98,13 @@ class Predictions:
     logits: np.ndarray          # (N, C) raw
     probs: np.ndarray           # (N, C) softmax(logits / temperature)
     temperature: float
+    shift_score: np.ndarray | None = None   # (N,) distance from the training cells; None: no check
+    unfamiliar: np.ndarray | None = None    # (N,) bool: shift_score above the checkpoint's threshold
+
+    def referred(self, min_confidence: float = 0.0) -> np.ndarray:
+        """Cells to hand to a person: unfamiliar, or less confident than `min_confidence`."""
+        low = self.confidence < min_confidence
+        return low if self.unfamiliar is None else low | self.unfamiliar
 
     @property
     def predicted(self) -> np.ndarray:
@@ -86,15 +115,40 @@ class Predictions:
         return self.probs.max(1)
 
 
+def fit_shift_stats(model: torch.nn.Module, meta, train_images: np.ndarray, train_labels: np.ndarray,
+                    val_images: np.ndarray, limit: int = 6000, batch_size: int = 256):
+    """The unfamiliar-image statistics for `model` (shift.py): class means and covariance of the
+    features of up to `limit` training cells (evenly spaced, unaugmented), the threshold from
+    the validation cells."""
+    from .shift import fit_shift
+
+    pick = np.linspace(0, len(train_images) - 1, min(limit, len(train_images))).astype(int)
+    _, train_f = predict_logits(model, np.asarray(train_images[pick]), meta.mean, meta.std, batch_size,
+                                with_features=True)
+    _, val_f = predict_logits(model, val_images, meta.mean, meta.std, batch_size, with_features=True)
+    return fit_shift(train_f, np.asarray(train_labels)[pick], val_f)
+
+
 def run_model(model: torch.nn.Module, meta, images: np.ndarray, batch_size: int = 128, bf16: bool | None = None,
-              backend=None, tta: bool = False) -> Predictions:
-    """Probabilities for decoded uint8 images, as the checkpoint `meta` says to compute them.
-    `backend` (images -> logits, e.g. ONNX Runtime) replaces the PyTorch model; `tta` averages
-    over the 8 turns and mirror images of each cell."""
+              backend=None, tta: bool = False, shift_check: bool = True) -> Predictions:
+    """Probabilities for decoded uint8 images, as the checkpoint `meta` says to compute them, and
+    the unfamiliar-image check where the checkpoint carries its statistics (`shift_check`).
+    `backend` (images -> logits, e.g. ONNX Runtime) replaces the PyTorch model and has no check;
+    `tta` averages over the 8 turns and mirror images of each cell."""
     n_classes = len(meta.classes)
+    check = shift_check and backend is None and getattr(meta, "shift_stats", None) is not None
     if len(images) == 0:
         empty = np.zeros((0, n_classes), dtype=np.float32)
-        return Predictions(empty, empty.astype(np.float64), meta.temperature)
-    logits = backend(images) if backend is not None else predict_logits(model, images, meta.mean, meta.std,
-                                                                         batch_size, bf16, tta=tta)
-    return Predictions(logits, softmax(logits, meta.temperature), meta.temperature)
+        none = np.zeros(0) if check else None
+        return Predictions(empty, empty.astype(np.float64), meta.temperature, none,
+                           none.astype(bool) if check else None)
+    if backend is not None:
+        logits = backend(images)
+        return Predictions(logits, softmax(logits, meta.temperature), meta.temperature)
+    out = predict_logits(model, images, meta.mean, meta.std, batch_size, bf16, tta=tta, with_features=check)
+    if not check:
+        return Predictions(out, softmax(out, meta.temperature), meta.temperature)
+    logits, features = out
+    score = meta.shift_stats.score(features)
+    return Predictions(logits, softmax(logits, meta.temperature), meta.temperature, score,
+                       score > meta.shift_stats.threshold)

@@ -38,26 +38,47 @@ def expand_inputs(inputs: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
 
 
 def predict_paths(model, meta, paths: list[str], batch_size: int = 64, workers: int | None = None,
-                  min_confidence: float = 0.0, backend=None, progress: bool = True, tta: bool = False) -> list[dict]:
-    """One row per path, in input order. Unreadable files get `error` and no class."""
+                  min_confidence: float = 0.0, backend=None, progress: bool = True, tta: bool = False,
+                  shift_check: bool = True) -> list[dict]:
+    """One row per path, in input order. Unreadable files get `error` and no class. A cell that is
+    unfamiliar (unlike the training labs' cells) or below `min_confidence` is `refer`red; a
+    warning is printed when a large share of the batch is unfamiliar."""
     classes = meta.classes
     decoded = decode_images(paths, from_meta(meta), workers, "decoding", progress)
-    probs = run_model(model, meta, decoded.images, batch_size, backend=backend, tta=tta).probs
+    pred = run_model(model, meta, decoded.images, batch_size, backend=backend, tta=tta, shift_check=shift_check)
+    referred = pred.referred(min_confidence)
     rows = [{"path": p, "predicted": "", "confidence": "", "error": ""} for p in paths]
     failed = sorted(set(range(len(paths))) - set(decoded.index.tolist()))
     for i, (_, reason) in zip(failed, decoded.errors):  # both in input order
         rows[i]["error"] = reason
-    for i, pr, found in zip(decoded.index, probs, decoded.found):
+    for j, (i, pr, found) in enumerate(zip(decoded.index, pred.probs, decoded.found)):
         k = int(pr.argmax())
-        rows[i].update(predicted=classes[k] if pr[k] >= min_confidence else "refer", confidence=f"{pr[k]:.4f}",
+        rows[i].update(predicted="refer" if referred[j] else classes[k], confidence=f"{pr[k]:.4f}",
                        cell_found="yes" if found else "no", **{f"p_{c}": f"{v:.4f}" for c, v in zip(classes, pr)})
+        if pred.unfamiliar is not None:
+            rows[i].update(shift_score=f"{pred.shift_score[j]:.2f}", unfamiliar="yes" if pred.unfamiliar[j] else "no")
+    warn_if_unfamiliar(pred.unfamiliar, meta)
     return rows
+
+
+def warn_if_unfamiliar(unfamiliar, meta) -> str | None:
+    """One warning line on stderr when a batch is largely unlike the training labs; returns it."""
+    from .shift import WARN_SHARE, WARNING
+
+    if unfamiliar is None or not len(unfamiliar) or unfamiliar.mean() <= WARN_SHARE:
+        return None
+    labs = ", ".join(s.get("name", "?") for s in meta.sources) or "unrecorded"
+    line = "warning: " + WARNING.format(n=int(unfamiliar.sum()), total=len(unfamiliar), share=unfamiliar.mean(), labs=labs)
+    print(line, file=sys.stderr)
+    return line
 
 
 def write_rows(rows: list[dict], classes: list[str], out) -> None:
     """The predictions CSV. `cell_found` is "no" where the model's cell crop found no cell and
-    the whole picture was classified instead."""
-    fields = ["path", "predicted", "confidence"] + [f"p_{c}" for c in classes] + ["cell_found", "error"]
+    the whole picture was classified instead; `shift_score`/`unfamiliar` where the checkpoint
+    carries the unfamiliar-image check."""
+    fields = (["path", "predicted", "confidence"] + [f"p_{c}" for c in classes] + ["cell_found"] +
+              (["shift_score", "unfamiliar"] if any("unfamiliar" in r for r in rows) else []) + ["error"])
     fh = open(out, "w", newline="") if out not in (None, "-") else sys.stdout
     try:
         w = csv.DictWriter(fh, fieldnames=fields, restval="")

@@ -46,6 +46,10 @@ def render_report(metrics: dict, figures: dict[str, Path | None], title: str | N
              f'<p class="sub">generated {datetime.now():%Y-%m-%d %H:%M} by wbcnet {_e(__version__)}</p>',
              "<nav>" + "".join(f'<a href="#{a}">{t}</a>' for a, t in SECTIONS) + "</nav>"]
 
+    shift = metrics.get("shift") or {}
+    if shift.get("warning"):
+        parts.append(f'<p class="warn"><b>Warning:</b> {_e(shift["warning"])}</p>')
+
     # Data
     parts.append('<h2 id="data">Data and model</h2><dl>')
     for label, value in (("images", metrics.get("source")), ("checkpoint", metrics.get("checkpoint")),
@@ -116,6 +120,15 @@ def render_report(metrics: dict, figures: dict[str, Path | None], title: str | N
         parts.append(table(["coverage", "accuracy", "min confidence"],
                            [[f"{r['coverage']:.0%}", _fmt(r["accuracy"]), _fmt(r["min_confidence"], 3)] for r in sel]))
     parts.append(_figure(figures.get("coverage"), "coverage against accuracy"))
+    if shift:
+        parts.append(f"<p>Unfamiliar cells (unlike the training labs' cells: shift score above "
+                     f"{_fmt(shift['threshold'], 1)}): <b>{shift['n_unfamiliar']}</b> of {metrics['n']} "
+                     f"({shift['share_unfamiliar']:.1%}); accuracy of the others {_fmt(shift['accuracy_familiar'])}, "
+                     f"of the unfamiliar {_fmt(shift['accuracy_unfamiliar'])}. Referring a cell when it is "
+                     f"unfamiliar or below a minimum confidence:</p>")
+        parts.append(table(["min confidence", "cells kept", "accuracy of kept"],
+                           [[_fmt(r["min_confidence"], 2), f"{r['coverage']:.1%}", _fmt(r["accuracy_kept"])]
+                            for r in shift["referral"]]))
 
     # Errors and explanations
     parts.append('<h2 id="errors">Misclassified cells</h2>')

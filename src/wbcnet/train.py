@@ -36,7 +36,7 @@ from .data.sources import Source, parse_sources, regroup, source_name
 from .data.split import SPLITS, merge_linked_groups, read_split, split_by_source, write_split
 from .errors import WbcnetError
 from .files import atomic_write, ensure_writable_dir
-from .inference import predict_logits, resolve_device, use_bf16
+from .inference import fit_shift_stats, predict_logits, resolve_device, use_bf16
 from .metrics import macro_f1
 from .models import create_model, default_img_size
 
@@ -458,7 +458,7 @@ def _fit(cfg: TrainConfig, run_dir: Path, resuming: bool, on_epoch_end) -> Path:
         if on_epoch_end is not None:
             on_epoch_end(epoch)
 
-    finish_run(run_dir, val, test, bf16, cfg.progress)
+    finish_run(run_dir, val, test, bf16, cfg.progress, train)
     return run_dir
 
 
@@ -487,8 +487,10 @@ def evaluate_by_source(model, meta, data: RunData, out: Path, progress: bool) ->
     write_summary(out, rows, "Test split, one row per lab")
 
 
-def finish_run(run_dir: Path, val: RunData | None, test: RunData | None, bf16: bool, progress: bool) -> None:
-    """Fit the temperature on validation, then evaluate the best checkpoint on test and val."""
+def finish_run(run_dir: Path, val: RunData | None, test: RunData | None, bf16: bool, progress: bool,
+               train: RunData | None = None) -> None:
+    """Fit the temperature and the unfamiliar-image threshold on validation, then evaluate the best
+    checkpoint on test and val."""
     from .evaluate import evaluate_samples
 
     model, best_meta = ckpt.load_model(run_dir / "best")
@@ -499,6 +501,10 @@ def finish_run(run_dir: Path, val: RunData | None, test: RunData | None, bf16: b
         best_meta.temperature = fit_temperature(val_logits, val.labels)
         best_meta.calibration = calibration_summary(val_logits, val.labels, best_meta.temperature)
         print(format_summary(best_meta.calibration, "validation"))
+        if train is not None:
+            best_meta.shift_stats = fit_shift_stats(model, best_meta, train.images, train.labels, val.images)
+            print(f"unfamiliar-image check: threshold {best_meta.shift_stats.threshold:.1f} (99th percentile of "
+                  f"the validation cells' shift scores)")
         ckpt.save_checkpoint(run_dir / "best", model, best_meta)
     if test is not None:
         result = evaluate_samples(model, best_meta, test.samples, run_dir / "test", title="test split", run_dir=run_dir,
