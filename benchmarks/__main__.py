@@ -17,7 +17,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="report path (default benchmarks/RESULTS.md)")
     p.add_argument("--data", default=str(SHARED_TRAIN), help="ImageFolder the 575 px JPEGs are made from "
                    "(default ../shared/datasets/raabin-wbc-train; the bundled sample when missing)")
-    p.add_argument("--n-jpeg", type=int, help="575 px JPEGs for (c) and (d) (default 1000)")
+    p.add_argument("--n-jpeg", type=int, help="575 px JPEGs for (c) and (d) (default 4339, "
+                   "Raabin-WBC's test-set size: the issue's `wbcnet predict` workload)")
     p.add_argument("--train-args", help="arguments of the `wbcnet train` run in (e) (default: the recipe "
                    "configs/raabin-wbc.yaml for 2 epochs)")
     p.add_argument("--full-epochs", type=int, help="epochs of a full training, for the projected wall time in (e) "

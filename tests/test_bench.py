@@ -1,0 +1,54 @@
+"""The benchmarks run the package's own code (no private copies of the training step, bf16
+detection, core counting or git state), and each section still runs."""
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, SAMPLE
+
+sys.path.insert(0, str(REPO))  # `benchmarks` lives beside src/, not in the package
+
+from benchmarks import bench  # noqa: E402
+
+
+def test_bench_uses_the_package_helpers():
+    import wbcnet.checkpoint
+    import wbcnet.data.cache
+    import wbcnet.inference
+    import wbcnet.train
+
+    assert bench.train_step is wbcnet.train.train_step
+    assert bench.train_one_epoch is wbcnet.train.train_one_epoch
+    assert bench.use_bf16 is wbcnet.inference.use_bf16
+    assert bench.predict_logits is wbcnet.inference.predict_logits
+    assert bench.default_workers is wbcnet.data.cache.default_workers
+    assert bench.git_commit is wbcnet.checkpoint.git_commit
+    source = Path(bench.__file__).read_text()
+    for copy in ("loss.backward()", "optimizer.step()", "sched_getaffinity", "rev-parse"):
+        assert copy not in source, f"benchmarks/bench.py has its own copy of {copy!r}"
+
+
+def test_checkpoint_and_training_sections(tmp_path):
+    s = bench.QUICK
+    ckpt = bench.build_checkpoint(tmp_path, "mhcnn", 64)
+    _, meta = bench.load_model(ckpt)
+    assert (meta.img_size, meta.classes) == (64, bench.CLASSES)
+    assert bench.training_img_per_s("mhcnn", 64, False, s) > 0
+    paths = bench.make_jpeg_folder(SAMPLE, 16, tmp_path / "jpeg", side=160)
+    assert len(paths) == 16 and len({Path(p).parent.name for p in paths}) == 5
+    rows = bench.bench_epoch(paths, s, tmp_path / "d")
+    assert "batches were not in the recorded order" not in rows[-1]["value"]
+    assert all("img/s" in r["value"] for r in rows[1:3])
+
+
+@pytest.mark.slow
+def test_predict_section_runs_the_command(tmp_path):
+    s = replace(bench.QUICK, command_warmup=0)
+    paths = bench.make_jpeg_folder(SAMPLE, 4, tmp_path / "jpeg")
+    rows = bench.bench_predict(paths, tmp_path / "jpeg", s, tmp_path / "c")
+    values = {r["measurement"]: r["value"] for r in rows}
+    assert not any("failed" in v for v in values.values()), values
+    assert sum("whole process incl. start-up" in m for m in values) == 2
+    assert any(m.startswith("`wbcnet predict one.jpg`") for m in values)
