@@ -66,7 +66,7 @@ def small_config(data, out, **kw):
     """A run of a few seconds: a tiny mhcnn at 48 px."""
     from wbcnet.config import TrainConfig
 
-    base = dict(data=str(data), out=str(out), model="mhcnn", img_size=48, epochs=3, batch_size=8, lr=2e-3,
+    base = dict(data=data if isinstance(data, dict) else str(data), out=str(out), model="mhcnn", img_size=48, epochs=3, batch_size=8, lr=2e-3,
                 warmup_epochs=1, patience=0, val_frac=0.25, test_frac=0.25, seed=7, cache_dir=None, progress=False,
                 ema_decay=0.9, model_args={"widths": [8, 16, 32, 48], "heads": 2, "depth": 1})
     base.update(kw)

@@ -1,0 +1,185 @@
+"""Cells from several labs: named sources, grouping that survives other labs' file names, the
+find-the-cell crop travelling in the checkpoint, evaluation over several sets, and the
+unfamiliar-image check (issues 8 and 13)."""
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from wbcnet import checkpoint as ckpt
+from wbcnet.cli import main
+from wbcnet.data.scan import Sample
+from wbcnet.data.sources import degenerate_grouping, parse_sources, regroup
+from wbcnet.errors import WbcnetError
+from wbcnet.train import fit, sampling_weights
+
+from conftest import REPO, SAMPLE, small_config
+
+FRAMINGS = REPO / "tests" / "data" / "framings"
+
+
+def pbc_like_copy(src, dest, per_class=None, transform=None):
+    """Sample cells renamed the way PBC names them (CLASS_NUMBER.jpg): the Raabin grouping rule
+    makes one group per class of them."""
+    for d in sorted(p for p in src.iterdir() if p.is_dir()):
+        (dest / d.name).mkdir(parents=True)
+        for k, p in enumerate(sorted(d.glob("*.jpg"))[:per_class]):
+            img = Image.open(p).convert("RGB")
+            (transform(img) if transform else img).save(dest / d.name / f"{d.name[:2].upper()}_{1000 + k}.jpg",
+                                                        quality=92)
+
+
+def shifted(img: Image.Image) -> Image.Image:
+    """Another 'lab': red and blue swapped (another stain), cells at 60% of the size (another
+    magnification) and half the resolution (another camera)."""
+    r, g, b = img.split()
+    w, h = img.size
+    small = Image.merge("RGB", (b, g, r)).resize((w * 3 // 10, h * 3 // 10), Image.Resampling.BILINEAR)
+    small = small.resize((w * 6 // 10, h * 6 // 10), Image.Resampling.BILINEAR)
+    arr = np.asarray(small)
+    pad = ((h - arr.shape[0]) // 2, (w - arr.shape[1]) // 2)
+    arr = np.pad(arr, ((pad[0], h - arr.shape[0] - pad[0]), (pad[1], w - arr.shape[1] - pad[1]), (0, 0)), mode="edge")
+    return Image.fromarray(arr)
+
+
+@pytest.fixture(scope="module")
+def two_lab_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("labs")
+    shutil.copytree(SAMPLE, root / "raabin", ignore=shutil.ignore_patterns("*.md"))
+    pbc_like_copy(SAMPLE, root / "other", per_class=12)
+    # No per-image colour standardisation and no cell crop: this small model sees colour and scale,
+    # so a change of stain and magnification is a shift for it.
+    cfg = small_config({"raabin": str(root / "raabin"), "other": str(root / "other")}, root / "run",
+                       epochs=4, img_size=64, batch_size=16, merge_near_duplicates=False,
+                       model_args={"widths": [8, 16, 32, 48], "heads": 2, "depth": 1, "image_norm": False})
+    return root, fit(cfg)
+
+
+@pytest.fixture(scope="module")
+def cell_crop_checkpoint(tmp_path_factory):
+    """An untrained model whose checkpoint asks for the cell crop."""
+    import torch
+
+    from wbcnet.models import create_model
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("crop")
+    model = create_model("mhcnn", num_classes=5, img_size=64)
+    meta = ckpt.new_meta(sorted(d.name for d in SAMPLE.iterdir() if d.is_dir()), "mhcnn", {"img_size": 64}, 64,
+                         [0.6, 0.5, 0.6], [0.2, 0.2, 0.2], preprocess={"crop": "cell", "context": 1.5})
+    ckpt.save_checkpoint(folder / "best", model, meta)
+    return folder
+
+
+def test_sources_are_named_and_checked():
+    assert [(s.name, s.path) for s in parse_sources("data/x")] == [("x", "data/x")]
+    assert [s.name for s in parse_sources(["a=p", "b=q"])] == ["a", "b"]
+    with pytest.raises(WbcnetError, match="name each one"):
+        parse_sources(["p", "q"])
+    with pytest.raises(WbcnetError, match="used twice"):
+        parse_sources(["a=p", "a=q"])
+
+
+def test_groups_that_are_labels_fall_back_to_one_per_image():
+    pbc = [Sample(f"BA_{k}.jpg", 0, "BA", "pbc") for k in range(20)] + \
+          [Sample(f"EO_{k}.jpg", 1, "EO", "pbc") for k in range(20)]
+    assert "holds 20 of the 20" in degenerate_grouping(pbc)
+    regrouped, note = regroup(pbc, "auto", "pbc")
+    assert note.startswith("warning") and len({s.group for s in regrouped}) == 40
+    fields = [Sample(f"95-1_{k // 2}_{k % 2}.jpg", k % 2, f"95-1_{k // 2}", "raabin") for k in range(40)]
+    assert degenerate_grouping(fields) is None
+    assert regroup(fields, "auto", "raabin")[0] == fields
+    by_regex, _ = regroup(pbc, r"regex:^(\w\w)_(\d)", "pbc")
+    assert {s.group for s in by_regex} == {"BA", "EO"}
+    with pytest.raises(WbcnetError, match="does not match"):
+        regroup(pbc, r"regex:^zz", "pbc")
+
+
+def test_sampling_balances_classes_and_labs():
+    labels = np.array([0] * 90 + [0] * 10 + [1] * 50)
+    sources = np.array([0] * 90 + [1] * 10 + [0] * 50)
+    w = sampling_weights(labels, sources).numpy()
+    assert np.isclose(w[labels == 0].sum(), w[labels == 1].sum())          # classes even
+    assert np.isclose(w[:90].sum(), w[90:100].sum())                         # labs even within a class
+
+
+def test_a_two_lab_run_splits_within_each_lab_and_reports_each(two_lab_run):
+    _, run = two_lab_run
+    rows = list(csv.DictReader(open(run / "split.csv")))
+    for lab in ("raabin", "other"):
+        assert {r["split"] for r in rows if r["source"] == lab} == {"train", "val", "test"}
+    other_groups = [r["group"] for r in rows if r["source"] == "other"]
+    assert len(set(other_groups)) == len(other_groups)  # PBC-like names: one group per image
+    meta = json.loads((run / "best.json").read_text())
+    assert [s["name"] for s in meta["sources"]] == ["raabin", "other"]
+    assert meta["preprocess"] == {"crop": "none", "context": 1.5} and meta["shift"]["method"] == "mahalanobis"
+    summary = list(csv.DictReader(open(run / "test" / "by_source" / "summary.csv")))
+    assert [r["set"] for r in summary] == ["other", "raabin"]
+
+
+def test_a_checkpoint_brings_its_cell_crop_to_predict(cell_crop_checkpoint, tmp_path):
+    run = cell_crop_checkpoint
+    out = tmp_path / "p.csv"
+    paths = sorted(str(p) for p in (FRAMINGS / "bccd").rglob("*.jpg"))
+    assert main(["predict", *paths, "--checkpoint", str(run), "--out", str(out), "--no-progress"]) == 0
+    rows = list(csv.DictReader(open(out)))
+    assert len(rows) == len(paths) and all(r["cell_found"] == "yes" for r in rows)
+    _, meta = ckpt.load_model(run)
+    from wbcnet.data.cache import decode_images
+    from wbcnet.data.preprocess import from_meta
+
+    cropped = decode_images(paths[:1], from_meta(meta), progress=False).images
+    whole = decode_images(paths[:1], meta.img_size, progress=False).images
+    assert cropped.shape == whole.shape and not np.array_equal(cropped, whole)
+
+
+def test_evaluate_several_sets_writes_one_table(two_lab_run, tmp_path, capsys):
+    root, run = two_lab_run
+    out = tmp_path / "ev"
+    assert main(["evaluate", "--checkpoint", str(run), "--data", f"raabin={run / 'split.csv'}",
+                 "--data", f"other={run / 'split.csv'}", "--data", f"bccd={FRAMINGS / 'bccd'}", "--split", "test",
+                 "--out", str(out), "--no-progress", "--no-explain", "--bootstrap", "50"]) == 0
+    rows = {r["set"]: r for r in csv.DictReader(open(out / "summary.csv"))}
+    split = list(csv.DictReader(open(run / "split.csv")))
+    assert int(rows["raabin"]["n"]) == sum(r["split"] == "test" and r["source"] == "raabin" for r in split)
+    assert int(rows["bccd"]["n"]) == len(list((FRAMINGS / "bccd").rglob("*.jpg")))
+    assert rows["bccd"]["shift_auroc"] and not rows["raabin"]["shift_auroc"]  # measured against the home sets
+    assert "| bccd |" in (out / "summary.md").read_text()
+    assert 'href="raabin/report.html"' in (out / "report.html").read_text()
+    assert (out / "bccd" / "report.html").exists()
+
+
+def test_unfamiliar_cells_are_flagged_and_home_cells_mostly_not(two_lab_run, tmp_path, capsys):
+    root, run = two_lab_run
+    pbc_like_copy(SAMPLE, tmp_path / "shifted", per_class=12, transform=shifted)
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(tmp_path / "shifted"), "--checkpoint", str(run), "--out", str(out),
+                 "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    rows = list(csv.DictReader(open(out)))
+    flagged = np.mean([r["unfamiliar"] == "yes" for r in rows])
+    assert flagged > 0.5 and "run `wbcnet adapt`" in err
+    assert all(r["predicted"] == "refer" for r in rows if r["unfamiliar"] == "yes")
+    assert main(["predict", str(root / "raabin"), "--checkpoint", str(run), "--out", str(out),
+                 "--no-progress"]) == 0
+    home = np.mean([r["unfamiliar"] == "yes" for r in csv.DictReader(open(out))])
+    assert home < 0.1 and home < flagged
+    assert main(["predict", str(tmp_path / "shifted"), "--checkpoint", str(run), "--out", str(out),
+                 "--no-progress", "--no-shift-check"]) == 0
+    assert "unfamiliar" not in open(out).readline()
+
+
+def test_tta_runs_and_keeps_the_shape(two_lab_run):
+    from wbcnet.data.cache import decode_images
+    from wbcnet.data.preprocess import from_meta
+    from wbcnet.inference import run_model
+
+    _, run = two_lab_run
+    model, meta = ckpt.load_model(run)
+    images = decode_images([str(p) for p in sorted((FRAMINGS / "pbc").rglob("*.jpg"))], from_meta(meta),
+                           progress=False).images
+    plain, tta = run_model(model, meta, images), run_model(model, meta, images, tta=True)
+    assert tta.probs.shape == plain.probs.shape and not np.allclose(tta.logits, plain.logits)
