@@ -183,3 +183,69 @@ def test_tta_runs_and_keeps_the_shape(two_lab_run):
                            progress=False).images
     plain, tta = run_model(model, meta, images), run_model(model, meta, images, tta=True)
     assert tta.probs.shape == plain.probs.shape and not np.allclose(tta.logits, plain.logits)
+
+
+# --- adapt (issue 9) ------------------------------------------------------------------------------
+
+def split_copy(src, dest_adapt, dest_test, per_class_adapt):
+    for d in sorted(p for p in src.iterdir() if p.is_dir()):
+        files = sorted(d.glob("*.jpg"))
+        for dest, chosen in ((dest_adapt, files[:per_class_adapt]), (dest_test, files[per_class_adapt:])):
+            (dest / d.name).mkdir(parents=True)
+            for p in chosen:
+                shutil.copy(p, dest / d.name / p.name)
+
+
+def test_adapt_helps_on_a_new_lab_and_stops_flagging_it(two_lab_run, tmp_path):
+    from wbcnet.adapt import adapt
+    from wbcnet.evaluate import evaluate_folder
+
+    _, run = two_lab_run
+    pbc_like_copy(SAMPLE, tmp_path / "lab", transform=shifted)  # 60 cells a class from a "new lab"
+    split_copy(tmp_path / "lab", tmp_path / "adapt", tmp_path / "test", per_class_adapt=20)
+
+    def score(checkpoint, name):
+        model, meta = ckpt.load_model(checkpoint)
+        return evaluate_folder(model, meta, tmp_path / "test", tmp_path / name, progress=False, explain_maps=False,
+                               n_resamples=0)
+
+    before = score(run, "before")
+    adapted = adapt(run, tmp_path / "adapt", tmp_path / "adapted", epochs=8, progress=False)
+    after = score(adapted, "after")
+    assert after["macro_f1"] > before["macro_f1"] + 0.05
+    assert after["shift"]["share_unfamiliar"] < min(0.2, before["shift"]["share_unfamiliar"])
+    meta = json.loads((adapted / "best.json").read_text())
+    assert meta["adapted_from"]["checkpoint"].endswith("best.safetensors") and meta["adapted_from"]["images"]["train"]
+    assert meta["calibration"]["n"] > 0  # 20 a class: 4 held out per class refit the temperature
+
+
+def test_adapt_refuses_other_classes_and_allows_a_subset(two_lab_run, tmp_path, capsys):
+    _, run = two_lab_run
+    (tmp_path / "mine" / "Blast").mkdir(parents=True)
+    shutil.copy(next((SAMPLE / "Monocyte").glob("*.jpg")), tmp_path / "mine" / "Blast" / "x_1_1.jpg")
+    assert main(["adapt", "--data", str(tmp_path / "mine"), "--checkpoint", str(run), "--out",
+                 str(tmp_path / "a"), "--no-progress"]) == 2
+    assert "Blast" in capsys.readouterr().err
+    shutil.rmtree(tmp_path / "mine" / "Blast")
+    for c in ("Lymphocyte", "Neutrophil"):
+        shutil.copytree(SAMPLE / c, tmp_path / "mine" / c, ignore=lambda _, names: sorted(names)[6:])
+    assert main(["adapt", "--data", str(tmp_path / "mine"), "--checkpoint", str(run), "--out", str(tmp_path / "a"),
+                 "--epochs", "1", "--no-progress"]) == 0
+    assert "adapting on 2 of 5 classes" in capsys.readouterr().err
+    assert json.loads((tmp_path / "a" / "best.json").read_text())["classes"] == \
+        json.loads((run / "best.json").read_text())["classes"]
+
+
+def test_unlabelled_adaptation_reestimates_batchnorm_only(two_lab_run, tmp_path, capsys):
+    import torch
+
+    _, run = two_lab_run
+    pbc_like_copy(SAMPLE, tmp_path / "lab", per_class=30, transform=shifted)
+    assert main(["adapt", "--unlabelled", str(tmp_path / "lab"), "--checkpoint", str(run), "--out",
+                 str(tmp_path / "u"), "--no-progress"]) == 0
+    a, _ = ckpt.read_checkpoint(run)
+    b, meta = ckpt.read_checkpoint(tmp_path / "u")
+    means = [k for k in b if k.endswith("running_mean")]
+    assert means and any(not torch.equal(a[k], b[k]) for k in means) and meta.adapted_from["method"] == "adabn"
+    weights = [k for k in b if k.endswith(".weight") and k.startswith("model.")]
+    assert all(torch.equal(a.get(k.replace("model.", "ema.", 1), a[k]), b[k]) for k in weights)

@@ -121,6 +121,35 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_adapt(args) -> int:
+    from . import adapt
+    from .checkpoint import resolve_checkpoint
+
+    parent = resolve_checkpoint(args.checkpoint)
+    if args.unlabelled:
+        adapt.adapt_unlabelled(parent, args.unlabelled, args.out, progress=not args.no_progress)
+        return 0
+    if not args.data:
+        raise WbcnetError("give --data (labelled cells of your lab) or --unlabelled (images only)")
+    if args.shots:
+        try:
+            shots = sorted({int(k) for k in args.shots.split(",")})
+        except ValueError:
+            raise WbcnetError(f"--shots {args.shots}: give whole numbers of cells per class, e.g. 5,10,25") from None
+        if min(shots) < 1 or args.repeats < 1:
+            raise WbcnetError("--shots and --repeats must be at least 1")
+        from .files import prepare_output_dir
+
+        adapt.shots_curve(parent, args.data, prepare_output_dir(args.out, args.overwrite), shots, args.repeats,
+                          seed=args.seed, epochs=args.epochs, progress=not args.no_progress)
+        print(f"-> {Path(args.out) / 'learning_curve.md'}, learning_curve.png, learning_curve.csv")
+        return 0
+    run = adapt.adapt(parent, args.data, args.out, epochs=args.epochs, lr=args.lr, seed=args.seed,
+                      progress=not args.no_progress)
+    print(f"done: {run} (use it with --checkpoint {run})")
+    return 0
+
+
 def cmd_plot_confusion(args) -> int:
     from .plots import plot_confusion
 
@@ -252,6 +281,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int)
     _add_common(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("adapt", help="fit a model to your lab's cells: a few labelled ones, or unlabelled images")
+    p.add_argument("--data", help="your labelled cells (ImageFolder or CSV manifest), e.g. 5-50 per class")
+    p.add_argument("--unlabelled", metavar="DIR", help="your lab's images without labels: re-estimate the "
+                   "normalisation statistics of a BatchNorm model (AdaBN)")
+    p.add_argument("--checkpoint", help="model to start from: run folder or .safetensors (default: the shipped one)")
+    p.add_argument("--out", required=True, help="new run folder (with --shots: a folder for the learning curve)")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shots", help="comma-separated cells per class, e.g. 5,10,25,50: adapt on that many random "
+                   "cells of --data, score on the rest, and draw the learning curve")
+    p.add_argument("--repeats", type=int, default=5, help="draws per --shots value (default 5)")
+    p.add_argument("--overwrite", action="store_true", help="with --shots: empty --out first")
+    _add_common(p)
+    p.set_defaults(func=cmd_adapt)
 
     p = sub.add_parser("plot-confusion", help="redraw a confusion matrix from metrics.json or a run folder")
     p.add_argument("source", help="metrics.json, an evaluation folder or a run folder")

@@ -39,6 +39,8 @@ class TrainConfig:
     model: str = _opt("mhcnn", "mhcnn, seed-mhcnn, or a timm model name")
     model_args: dict = _opt({}, "constructor arguments of the model (YAML only)", flag=False)
     pretrained: str | None = _opt(None, "local .safetensors weights to start from; never downloaded")
+    init_from: str | None = _opt(None, "a wbcnet checkpoint to continue from (wbcnet adapt): its model, weights, "
+                                 "classes, preprocessing and input normalisation", flag=False)
     img_size: int | None = _opt(None, "training size in pixels (default: the model's, 112 for mhcnn)")
     crop: str = _opt("none", "what the model sees: the whole picture (none), or a square around the white cell "
                      "found in it (cell), at the same scale whatever the lab's framing", choices=("none", "cell"))

@@ -225,8 +225,11 @@ def scan_sources(cfg: TrainConfig) -> tuple[list[str], list[Sample], list[Source
                 print(f"note: source {src.name} has no {', '.join(empty)}", file=sys.stderr)
     present = {s.label for s in samples}
     missing = [c for i, c in enumerate(classes) if i not in present]
-    if missing:
+    if missing and not (cfg.init_from and present):
         raise WbcnetError(f"{', '.join(s.path for s in sources)}: no images for class(es) {', '.join(missing)}")
+    if missing:
+        print(f"note: adapting on {len(present)} of {len(classes)} classes; {', '.join(missing)} keep(s) what the "
+              f"parent model learnt", file=sys.stderr)
     return classes, samples, sources
 
 
@@ -254,10 +257,15 @@ def make_split(cfg: TrainConfig, samples: list[Sample], classes: list[str]) -> d
     return split
 
 
-def check_split(split: dict[str, list[Sample]], classes: list[str], source) -> None:
+def check_split(split: dict[str, list[Sample]], classes: list[str], source, allow_empty_val: bool = False) -> None:
     """Refuse splits that can't train or measure anything, with what to do about it."""
     for name in ("train", "val"):
+        if not split[name] and name == "val" and allow_empty_val:
+            continue
         counts = np.bincount([s.label for s in split[name]], minlength=len(classes))
+        if allow_empty_val:  # adapting: a class may be absent, but one present must be in train
+            present = {s.label for v in split.values() for s in v}
+            counts = np.where([i in present for i in range(len(classes))], counts, 1)
         empty = [c for c, n in zip(classes, counts) if n == 0]
         if empty:
             raise WbcnetError(f"{source}: too few images (or fields of view) to split: the {name} split has no "
@@ -280,7 +288,7 @@ def load_data(cfg: TrainConfig, run_dir: Path, resuming: bool = False):
         split = read_split(split_csv, classes)
     else:
         split = make_split(cfg, samples, classes)
-        check_split(split, classes, where)
+        check_split(split, classes, where, allow_empty_val=bool(cfg.init_from))
         write_split(split_csv, split, classes)
     data, bad = {}, []
     for name in SPLITS:
@@ -302,7 +310,7 @@ def load_data(cfg: TrainConfig, run_dir: Path, resuming: bool = False):
             csv.writer(fh).writerows([("path", "reason")] + bad)
     counts = np.bincount(data["train"].labels if data["train"] else [], minlength=len(classes))
     empty = [c for c, n in zip(classes, counts) if n == 0]
-    if empty:
+    if empty and not (cfg.init_from and data["train"]):
         raise WbcnetError(f"{where}: no usable training images for class(es) {', '.join(empty)}")
     return classes, data, sources
 
@@ -385,7 +393,12 @@ def _fit(cfg: TrainConfig, run_dir: Path, resuming: bool, on_epoch_end) -> Path:
     model_args = dict(cfg.model_args)
     model_args.setdefault("img_size", cfg.img_size)
     torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model, num_classes=len(classes), pretrained=cfg.pretrained, **model_args).to(device)
+    model = create_model(cfg.model, num_classes=len(classes), pretrained=cfg.pretrained, **model_args)
+    parent = None
+    if cfg.init_from:  # adapt: the parent's weights, and below its normalisation and temperature
+        tensors, parent = ckpt.read_checkpoint(cfg.init_from)
+        ckpt.load_weights(model, ckpt.part(tensors, "ema") or ckpt.part(tensors, "model"), parent.path)
+    model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg)
@@ -394,12 +407,19 @@ def _fit(cfg: TrainConfig, run_dir: Path, resuming: bool, on_epoch_end) -> Path:
     criterion = torch.nn.CrossEntropyLoss(weight=weight.to(device) if weight is not None else None,
                                           label_smoothing=cfg.label_smoothing)
 
-    mean, std = channel_stats(train.images)
+    mean, std = (parent.mean, parent.std) if parent else channel_stats(train.images)
     trained_on = [{"name": src.name, "path": src.path,
                    "images": {k: sum(s.source == src.name for s in v.samples) if v else 0 for k, v in data.items()}}
                   for src in sources]
     meta = ckpt.new_meta(classes, cfg.model, model_args, cfg.img_size, mean, std, config=cfg.to_dict(),
                          seed=cfg.seed, sources=trained_on, preprocess=preprocess_of(cfg).to_dict())
+    if parent:
+        meta.temperature = parent.temperature  # kept unless held-out cells refit it (finish_run)
+        meta.sources = parent.sources + trained_on
+        meta.adapted_from = {"checkpoint": str(parent.path), "weights_sha256": parent.weights_sha256,
+                             "sources": parent.sources, "images": {k: len(v.samples) if v else 0
+                                                                    for k, v in data.items()},
+                             "classes": sorted({classes[s.label] for s in train.samples})}
     start_epoch, history, best_f1, since_best = 0, [], -1.0, 0
     last = run_dir / "last.safetensors"
     if resuming:
@@ -494,6 +514,13 @@ def finish_run(run_dir: Path, val: RunData | None, test: RunData | None, bf16: b
     from .evaluate import evaluate_samples
 
     model, best_meta = ckpt.load_model(run_dir / "best")
+    if val is None and train is not None and best_meta.adapted_from:
+        # Adapted on too few cells to hold any out: the parent's temperature stays; the shift
+        # statistics must still describe the new lab, so the training cells give the threshold too.
+        print(f"too few cells to hold out: the temperature stays the parent's (T={best_meta.temperature:.3f}); "
+              f"the unfamiliar-image threshold comes from the adaptation cells themselves")
+        best_meta.shift_stats = fit_shift_stats(model, best_meta, train.images, train.labels, train.images)
+        ckpt.save_checkpoint(run_dir / "best", model, best_meta)
     if val is not None:
         # Temperature scaling: one scalar fitted on the validation logits (accuracy unchanged);
         # inference divides the logits by meta.temperature.
