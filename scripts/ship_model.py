@@ -3,9 +3,10 @@
     python scripts/ship_model.py runs/RUN [--bccd ../shared/datasets/bccd-wbc-crops]
 
 Copies the run's best checkpoint (weights only: EMA weights where the run kept them, no optimizer
-state) to src/wbcnet/assets/model.{safetensors,json}, evaluates it on the BCCD crops (another lab,
-never trained on), and writes MODEL_CARD.md and docs/model_card/*.png. Every number in the card
-is read from the run's own evaluation files or measured here, never typed in.
+state; its preprocessing, temperature and unfamiliar-image statistics with it) to
+src/wbcnet/assets/model.{safetensors,json}, evaluates it on every lab's test split and on the
+BCCD crops (another lab, never trained on), and writes MODEL_CARD.md and docs/model_card/*.png.
+Every number in the card is read from the run's own files or measured here, never typed in.
 """
 from __future__ import annotations
 
@@ -15,18 +16,23 @@ import shutil
 from pathlib import Path
 
 from wbcnet import checkpoint as ckpt
-from wbcnet.evaluate import evaluate_folder
+from wbcnet.evaluate import evaluate_sets
 
 REPO = Path(__file__).resolve().parent.parent
 ASSETS = REPO / "src" / "wbcnet" / "assets"
 DOCS = REPO / "docs" / "model_card"
 
 
-def metrics_table(rows: list[tuple[str, dict]]) -> str:
-    out = ["| split | n | accuracy | balanced accuracy | macro-F1 | weighted-F1 |", "|---|---|---|---|---|---|"]
-    for name, m in rows:
-        out.append(f"| {name} | {m['n']} | {m['accuracy']:.4f} | {m['balanced_accuracy']:.4f} | {m['macro_f1']:.4f} | "
-                   f"{m['weighted_f1']:.4f} |")
+def summary_table(rows: list[dict]) -> str:
+    out = ["| cells | n | accuracy (95% CI) | balanced accuracy | macro-F1 (95% CI) | ECE | flagged unfamiliar | "
+           "accuracy of the rest | shift AUROC |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        share = r["share_unfamiliar"]
+        out.append(f"| {r['set']} | {r['n']} | {r['accuracy']:.4f} ({r['accuracy_ci']}) | {r['balanced_accuracy']:.4f} | "
+                   f"{r['macro_f1']:.4f} ({r['macro_f1_ci']}) | {r['ece']:.4f} | "
+                   f"{share:.1%} | {r['accuracy_familiar']} | {r['shift_auroc']} |" if isinstance(share, float) else
+                   f"| {r['set']} | {r['n']} | {r['accuracy']:.4f} | {r['balanced_accuracy']:.4f} | {r['macro_f1']:.4f} | "
+                   f"{r['ece']:.4f} | | | |")
     return "\n".join(out)
 
 
@@ -45,99 +51,102 @@ def main(argv=None) -> int:
     run = args.run.resolve()
 
     model, meta = ckpt.load_model(run / "best")
-    shipped = {k: meta[k] for k in ("classes", "model", "model_args", "img_size", "mean", "std", "temperature",
-                                    "config", "git_commit", "data", "seed", "best_epoch", "val_macro_f1",
-                                    "val_accuracy") if k in meta}
-    for k in ("calibration",):
-        if k in meta:
-            shipped[k] = meta[k]
-    shipped["source_run"] = run.name
-    ckpt.save_checkpoint(ASSETS / "model", model, shipped)
+    meta.train_state = meta.optimizer = None
+    ckpt.save_checkpoint(ASSETS / "model", model, meta)
     size_mb = (ASSETS / "model.safetensors").stat().st_size / 1e6
     print(f"shipped {run / 'best.safetensors'} -> {ASSETS / 'model.safetensors'} ({size_mb:.1f} MB)")
 
-    val = json.loads((run / "val" / "metrics.json").read_text())
-    test = json.loads((run / "test" / "metrics.json").read_text())
-    rows = [("validation (grouped split)", val), ("test (grouped split)", test)]
-    bccd = None
+    model, meta = ckpt.load_model(ASSETS / "model")
+    labs = [s["name"] for s in meta.sources]
+    # NAME=split.csv keeps that lab's rows; --split test its test split; BCCD is evaluated whole.
+    sets = [(lab, str(run / "split.csv")) for lab in labs]
     if args.bccd.is_dir():
-        model, meta = ckpt.load_model(ASSETS / "model")
-        bccd = evaluate_folder(model, meta, args.bccd, run / "bccd", progress=False)
-        rows.append(("BCCD crops (other lab, never trained on)", bccd))
-    DOCS.mkdir(parents=True, exist_ok=True)
-    figures = {"val_confusion.png": run / "val" / "confusion_matrix.png",
-               "test_confusion.png": run / "test" / "confusion_matrix.png",
-               "training_curves.png": run / "test" / "training_curves.png"}
-    if bccd is not None:
-        figures["bccd_confusion.png"] = run / "bccd" / "confusion_matrix.png"
-    for name, src in figures.items():
-        if src.exists():
-            shutil.copy(src, DOCS / name)
+        sets.append(("bccd", str(args.bccd)))
+    out = run / "shipped_eval"
+    if out.exists():
+        shutil.rmtree(out)
+    rows = evaluate_sets(model, meta, sets, out, split="test", progress=False, n_resamples=1000, home=labs)
+    results = {name: json.loads((out / name / "metrics.json").read_text()) for name, _ in sets}
+    for r in rows:
+        if r["set"] in labs:
+            r["set"] = f"{r['set']} test split"
 
-    cfg = meta["config"]
+    DOCS.mkdir(parents=True, exist_ok=True)
+    for old in DOCS.glob("*_confusion.png"):
+        old.unlink()
+    figures = {"training_curves.png": run / "test" / "training_curves.png"}
+    for name, _ in sets:
+        figures[f"{name}_confusion.png"] = out / name / "confusion_matrix.png"
+    for fname, src in figures.items():
+        if src.exists():
+            shutil.copy(src, DOCS / fname)
+    shutil.copy(run / "split.csv", DOCS / "split.csv")
+    shutil.copy(run / "config.yaml", DOCS / "config.yaml")
+    shutil.copy(run / "metrics.csv", DOCS / "training_history.csv")
+
+    cfg = meta.config
     history = (run / "metrics.csv").read_text().strip().splitlines()
-    epochs_run = len(history) - 1
     train_minutes = sum(float(r.split(",")[7]) for r in history[1:]) / 60
-    commit = shipped.get("git_commit") or "unknown"
+    sources = "\n".join(f"  - `{s['name']}`: `{s['path']}`, {s['images']['train']} train / {s['images']['val']} "
+                        f"val / {s['images']['test']} test cells" for s in meta.sources)
     card = f"""# Model card: the shipped wbcnet model
 
-`wbcnet predict`, `wbcnet evaluate` and the demo use this model when no `--checkpoint` is given.
-Files: `src/wbcnet/assets/model.safetensors` ({size_mb:.1f} MB, weights only) and `model.json`
-(classes, model arguments, image size, normalisation, temperature, the full training config).
-This card was written by `python scripts/ship_model.py runs/{run.name}`; every number below comes
-from that run's evaluation files or from that command.
+`wbcnet predict`, `evaluate`, `adapt` and the demo use this model when no `--checkpoint` is given.
+Files: `src/wbcnet/assets/model.safetensors` ({size_mb:.1f} MB: weights and the unfamiliar-image
+statistics) and `model.json` (classes, every model argument, preprocessing, normalisation,
+temperature, shift threshold, the training config, the SHA-256 of the weights).
+Written by `python scripts/ship_model.py runs/{run.name}`; every number below comes from that
+command or the run's own files.
 
 ## Model
-`{meta['model']}` {json.dumps(meta.get('model_args', {}))}, {meta['img_size']} px input,
-{sum(p.numel() for p in model.parameters()):,} parameters. Classes: {', '.join(meta['classes'])}.
-Temperature (fitted on the validation split): {meta.get('temperature', 1.0):.3f}.
+`{meta.model}` {json.dumps(meta.model_args)}, {sum(p.numel() for p in model.parameters()):,} parameters.
+Input: the white cell found in the picture and cropped to {meta.preprocess.get('context', 1.5)} cell diameters
+(`crop: {meta.preprocess.get('crop')}`), resized to {meta.img_size} px. Classes: {', '.join(meta.classes)}.
+Temperature (fitted on the validation split): {meta.temperature:.3f}. Unfamiliar-image threshold:
+{meta.shift['threshold']:.1f} (Mahalanobis distance in the classifier's feature space; the 99th
+percentile of the validation cells).
 
 ## Data and recipe
-- Training data: the Train split of Raabin-WBC as laid out in `../shared/datasets/raabin-wbc-train`
-  (10,175 cells, 224 px JPEGs). Cite: Z. M. Kouzehkanan et al., "A large dataset of white blood
-  cells containing cell locations and types, along with segmented nuclei and cytoplasm",
-  Scientific Reports 12, 1123 (2022).
-- Recipe: `wbcnet train --config configs/raabin-wbc.yaml` (commit `{commit}`, seed {cfg['seed']}).
-- Split: stratified by class, grouped by field of view (file name minus its final `_N`), with
-  near-duplicate cells (one cell photographed under two names) kept on one side:
-  {int(round((1 - cfg['val_frac'] - cfg['test_frac']) * 100))}/{int(round(cfg['val_frac'] * 100))}/{int(round(cfg['test_frac'] * 100))} train/val/test, seed {cfg['seed']}; the split is `runs/{run.name}/split.csv`.
-- Training: {epochs_run} epochs run (best epoch {meta.get('best_epoch')}), {train_minutes:.1f} minutes of epochs on a
+- Training data, two laboratories, each split within itself ({int(round((1 - cfg['val_frac'] - cfg['test_frac']) * 100))}/{int(round(cfg['val_frac'] * 100))}/{int(round(cfg['test_frac'] * 100))}, stratified,
+  grouped, seed {cfg['seed']}; the split is `docs/model_card/split.csv`):
+{sources}
+- Raabin-WBC: Z. M. Kouzehkanan et al., Scientific Reports 12, 1123 (2022); grouped by field of
+  view, near-duplicate cells kept on one side. PBC: A. Acevedo et al., Data in Brief 30, 105474
+  (2020), CC BY 4.0; its file names carry no field of view, so one group per image.
+- Recipe: `wbcnet train --config configs/multilab.yaml` (commit `{meta.git_commit}`), saved as
+  `docs/model_card/config.yaml`.
+- Training: {len(history) - 1} epochs run (best epoch {meta.best_epoch}), {train_minutes:.1f} minutes of epochs on a
   2-core CPU (bf16 autocast), batch {cfg['batch_size']}, AdamW lr {cfg['lr']}, EMA {cfg['ema_decay']}.
+  Per-epoch history: `docs/model_card/training_history.csv`.
 
 ## Results
-{metrics_table(rows)}
+{summary_table(rows)}
 
-Test split, per class:
+95% percentile-bootstrap intervals (1000 resamples, seed 0). BCCD was never trained on: it is the
+public check of a third lab, camera and stain (with 3 basophils and 20 monocytes, its per-class
+scores are noisy). "Flagged unfamiliar": share of cells the shift check refers to a person.
 
-{per_class_table(test)}
+""" + "\n".join(f"""### {name}, per class
+{per_class_table(m)}
 
-![test confusion matrix](docs/model_card/test_confusion.png)
-![validation confusion matrix](docs/model_card/val_confusion.png)
+![{name} confusion matrix](docs/model_card/{name}_confusion.png)
+""" for name, m in results.items()) + """
 ![training curves](docs/model_card/training_curves.png)
-"""
-    if bccd is not None:
-        card += f"""
-BCCD crops, per class (3 basophils and 20 monocytes: noisy):
 
-{per_class_table(bccd)}
-
-![BCCD confusion matrix](docs/model_card/bccd_confusion.png)
-"""
-    card += """
 ## Known limits
-- **One source lab.** All training images come from one laboratory's smears, microscopes and
-  cameras (Raabin-WBC). Scores on the validation and test splits are scores on that lab; the BCCD
-  row above shows how far they carry to another lab, camera and framing. Check on your own
-  images (`wbcnet evaluate --data YOUR_FOLDER --out OUT`) before trusting it.
-- **The basophil colour shortcut.** Raabin-WBC's basophils were captured in a separate session;
-  their background is darker and less red/blue than the other classes'
-  (`wbcnet data audit ../shared/datasets/raabin-wbc-train` finds background colour alone tells
-  basophils from the rest with AUC ~0.99). A model can learn that colour instead of the cell.
-  Colour augmentation (hue, saturation, per-channel gain) is there against it, but basophil
-  scores on other labs' images are not established (BCCD has 3).
+- **Two source labs.** Scores on the test splits are scores on Raabin-WBC's and PBC's own
+  microscopes, cameras and stains; the BCCD row shows how far they carry to a third. Check on your
+  own cells (`wbcnet evaluate --data YOUR_FOLDER --out OUT`), and where many cells are flagged
+  unfamiliar, label a few and run `wbcnet adapt`.
+- **The basophil colour shortcut.** Raabin-WBC's basophils were captured in a separate session
+  with a darker background (`wbcnet data audit` finds background colour alone tells them apart,
+  AUC ~0.99); PBC's basophils and the cell crop dilute it, but basophil scores on other labs rest
+  on few cells.
+- **The cell crop** assumes one white cell near the middle of the picture; two touching white
+  cells are cropped together, and pictures with no white cell get the whole picture
+  (`cell_found` = no in `predict`'s CSV).
 - Five classes only; no blasts, no atypical or reactive lymphocytes, no smudge cells: such cells
-  get one of the five names. Use `--min-confidence` to refer unsure cells to a person.
-- Research use; not a medical device.
+  get one of the five names, unless the shift check flags them. Research use; not a medical device.
 """
     (REPO / "MODEL_CARD.md").write_text(card)
     print(f"wrote {REPO / 'MODEL_CARD.md'}")
