@@ -9,6 +9,7 @@ reports of what is on disk (the audit's sizes, modes and formats).
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +19,12 @@ from ..errors import WbcnetError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 
-# A cell crop is at most a few thousand pixels wide; anything above this is a slide scan or a
-# decompression bomb, and we refuse it rather than fill the memory.
-MAX_PIXELS = 16_000 * 16_000
+# A cell crop or a microscope field is at most a few thousand pixels wide; anything above this is
+# a slide scan or a decompression bomb, and we refuse it rather than fill the memory. It is below
+# Pillow's own warning (89 MP), whose message would add nothing; a warnings filter set per call
+# would not be thread-safe, and images are decoded in threads.
+MAX_PIXELS = 8_000 * 8_000
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class ImageReadError(WbcnetError):
@@ -76,33 +80,15 @@ def load_rgb(path, size: int | None = None, min_side: int | None = None) -> np.n
     (tests/test_imageio.py checks it).
     """
     draft = size or min_side
-    path = Path(path)
-    try:
-        if path.stat().st_size == 0:
-            raise ImageReadError(path, "empty file (0 bytes)")
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                if img.width * img.height > MAX_PIXELS:
-                    raise ImageReadError(path, f"image too large ({img.width}x{img.height} pixels)")
-                if draft is not None and img.format == "JPEG" and img.mode in ("RGB", "L"):
-                    img.draft("RGB", (draft, draft))
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                img = _to_rgb(img)
-    except ImageReadError:
-        raise
-    except UnidentifiedImageError:
-        raise ImageReadError(path, "not an image file PIL can read") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageReadError(path, "image too large (decompression bomb guard)") from None
-    except OSError as e:
-        reason = str(e) or type(e).__name__
-        if "truncated" in reason:
-            reason = "truncated or corrupt image data"
-        raise ImageReadError(path, reason) from None
-    except (ValueError, SyntaxError) as e:  # broken headers
-        raise ImageReadError(path, f"corrupt image ({e})") from None
+    with _read_errors(path) as path:
+        with Image.open(path) as img:
+            if img.width * img.height > MAX_PIXELS:
+                raise ImageReadError(path, f"image too large ({img.width}x{img.height} pixels)")
+            if draft is not None and img.format == "JPEG" and img.mode in ("RGB", "L"):
+                img.draft("RGB", (draft, draft))
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            img = _to_rgb(img)
     arr = np.asarray(img, dtype=np.uint8)
     return arr if size is None else square_resize(arr, size)
 
@@ -119,20 +105,30 @@ def image_info(path) -> tuple[int, int, str, str]:
     """(width, height, mode, format) of `path` as stored on disk, from its header alone: no pixel
     data is decoded and no EXIF rotation applied, so it is cheap for any size. Raises
     `ImageReadError` when the header cannot be read."""
+    with _read_errors(path) as path:
+        with Image.open(path) as img:
+            return img.width, img.height, img.mode, img.format or "?"
+
+
+@contextmanager
+def _read_errors(path):
+    """Yield `path` as a Path; whatever goes wrong reading it becomes an ImageReadError with a
+    one-line reason."""
     path = Path(path)
     try:
         if path.stat().st_size == 0:
             raise ImageReadError(path, "empty file (0 bytes)")
-        # No warnings.catch_warnings() here: it is not thread-safe, and the audit reads in threads.
-        with Image.open(path) as img:
-            return img.width, img.height, img.mode, img.format or "?"
+        yield path
     except ImageReadError:
         raise
     except UnidentifiedImageError:
         raise ImageReadError(path, "not an image file PIL can read") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except Image.DecompressionBombError:
         raise ImageReadError(path, "image too large (decompression bomb guard)") from None
     except OSError as e:
-        raise ImageReadError(path, str(e) or type(e).__name__) from None
+        reason = str(e) or type(e).__name__
+        if "truncated" in reason:
+            reason = "truncated or corrupt image data"
+        raise ImageReadError(path, reason) from None
     except (ValueError, SyntaxError) as e:  # broken headers
         raise ImageReadError(path, f"corrupt image ({e})") from None
