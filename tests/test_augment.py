@@ -62,3 +62,124 @@ def test_magnify_zooms_in():
     area = lambda y: (y[:, 0] > 0.5).float().sum((1, 2))
     assert torch.equal(area(plain), torch.full((64,), 64.0))
     assert (area(magnified) >= 64).all() and (area(magnified) > 100).float().mean() > 0.25
+
+
+# --- other labs' stains, optics and cameras: blur, downscale, jpeg, hed -------------------------
+
+import dataclasses  # noqa: E402
+
+import pytest  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from wbcnet.config import TrainConfig  # noqa: E402
+from wbcnet.data.augment import _HED_FROM_RGB, _RGB_FROM_HED, affine_matrices, color_jitter, hed_jitter  # noqa: E402
+from wbcnet.errors import WbcnetError  # noqa: E402
+
+STILL = AugmentConfig(rotation=0, shift=0, shear=0, zoom=0, hflip=False, vflip=False, rot90=False, brightness=0,
+                      contrast=0, saturation=0, hue=0, channel_gain=0)
+NEW_ON = {"blur": 1.0, "downscale": 3.0, "jpeg": 1.0, "hed": 0.1}
+NEW_OFF = {"blur": 0.0, "downscale": 1.0, "jpeg": 0.0, "hed": 0.0}
+
+
+def cells(n=8, s=48):
+    """Smooth, cell-like images (random blobs, blurred): JPEG and blur act on them as on real cells."""
+    x = batch(n, s // 4).float()
+    return F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False).round().to(torch.uint8)
+
+
+def warp_and_colour_only(images, cfg, g):
+    """augment_batch as it was before the camera and stain stages: a config that leaves them off
+    must give exactly these batches, or every existing recipe would train on different data."""
+    x = images.float().div_(255)
+    grid = F.affine_grid(affine_matrices(x.shape[0], cfg, g, x.device), list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return color_jitter(x, cfg, g)
+
+
+def test_new_stages_are_off_by_default():
+    assert {k: getattr(AugmentConfig(), k) for k in NEW_OFF} == NEW_OFF
+
+
+def test_default_config_gives_bit_identical_batches_to_the_old_pipeline():
+    x = cells()
+    for seed in range(3):
+        new = augment_batch(x, AugmentConfig(), torch.Generator().manual_seed(seed))
+        old = warp_and_colour_only(x, AugmentConfig(), torch.Generator().manual_seed(seed))
+        assert torch.equal(new, old)
+
+
+@pytest.mark.parametrize("field", sorted(NEW_ON))
+def test_each_new_stage_changes_the_image_when_on_and_is_bit_exact_when_off(field):
+    x = cells()
+    still = augment_batch(x, STILL, torch.Generator().manual_seed(0))
+    off = augment_batch(x, dataclasses.replace(STILL, **{field: NEW_OFF[field]}), torch.Generator().manual_seed(0))
+    on = augment_batch(x, dataclasses.replace(STILL, **{field: NEW_ON[field]}), torch.Generator().manual_seed(0))
+    assert torch.equal(off, still)
+    changed = (on - still).abs().flatten(1).amax(1) > 2 / 255
+    # blur, jpeg and hed are on for every image here; downscale picks half of them
+    assert changed.float().mean() >= (0.25 if field == "downscale" else 1.0)
+    assert on.shape == still.shape and on.dtype == torch.float32 and on.min() >= 0 and on.max() <= 1
+
+
+def test_downscale_leaves_the_images_it_does_not_pick_untouched():
+    x = cells(32)
+    still = augment_batch(x, STILL, torch.Generator().manual_seed(0))
+    on = augment_batch(x, dataclasses.replace(STILL, downscale=3.0), torch.Generator().manual_seed(0))
+    same = (on == still).flatten(1).all(1)
+    assert 0 < same.sum() < 32
+
+
+def test_blur_and_downscale_soften_edges():
+    x = torch.zeros(16, 3, 32, 32, dtype=torch.uint8)
+    x[:, :, :, 16:] = 255  # a sharp vertical edge
+    sharpness = lambda y: (y[..., 1:] - y[..., :-1]).abs().amax((1, 2, 3))
+    for field, value in (("blur", 1.0), ("downscale", 3.0)):
+        y = augment_batch(x, dataclasses.replace(STILL, **{field: value}), torch.Generator().manual_seed(0))
+        assert (sharpness(y) < 0.95).float().mean() >= 0.4, field
+
+
+def test_all_new_stages_are_deterministic_for_a_generator_seed():
+    cfg = AugmentConfig(**NEW_ON)
+    x = cells()
+    a = augment_batch(x, cfg, torch.Generator().manual_seed(5))
+    b = augment_batch(x, cfg, torch.Generator().manual_seed(5))
+    c = augment_batch(x, cfg, torch.Generator().manual_seed(6))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_camera_stages_keep_a_uniform_image_uniform():
+    # like the warp's nearest fill: no dark frame from blur padding or resampling, no JPEG ringing
+    x = torch.full((8, 3, 32, 32), 180, dtype=torch.uint8)
+    y = augment_batch(x, dataclasses.replace(STILL, blur=1.0, downscale=3.0, jpeg=1.0), torch.Generator().manual_seed(2))
+    assert (y * 255 - 180).abs().max() <= 1.01
+
+
+def test_hed_matrix_is_ruifrok_johnstons_as_skimage_has_it():
+    expected = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=torch.float64)
+    assert torch.equal(_RGB_FROM_HED, expected)
+    assert torch.allclose(_HED_FROM_RGB @ _RGB_FROM_HED, torch.eye(3, dtype=torch.float64), atol=1e-12)
+
+
+def test_hed_with_zero_sigma_round_trips_every_colour():
+    x = batch(8, 48)
+    x[0] = 0      # black: the +1 in the optical density keeps it finite
+    x[1] = 255    # white
+    y = hed_jitter(x.float() / 255, 0.0, torch.Generator().manual_seed(0))
+    assert ((y * 255).round() - x.float()).abs().max() <= 1
+
+
+def test_hed_jitter_moves_colour_along_the_stain_axes():
+    # a flat patch of pure haematoxylin changes colour, but stays flat: the jitter is per image
+    od = torch.tensor([0.65, 0.70, 0.29]).view(1, 3, 1, 1)  # one unit of haematoxylin
+    nucleus = torch.exp(-od).expand(64, 3, 4, 4)
+    y = hed_jitter(nucleus, 0.2, torch.Generator().manual_seed(0))
+    assert (y - nucleus).abs().amax((1, 2, 3)).min() > 0.01
+    assert y.std((2, 3)).max() < 1e-5  # a colour change, the same for every pixel of an image
+
+
+def test_new_fields_are_checked_and_come_from_yaml():
+    for bad in ({"blur": 1.5}, {"jpeg": -0.1}, {"downscale": 0.5}, {"hed": 1.0}, {"blur_sigma": 0.1}, {"hed": "0.05"}):
+        with pytest.raises(WbcnetError, match="augment"):
+            AugmentConfig(**bad)
+    cfg = TrainConfig.from_dict({"augment": {"hed": 0.05, "blur": 0.3, "downscale": 2.5, "jpeg": 0.3}})
+    assert (cfg.augment.hed, cfg.augment.blur, cfg.augment.downscale, cfg.augment.jpeg) == (0.05, 0.3, 2.5, 0.3)
