@@ -112,18 +112,24 @@ def shots_curve(parent_path, data, out, shots: list[int], repeats: int, seed: in
                 progress: bool = False) -> list[dict]:
     """k cells per class adapt the parent, the rest of `data` measure it; learning curve files."""
     from .checkpoint import load_model
+    from .data.cache import decode_images
+    from .data.preprocess import from_meta
     from .data.scan import scan
     from .evaluate import evaluate_samples
 
     out = Path(out)
     _, parent = ckpt.read_checkpoint(parent_path)
     found = scan(data, parent.classes)
-    by_class = {c: [s for s in found.samples if s.label == c] for c in range(len(parent.classes))}
+    # Every cell decoded once; each draw's test cells are rows of this array.
+    decoded = decode_images([s.path for s in found.samples], from_meta(parent), desc="decoding", progress=progress)
+    samples = [found.samples[i] for i in decoded.index]
+    row_of = {s.path: i for i, s in enumerate(samples)}
+    by_class = {c: [s for s in samples if s.label == c] for c in range(len(parent.classes))}
     present = [c for c, v in by_class.items() if v]
     rows = []
     model, meta = load_model(parent_path)
-    base = evaluate_samples(model, meta, found.samples, out / "k0", title="unadapted", progress=progress,
-                            explain_maps=False, n_resamples=0)
+    base = evaluate_samples(model, meta, samples, out / "k0", title="unadapted", progress=progress,
+                            explain_maps=False, n_resamples=0, images=decoded.images)
     rows.append({"shots": 0, "repeat": 0, "n_adapt": 0, "n_test": base["n"], "macro_f1": base["macro_f1"],
                  "accuracy": base["accuracy"]})
     print(f"k=0 (unadapted): macro-F1 {base['macro_f1']:.4f} on {base['n']} cells", flush=True)
@@ -144,7 +150,8 @@ def shots_curve(parent_path, data, out, shots: list[int], repeats: int, seed: in
             run = adapt(parent_path, manifest, work / "run", epochs=epochs, seed=r, progress=progress, val_frac=0.0)
             model, meta = load_model(run)
             res = evaluate_samples(model, meta, test_set, work / "eval", title=f"k={k}", progress=progress,
-                                   explain_maps=False, n_resamples=0)
+                                   explain_maps=False, n_resamples=0,
+                                   images=decoded.images[[row_of[s.path] for s in test_set]])
             rows.append({"shots": k, "repeat": r, "n_adapt": len(adapt_set), "n_test": res["n"],
                          "macro_f1": res["macro_f1"], "accuracy": res["accuracy"]})
             print(f"k={k} repeat {r}: macro-F1 {res['macro_f1']:.4f} on {res['n']} cells", flush=True)
