@@ -41,6 +41,8 @@ from .metrics import macro_f1
 from .models import create_model, default_img_size
 
 HISTORY_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "lr", "epoch_s", "img_per_s"]
+# Held-out cells an adapted model needs before its temperature is refitted on them.
+MIN_CELLS_FOR_TEMPERATURE = 100
 # What a run writes before its first checkpoint; a folder holding only these may be reused.
 PRELIMINARY_FILES = {"config.yaml", "split.csv", "bad_files.csv"}
 
@@ -525,7 +527,14 @@ def finish_run(run_dir: Path, val: RunData | None, test: RunData | None, bf16: b
         # Temperature scaling: one scalar fitted on the validation logits (accuracy unchanged);
         # inference divides the logits by meta.temperature.
         val_logits = predict_logits(model, val.images, best_meta.mean, best_meta.std, 256, bf16)
-        best_meta.temperature = fit_temperature(val_logits, val.labels)
+        wrong = int((val_logits.argmax(1) != val.labels).sum())
+        if best_meta.adapted_from and (len(val.labels) < MIN_CELLS_FOR_TEMPERATURE or wrong == 0):
+            # A few dozen held-out cells, often all right, drive the fitted T to its lower bound:
+            # probabilities of 1.0 that no new cell deserves. The parent's T is the safer guess.
+            print(f"{len(val.labels)} held-out cells, {wrong} wrong: too few to fit a temperature on; it stays "
+                  f"the parent's (T={best_meta.temperature:.3f})")
+        else:
+            best_meta.temperature = fit_temperature(val_logits, val.labels)
         best_meta.calibration = calibration_summary(val_logits, val.labels, best_meta.temperature)
         print(format_summary(best_meta.calibration, "validation"))
         if train is not None:
