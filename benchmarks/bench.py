@@ -41,6 +41,14 @@ import torch
 import yaml
 from PIL import Image
 
+REPO = Path(__file__).resolve().parent.parent
+SRC = REPO / "src"
+# Measure this checkout's wbcnet, wherever `pip install -e` last pointed (another clone, a CI
+# checkout): this process imports it from src/, and every command it starts gets src/ first on
+# PYTHONPATH (child_env).
+sys.path.insert(0, str(SRC))
+
+import wbcnet  # noqa: E402
 from wbcnet.checkpoint import git_commit, load_model, new_meta, resolve_checkpoint, save_checkpoint
 from wbcnet.config import TrainConfig
 from wbcnet.data.cache import cached_decode, decode_images, default_workers
@@ -52,7 +60,6 @@ from wbcnet.models import create_model, default_img_size
 from wbcnet.predict import expand_inputs, predict_paths, write_rows
 from wbcnet.train import EMA, RunData, build_optimizer, train_one_epoch, train_step
 
-REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "src" / "wbcnet" / "assets" / "sample"
 SHARED_TRAIN = REPO.parent / "shared" / "datasets" / "raabin-wbc-train"
 RECIPE = REPO / "configs" / "raabin-wbc.yaml"
@@ -81,7 +88,7 @@ class Settings:
     latency_repeats: int = 30
     n_jpeg: int = RAABIN_TEST_SIZE  # 575 px JPEGs for (c) and (d)
     predict_repeats: int = 3        # in-process predict and whole-command runs
-    startup_repeats: int = 5        # one-cell `wbcnet predict` and `import torch`
+    startup_repeats: int = 3        # one-cell `wbcnet predict` and `import torch`
     command_warmup: int = 1         # untimed runs of each command first (page cache, shared libraries)
     img_size: int | None = None     # None: each model's default size; --quick uses 64 px to be fast
     quick: bool = False
@@ -153,6 +160,20 @@ def git_state() -> str:
     return commit + (f" (with uncommitted changes to {', '.join(changed)})" if changed else "")
 
 
+def child_env() -> dict[str, str]:
+    """The environment of every command the benchmark runs: this checkout's src/ first."""
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": str(SRC) + (os.pathsep + path if path else "")}
+
+
+def measured_package() -> str:
+    where = Path(wbcnet.__file__).resolve().parent
+    try:
+        return f"{where.relative_to(REPO)} (this checkout)"
+    except ValueError:
+        return f"{where} (NOT this checkout: imported before the benchmark could put src/ first)"
+
+
 def machine_info() -> dict[str, str]:
     model, flags = cpu_flags()
     try:
@@ -171,6 +192,7 @@ def machine_info() -> dict[str, str]:
     return {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "git commit": git_state(),
+        "wbcnet measured": measured_package(),
         "CPU": model,
         "decode threads (wbcnet's default: the cores, at most 8)": str(default_workers()),
         "avx512_bf16": yes("avx512_bf16"),
@@ -312,7 +334,7 @@ def run_seconds(cmd: list[str], log: Path) -> tuple[int, float]:
     log.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with open(log, "w") as fh:
-        rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO).returncode
+        rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, env=child_env()).returncode
     return rc, time.perf_counter() - t0
 
 
@@ -342,8 +364,8 @@ def bench_startup(one: str, ckpt_args: list[str], s: Settings, workdir: Path) ->
               ("`wbcnet predict one.jpg` (one cell, whole command)",
                wbcnet_command() + ["predict", one, *ckpt_args, "--out", str(workdir / "one.csv"), "--no-progress"])]
     rows, took = [], {}
-    for label, cmd in probes:
-        log = workdir / f"startup-{len(took)}.log"
+    for k, (label, cmd) in enumerate(probes):
+        log = workdir / f"startup-{k}.log"
         rc, sec = median_command(cmd, log, s.command_warmup, s.startup_repeats)
         if rc != 0:
             rows.append(failed_row(label, rc, log))
@@ -365,6 +387,10 @@ def predict_input(meta):
     except ImportError:
         return meta.img_size
     return from_meta(meta)
+
+
+def input_label(prep) -> str:
+    return prep.key() if hasattr(prep, "key") else f"size={prep}"
 
 
 def bench_predict(paths: list[str], folder: Path, s: Settings, workdir: Path) -> list[dict]:
@@ -419,8 +445,9 @@ def bench_predict(paths: list[str], folder: Path, s: Settings, workdir: Path) ->
     found = []
     steps["expand_inputs (list the folder)"] = seconds(lambda: found.extend(expand_inputs([str(folder)])[0]))
     decoded = []
-    steps[f"decode_images ({default_workers()} threads, 575 px JPEG -> {size} px)"] = seconds(
-        lambda: decoded.append(decode_images(found, predict_input(meta), progress=False)))
+    prep = predict_input(meta)
+    steps[f"decode_images ({default_workers()} threads, 575 px JPEG -> {input_label(prep)})"] = seconds(
+        lambda: decoded.append(decode_images(found, prep, progress=False)))
     probs = []
     steps[f"run_model, {torch_label}, batch 64"] = seconds(
         lambda: probs.append(run_model(model, meta, decoded[0].images, 64)))
@@ -443,8 +470,9 @@ def bench_predict(paths: list[str], folder: Path, s: Settings, workdir: Path) ->
         sec = median_seconds(run, 1, s.predict_repeats)
         rows.append(row(f"model only, {label}, median of {s.predict_repeats} (decoded uint8 in memory)",
                         f"{n / sec:.0f} img/s"))
-    sec = median_seconds(lambda: decode_images(paths, predict_input(meta), progress=False), 0, s.predict_repeats)
-    rows.append(row(f"decode only, median of {s.predict_repeats} ({default_workers()} threads)", f"{n / sec:.0f} img/s"))
+    sec = median_seconds(lambda: decode_images(paths, prep, progress=False), 0, s.predict_repeats)
+    rows.append(row(f"decode only, median of {s.predict_repeats} ({default_workers()} threads, {input_label(prep)})",
+                    f"{n / sec:.0f} img/s"))
     return rows
 
 
@@ -556,7 +584,7 @@ def run_measured(cmd: list[str], log: Path) -> tuple[int, float, float]:
     log.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO)
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, env=child_env())
         _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage, not every child's so far
     proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - t0
