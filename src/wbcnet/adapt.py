@@ -43,9 +43,9 @@ def adapt_config(parent_path, data, out, epochs: int = 12, lr: float = 3e-4, bat
         base = TrainConfig()
     from .data.scan import scan
 
-    counts = scan(data, parent.classes).counts()
-    unknown = scan(data).classes
-    extra = [c for c in unknown if c.lower() not in {p.lower() for p in parent.classes}]
+    found = scan(data, parent.classes)  # folders (or labels) of other classes land in unknown_folders
+    counts = found.counts()
+    extra = [Path(u).name for u in found.unknown_folders]
     if extra:
         raise WbcnetError(f"{data}: class(es) {', '.join(extra)} are not the model's ({', '.join(parent.classes)}); "
                           f"adapt keeps the model's classes")

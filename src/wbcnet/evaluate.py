@@ -19,7 +19,7 @@ from .data.cache import decode_images
 from .data.preprocess import from_meta
 from .data.scan import Sample, scan
 from .errors import WbcnetError
-from .files import atomic_write
+from .files import atomic_write, write_text_atomic
 from .inference import run_model
 
 
@@ -58,8 +58,7 @@ def write_evaluation(out, paths: list[str], y_true: np.ndarray, probs: np.ndarra
     curve = analysis.coverage_curve(y_true, y_pred, confidence)
     result["selective"] = analysis.coverage_table(curve)
 
-    with atomic_write(out / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(result, indent=2))
+    write_text_atomic(out / "metrics.json", json.dumps(result, indent=2))
     (out / "classification_report.txt").write_text(M.report_text(y_true, y_pred, classes))
     with open(out / "predictions.csv", "w", newline="") as fh:
         w = csv.writer(fh)
@@ -135,19 +134,17 @@ def evaluate_samples(model, meta, samples: list[Sample], out, title=None, run_di
 def shift_summary(meta, y_true: np.ndarray, pred) -> dict:
     """The unfamiliar-image check on labelled cells: how many are flagged, how accurate the rest
     are, and the risk-coverage of referring unfamiliar or unconfident cells."""
-    from .shift import WARN_SHARE, WARNING, referral_table
+    from .shift import referral_table, unfamiliar_warning
 
     flagged = pred.unfamiliar
     correct = pred.predicted == y_true
     share = float(flagged.mean()) if len(flagged) else 0.0
-    labs = ", ".join(s.get("name", "?") for s in meta.sources) or "unrecorded"
     return {"threshold": meta.shift_stats.threshold, "share_unfamiliar": round(share, 4),
             "n_unfamiliar": int(flagged.sum()),
             "accuracy_familiar": round(float(correct[~flagged].mean()), 4) if (~flagged).any() else None,
             "accuracy_unfamiliar": round(float(correct[flagged].mean()), 4) if flagged.any() else None,
             "referral": referral_table(correct, pred.confidence, flagged),
-            "warning": WARNING.format(n=int(flagged.sum()), total=len(flagged), share=share, labs=labs)
-            if share > WARN_SHARE else None}
+            "warning": unfamiliar_warning(flagged, [s.get("name", "?") for s in meta.sources])}
 
 
 def evaluate_folder(model, meta, data, out, run_dir=None, split: str | None = None, source_name: str = "",
@@ -202,8 +199,7 @@ def write_summary(out, rows: list[dict], title: str = "Evaluation on several set
         md.append(f"| {r['set']} | {r['n']} | {r['accuracy']:.4f} ({r['accuracy_ci']}) | {r['balanced_accuracy']:.4f} "
                   f"({r['balanced_accuracy_ci']}) | {r['macro_f1']:.4f} ({r['macro_f1_ci']}) | {r['ece']:.4f} | "
                   f"{_share(r['share_unfamiliar'])} | {r['accuracy_familiar']} | {r['shift_auroc']} |")
-    with atomic_write(out / "summary.md") as tmp:
-        tmp.write_text("\n".join(md) + "\n")
+    write_text_atomic(out / "summary.md", "\n".join(md) + "\n")
     body = [f"<h1>wbcnet: {escape(title)}</h1>",
             '<p class="sub">One row per set; 95% percentile-bootstrap intervals. Each set\'s name opens its full '
             'report (confusion matrix, calibration, errors, where the model looked).</p>',
@@ -217,8 +213,7 @@ def write_summary(out, rows: list[dict], title: str = "Evaluation on several set
             '<p class="note">Flagged unfamiliar: cells whose features lie further from the training labs\' cells '
             'than 99% of their validation cells (referred to a person). Shift AUROC: how well that score tells '
             'this set\'s cells from the training labs\' own (1: perfectly, 0.5: not at all).</p>']
-    with atomic_write(out / "report.html") as tmp:
-        tmp.write_text(page(title, "\n".join(body)), encoding="utf-8")
+    write_text_atomic(out / "report.html", page(title, "\n".join(body)))
 
 
 def _share(v) -> str:

@@ -33,7 +33,7 @@ def atomic_write(path):
 
 def write_text_atomic(path, text: str) -> None:
     with atomic_write(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
 
 
 def ensure_writable_dir(folder, what: str = "output folder") -> Path:

@@ -116,17 +116,16 @@ class Predictions:
 
 
 def fit_shift_stats(model: torch.nn.Module, meta, train_images: np.ndarray, train_labels: np.ndarray,
-                    val_images: np.ndarray, limit: int = 6000, batch_size: int = 256):
+                    val_features: np.ndarray, limit: int = 6000, batch_size: int = 256):
     """The unfamiliar-image statistics for `model` (shift.py): class means and covariance of the
     features of up to `limit` training cells (evenly spaced, unaugmented), the threshold from
-    the validation cells."""
+    the validation cells' features (from the caller's own pass over them)."""
     from .shift import fit_shift
 
     pick = np.linspace(0, len(train_images) - 1, min(limit, len(train_images))).astype(int)
     _, train_f = predict_logits(model, np.asarray(train_images[pick]), meta.mean, meta.std, batch_size,
                                 with_features=True)
-    _, val_f = predict_logits(model, val_images, meta.mean, meta.std, batch_size, with_features=True)
-    return fit_shift(train_f, np.asarray(train_labels)[pick], val_f)
+    return fit_shift(train_f, np.asarray(train_labels)[pick], val_features)
 
 
 def run_model(model: torch.nn.Module, meta, images: np.ndarray, batch_size: int = 128, bf16: bool | None = None,
@@ -139,9 +138,9 @@ def run_model(model: torch.nn.Module, meta, images: np.ndarray, batch_size: int 
     check = shift_check and backend is None and getattr(meta, "shift_stats", None) is not None
     if len(images) == 0:
         empty = np.zeros((0, n_classes), dtype=np.float32)
-        none = np.zeros(0) if check else None
-        return Predictions(empty, empty.astype(np.float64), meta.temperature, none,
-                           none.astype(bool) if check else None)
+        if not check:
+            return Predictions(empty, empty.astype(np.float64), meta.temperature)
+        return Predictions(empty, empty.astype(np.float64), meta.temperature, np.zeros(0), np.zeros(0, dtype=bool))
     if backend is not None:
         logits = backend(images)
         return Predictions(logits, softmax(logits, meta.temperature), meta.temperature)

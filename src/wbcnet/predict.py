@@ -63,14 +63,13 @@ def predict_paths(model, meta, paths: list[str], batch_size: int = 64, workers: 
 
 def warn_if_unfamiliar(unfamiliar, meta) -> str | None:
     """One warning line on stderr when a batch is largely unlike the training labs; returns it."""
-    from .shift import WARN_SHARE, WARNING
+    from .shift import unfamiliar_warning
 
-    if unfamiliar is None or not len(unfamiliar) or unfamiliar.mean() <= WARN_SHARE:
+    text = unfamiliar_warning(unfamiliar, [s.get("name", "?") for s in meta.sources])
+    if text is None:
         return None
-    labs = ", ".join(s.get("name", "?") for s in meta.sources) or "unrecorded"
-    line = "warning: " + WARNING.format(n=int(unfamiliar.sum()), total=len(unfamiliar), share=unfamiliar.mean(), labs=labs)
-    print(line, file=sys.stderr)
-    return line
+    print(f"warning: {text}", file=sys.stderr)
+    return text
 
 
 def write_rows(rows: list[dict], classes: list[str], out) -> None:

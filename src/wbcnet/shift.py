@@ -57,6 +57,14 @@ class ShiftStats:
                    int(summary.get("n_fit", 0)), int(summary.get("n_threshold", 0)))
 
 
+def unfamiliar_warning(unfamiliar: np.ndarray | None, labs: list[str]) -> str | None:
+    """The batch warning when more than WARN_SHARE of `unfamiliar` is set, else None."""
+    if unfamiliar is None or not len(unfamiliar) or unfamiliar.mean() <= WARN_SHARE:
+        return None
+    return WARNING.format(n=int(unfamiliar.sum()), total=len(unfamiliar), share=unfamiliar.mean(),
+                          labs=", ".join(labs) or "unrecorded")
+
+
 def fit_shift(train_features: np.ndarray, train_labels: np.ndarray, val_features: np.ndarray,
               quantile: float = QUANTILE, shrinkage: float = 0.05) -> ShiftStats:
     """Class means and shared covariance from training features; threshold at `quantile` of the

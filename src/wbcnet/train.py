@@ -11,6 +11,7 @@ checkpoint removes what it wrote, so the same command can simply be run again.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import shutil
@@ -261,14 +262,13 @@ def make_split(cfg: TrainConfig, samples: list[Sample], classes: list[str]) -> d
 
 def check_split(split: dict[str, list[Sample]], classes: list[str], source, allow_empty_val: bool = False) -> None:
     """Refuse splits that can't train or measure anything, with what to do about it."""
+    # Adapting, a class may be absent from the data, and there may be no validation cells at all.
+    needed = {s.label for v in split.values() for s in v} if allow_empty_val else set(range(len(classes)))
     for name in ("train", "val"):
         if not split[name] and name == "val" and allow_empty_val:
             continue
-        counts = np.bincount([s.label for s in split[name]], minlength=len(classes))
-        if allow_empty_val:  # adapting: a class may be absent, but one present must be in train
-            present = {s.label for v in split.values() for s in v}
-            counts = np.where([i in present for i in range(len(classes))], counts, 1)
-        empty = [c for c, n in zip(classes, counts) if n == 0]
+        have = {s.label for s in split[name]}
+        empty = [classes[i] for i in sorted(needed - have)]
         if empty:
             raise WbcnetError(f"{source}: too few images (or fields of view) to split: the {name} split has no "
                               f"{', '.join(empty)}; add images, or give --val/--test sets")
@@ -469,7 +469,7 @@ def _fit(cfg: TrainConfig, run_dir: Path, resuming: bool, on_epoch_end) -> Path:
         meta.train_state = {"epoch": epoch, "best_f1": best_f1, "since_best": since_best, "history": history}
         if improved:
             meta.best_epoch, meta.val_macro_f1, meta.val_accuracy = epoch + 1, val_f1, val_acc
-            ckpt.save_checkpoint(run_dir / "best", eval_model, _without_train_state(meta))
+            ckpt.save_checkpoint(run_dir / "best", eval_model, dataclasses.replace(meta, train_state=None))
         ckpt.save_checkpoint(last, model, meta, optimizer=optimizer, ema=ema)
         write_history(run_dir / "metrics.csv", history)
         print(f"epoch {epoch + 1:3d}/{cfg.epochs}  loss {train_loss:.4f}  val loss {val_loss:.4f}  "
@@ -482,14 +482,6 @@ def _fit(cfg: TrainConfig, run_dir: Path, resuming: bool, on_epoch_end) -> Path:
 
     finish_run(run_dir, val, test, bf16, cfg.progress, train)
     return run_dir
-
-
-def _without_train_state(meta):
-    import copy
-
-    best = copy.copy(meta)
-    best.train_state = None
-    return best
 
 
 def evaluate_by_source(model, meta, data: RunData, out: Path, progress: bool) -> None:
@@ -521,12 +513,16 @@ def finish_run(run_dir: Path, val: RunData | None, test: RunData | None, bf16: b
         # statistics must still describe the new lab, so the training cells give the threshold too.
         print(f"too few cells to hold out: the temperature stays the parent's (T={best_meta.temperature:.3f}); "
               f"the unfamiliar-image threshold comes from the adaptation cells themselves")
-        best_meta.shift_stats = fit_shift_stats(model, best_meta, train.images, train.labels, train.images)
+        _, train_features = predict_logits(model, train.images, best_meta.mean, best_meta.std, 256, bf16,
+                                           with_features=True)
+        best_meta.shift_stats = fit_shift_stats(model, best_meta, train.images, train.labels, train_features)
         ckpt.save_checkpoint(run_dir / "best", model, best_meta)
     if val is not None:
         # Temperature scaling: one scalar fitted on the validation logits (accuracy unchanged);
         # inference divides the logits by meta.temperature.
-        val_logits = predict_logits(model, val.images, best_meta.mean, best_meta.std, 256, bf16)
+        # One pass gives the logits for the temperature and the features for the shift threshold.
+        val_logits, val_features = predict_logits(model, val.images, best_meta.mean, best_meta.std, 256, bf16,
+                                                  with_features=True)
         wrong = int((val_logits.argmax(1) != val.labels).sum())
         if best_meta.adapted_from and (len(val.labels) < MIN_CELLS_FOR_TEMPERATURE or wrong == 0):
             # A few dozen held-out cells, often all right, drive the fitted T to its lower bound:
@@ -538,7 +534,7 @@ def finish_run(run_dir: Path, val: RunData | None, test: RunData | None, bf16: b
         best_meta.calibration = calibration_summary(val_logits, val.labels, best_meta.temperature)
         print(format_summary(best_meta.calibration, "validation"))
         if train is not None:
-            best_meta.shift_stats = fit_shift_stats(model, best_meta, train.images, train.labels, val.images)
+            best_meta.shift_stats = fit_shift_stats(model, best_meta, train.images, train.labels, val_features)
             print(f"unfamiliar-image check: threshold {best_meta.shift_stats.threshold:.1f} (99th percentile of "
                   f"the validation cells' shift scores)")
         ckpt.save_checkpoint(run_dir / "best", model, best_meta)
