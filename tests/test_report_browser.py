@@ -1,13 +1,10 @@
 """report.html: everything an evaluation promises is written, and it renders in a real browser.
 
 The evaluation is of a tiny random mhcnn on the bundled sample (300 cells at 64 px), so it takes
-seconds. The browser test needs Debian's chromium and chromium-driver (see .ci/run) and selenium;
-without them it skips, unless WBCNET_REQUIRE_BROWSER=1 (as .ci/run sets) makes it fail.
+seconds. The browser test is tests/browser.py's (skips without Chromium, except under .ci/run).
 """
 import json
-import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -18,9 +15,9 @@ from wbcnet.checkpoint import load_model
 from wbcnet.evaluate import evaluate_folder
 from wbcnet.models import create_model
 
+from browser import chrome, console_errors, page_state
 from conftest import SAMPLE
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 EXPECTED_PNGS = ["confusion_matrix.png", "per_class.png", "reliability.png", "coverage.png", "error_gallery.png",
                  "explain_by_class.png", "explain_errors.png"]
 
@@ -62,50 +59,15 @@ def test_evaluation_writes_metrics_figures_and_an_offline_report(evaluation):
     assert "1000 resamples" in html
 
 
-def _missing_browser(reason: str):
-    """Skip on a laptop; fail where the browser was promised, so CI cannot pass without rendering."""
-    if os.environ.get("WBCNET_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"WBCNET_REQUIRE_BROWSER=1 but {reason}")
-    pytest.skip(reason)
-
-
-def _chrome():
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        _missing_browser("selenium is not installed (pip install -e '.[test]')")
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).exists()]
-    if missing:
-        _missing_browser(f"{' and '.join(missing)} not installed (apt-get install chromium chromium-driver)")
-    return webdriver, Service
-
-
 def test_report_renders_in_headless_chromium(evaluation, tmp_path):
-    webdriver, Service = _chrome()
     out, _ = evaluation
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run", "--window-size=1300,1000", f"--user-data-dir={tmp_path / 'profile'}"):
-        opts.add_argument(flag)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    # The driver path is given, so Selenium Manager never looks for (or downloads) one.
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    try:
+    with chrome(tmp_path / "profile") as driver:
         driver.get((out / "report.html").resolve().as_uri())
-        state = driver.execute_script(
-            "return {ready: document.readyState, title: document.title,"
-            " images: Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth])};")
+        state = page_state(driver)
         assert state["ready"] == "complete"
         assert state["title"].startswith("wbcnet report")
         assert len(state["images"]) == len(EXPECTED_PNGS) + 1
         broken = [alt for alt, complete, width in state["images"] if not (complete and width > 0)]
         assert not broken, f"images that did not load: {broken}"
-        errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
-        assert not errors, errors
+        assert not console_errors(driver)
         driver.save_screenshot(str(out / "report_screenshot.png"))
-    finally:
-        driver.quit()
-        shutil.rmtree(tmp_path / "profile", ignore_errors=True)

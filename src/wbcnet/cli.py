@@ -195,6 +195,54 @@ def cmd_predict(args) -> int:
     return 0 if ok else 1
 
 
+def cmd_count(args) -> int:
+    from .checkpoint import load_model
+    from .count import run_count
+    from .files import prepare_output_dir
+    from .inference import resolve_device
+    from .predict import expand_inputs
+
+    if not 0.0 <= args.min_confidence <= 1.0:
+        raise WbcnetError(f"--min-confidence {args.min_confidence}: must be between 0 and 1")
+    if args.target is not None and args.target < 1:
+        raise WbcnetError(f"--target {args.target}: must be a number of cells, 1 or more")
+    if args.truth and not Path(args.truth).is_file():
+        raise WbcnetError(f"--truth {args.truth}: no such file")
+    paths, skipped = expand_inputs(args.inputs)
+    if not paths:
+        why = f" ({skipped[0][0]}: {skipped[0][1]})" if len(skipped) == 1 else ""
+        raise WbcnetError(f"no field images in {' '.join(args.inputs)}{why}")
+    for path, reason in skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    out = prepare_output_dir(args.out, args.overwrite, "count folder")
+    model, meta = load_model(args.checkpoint)
+    model.to(resolve_device(args.device))
+    s = run_count(model, meta, paths, out, args.min_confidence, args.target, args.truth, args.batch_size,
+                  args.workers, shift_check=not args.no_shift_check, draw=not args.no_fields,
+                  progress=not args.no_progress)
+    for path, reason in s["unreadable"]:
+        print(f"unreadable {path}: {reason}", file=sys.stderr)
+    diff = json.loads((out / "differential.json").read_text())
+    print(f"{s['fields'] - len(s['unreadable'])} of {s['fields']} fields read, {s['cells_found']} white cells found: "
+          f"{s['counted']} counted, {s['referred']} referred, {s['edge_skipped']} cut by the edge (not counted)")
+    for name, r in diff["classes"].items():
+        print(f"  {name:<12} {r['count']:>5}  {r['percent']:5.1f}%  [{r['ci_low']:.1f}, {r['ci_high']:.1f}]"
+              f"  referred {r['referred']}")
+    if s["target"]:
+        print(f"target of {s['target']['cells']} cells: " +
+              ("reached" if s["target"]["reached"] else f"NOT reached ({s['counted']} counted; add fields)"))
+    if "truth" in s:
+        t = s["truth"]
+        acc = "n/a" if t["type_accuracy"] is None else f"{t['type_accuracy']:.3f} of {t['typed_matches']}"
+        counted = "n/a" if t["type_accuracy_counted"] is None else \
+            f"{t['type_accuracy_counted']:.3f} of {t['typed_counted']}"
+        print(f"against {args.truth}: recall {t['recall']:.3f}, precision {t['precision']:.3f} "
+              f"({t['matched']} matched of {t['true_boxes']} true, {t['found_boxes']} found); type accuracy {acc} "
+              f"matched cells, {counted} counted ones")
+    print(f"wrote {out}/count.html, cells.csv, differential.csv")
+    return 0 if len(s["unreadable"]) < s["fields"] else 1
+
+
 def cmd_export(args) -> int:
     from .export import export_onnx
 
@@ -319,6 +367,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", help="ONNX file for --backend onnxruntime (default: beside the checkpoint)")
     _add_common(p)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("count", help="find, classify and count the white cells in whole smear fields")
+    p.add_argument("inputs", nargs="+", help="field images: files, folders or glob patterns")
+    p.add_argument("--out", required=True, help="output folder (refused if it holds files, unless --overwrite)")
+    p.add_argument("--checkpoint", help="run folder or .safetensors (default: the shipped model)")
+    p.add_argument("--min-confidence", type=float, default=0.0, help="below this a cell is 'refer' (to a human) "
+                   "and left out of the differential")
+    p.add_argument("--target", type=int, metavar="N", help="the number of cells the differential needs (e.g. 100 "
+                   "or 200): say whether it was reached")
+    p.add_argument("--truth", metavar="CSV", help="hand-drawn boxes, file,x0,y0,x1,y1[,label]: score the count "
+                   "against them (detection recall/precision, type accuracy, differential error)")
+    p.add_argument("--no-shift-check", action="store_true", help="don't refer cells unlike the training labs' cells")
+    p.add_argument("--no-fields", action="store_true", help="don't draw every field into fields/")
+    p.add_argument("--overwrite", action="store_true", help="empty --out first if it holds files")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, help="field-reading threads (default: all cores)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    _add_common(p)
+    p.set_defaults(func=cmd_count)
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX, checked against PyTorch")
     p.add_argument("--format", choices=["onnx"], default="onnx")

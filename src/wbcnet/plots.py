@@ -79,3 +79,25 @@ def plot_curves(metrics_csv, path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_differential(diff: dict, path, colours: list[str] | None = None) -> Path:
+    """The differential as bars of each class's share of the counted cells, with 95% intervals."""
+    classes = list(diff["classes"])
+    rows = [diff["classes"][c] for c in classes]
+    pct = np.array([r["percent"] for r in rows])
+    err = np.array([[r["percent"] - r["ci_low"] for r in rows], [r["ci_high"] - r["percent"] for r in rows]])
+    fig, ax = plt.subplots(figsize=(1.3 * len(classes) + 2.5, 3.8))
+    ax.bar(range(len(classes)), pct, yerr=err, capsize=5, color=colours[:len(classes)] if colours else None,
+           edgecolor="#333", linewidth=0.6)
+    for i, r in enumerate(rows):
+        ax.text(i, r["ci_high"] + 1.5, f"{r['count']}", ha="center", va="bottom", fontsize=9)
+    ax.set_xticks(range(len(classes)), classes, rotation=20, ha="right")
+    ax.set_ylabel("% of counted cells")
+    ax.set_ylim(0, min(100, max(10.0, float((pct + err[1]).max()) + 10)))
+    ax.set_title(f"differential of {diff['counted']} cells (bars: 95% Wilson interval; number: count)", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

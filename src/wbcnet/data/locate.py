@@ -25,8 +25,16 @@ from scipy import ndimage as ndi
 # Longest side of the working copy of a single-cell crop. A lymphocyte's nucleus is still about
 # 10 px across at this size in every lab we have.
 WORK_SIDE = 64
-# ... and of a whole smear field (BCCD's 640x480 fields: a white cell is then ~25 px across).
+# ... and of a whole smear field, at the coarsest (BCCD's 640x480 fields: a white cell is then
+# ~25 px across). Fields at a lower magnification get a finer working copy (see find_cells).
 FIELD_WORK_SIDE = 128
+# The working copy of a field is made fine enough that a red cell is at least this many pixels
+# across, whatever the microscope's magnification and the camera's resolution.
+_FIELD_RBC_WORK = 20
+# A stained speck under this share of a red cell's area is never a nucleus (the share of the
+# largest nucleus, _MIN_FIELD_NUCLEUS_SHARE, is what keeps platelet clumps out; a higher floor
+# here lost lymphocytes where the red-cell estimate ran large).
+_MIN_FIELD_NUCLEUS_OF_RBC = 0.05
 # Crop side = DEFAULT_CONTEXT x the cell's diameter: the whole cell plus a rim of its
 # surroundings, so that a cell measured a little small is still whole (docs/locate.png).
 DEFAULT_CONTEXT = 1.5
@@ -48,7 +56,10 @@ _MIN_FIELD_CONTRAST = 0.15
 # ... and cover this fraction of the picture's working copy (a platelet or dust speck is smaller).
 _MIN_NUCLEUS_FRACTION = 0.004
 # In a field, a nucleus this much smaller than the largest one is a platelet clump or a fragment.
-_MIN_FIELD_NUCLEUS_SHARE = 0.25
+# A small lymphocyte's nucleus is ~0.23 of a large neutrophil's (BCCD), so a wider field holding
+# both needs a bar below that; 0.15 cost BCCD's one-cell fields 0.018 of precision, mostly
+# unboxed cells cut by the edge (python -m benchmarks.count_fields).
+_MIN_FIELD_NUCLEUS_SHARE = 0.15
 # Colour distance from plasma (optical density) below which a pixel counts as plasma however
 # clean the plasma is; JPEG noise in BCCD's plasma alone reaches 0.05.
 _MIN_STAIN = 0.07
@@ -140,13 +151,19 @@ def find_cells(field_rgb: np.ndarray) -> list[CellBox]:
 
     Parameters
     ----------
-    field_rgb : HxWx3 uint8 array (e.g. a 640x480 BCCD field).
+    field_rgb : HxWx3 uint8 array of any size and magnification (e.g. a 640x480 BCCD field).
 
     Returns
     -------
     CellBoxes in `field_rgb`'s pixel coordinates; empty when none stands out.
     """
-    small, factor = _downsample(field_rgb, FIELD_WORK_SIDE)
+    rbc = red_cell_diameter(field_rgb)
+    # The scale comes from the red cells, not from pixel sizes: at a lower magnification the
+    # cells are smaller and the working copy finer, so a white cell keeps its size in it.
+    factor = max(1, -(-max(field_rgb.shape[:2]) // FIELD_WORK_SIDE))
+    if rbc is not None:
+        factor = max(1, min(factor, int(rbc / _FIELD_RBC_WORK)))
+    small, factor = _downsample(field_rgb, -(-max(field_rgb.shape[:2]) // factor))
     maps = _stain_maps(small, _MIN_FIELD_CONTRAST)
     if maps is None:
         return []
@@ -155,7 +172,10 @@ def find_cells(field_rgb: np.ndarray) -> list[CellBox]:
         return []
     areas = np.bincount(labels.ravel(), minlength=n + 1)
     areas[0] = 0
-    floor = max(_MIN_NUCLEUS_FRACTION / 4 * labels.size, _MIN_FIELD_NUCLEUS_SHARE * areas.max())
+    # Too small to be a nucleus: a share of a red cell where their size is known, else of the field.
+    small_floor = (_MIN_FIELD_NUCLEUS_OF_RBC * np.pi / 4 * (rbc / factor) ** 2 if rbc is not None
+                   else _MIN_NUCLEUS_FRACTION / 4 * labels.size)
+    floor = max(small_floor, _MIN_FIELD_NUCLEUS_SHARE * areas.max())
     boxes: list[CellBox] = []
     for k in np.argsort(-areas):
         if areas[k] < floor:
@@ -165,6 +185,35 @@ def find_cells(field_rgb: np.ndarray) -> list[CellBox]:
         if all(np.hypot(box.cx - b.cx, box.cy - b.cy) > b.radius for b in boxes):
             boxes.append(box)
     return boxes
+
+
+def red_cell_diameter(field_rgb: np.ndarray, work_side: int = 256) -> float | None:
+    """The typical size of the red cells in a field, in its pixels: the field's own ruler.
+
+    It is the first dip of the radially averaged autocorrelation of the stained (not plasma)
+    mask: stained pixels one cell-width apart fall into the gaps between packed red cells.
+    It scales exactly with the picture and varies about 1.8x between BCCD fields of one
+    microscope (crowding), which is close enough to choose a working resolution.
+    None when the field has too little stain to measure.
+    """
+    small, factor = _downsample(field_rgb, work_side)
+    maps = _stain_maps(small, 0.0)
+    if maps is None:
+        return None
+    m = (maps.stained & ~maps.padding).astype(np.float32)
+    if not 0.05 < m.mean() < 0.95:
+        return None
+    m -= m.mean()
+    spectrum = np.fft.rfft2(m)
+    ac = np.fft.irfft2(spectrum.real ** 2 + spectrum.imag ** 2, s=m.shape)
+    h, w = m.shape
+    dy = np.minimum(np.arange(h), h - np.arange(h))[:, None]
+    dx = np.minimum(np.arange(w), w - np.arange(w))[None, :]
+    r = np.rint(np.sqrt(dy * dy + dx * dx)).astype(np.intp).ravel()
+    profile = np.bincount(r, ac.ravel()) / np.maximum(np.bincount(r), 1)
+    dips = np.nonzero((profile[2:-1] < profile[1:-2]) & (profile[2:-1] <= profile[3:]))[0]
+    dips = dips[dips + 2 < min(h, w) // 2]
+    return None if dips.size == 0 else float((dips[0] + 2) * factor)
 
 
 def crop_square(rgb: np.ndarray, box: CellBox, context: float = DEFAULT_CONTEXT,

@@ -1,0 +1,164 @@
+"""wbcnet count on real smear fields: six BCCD fields in tests/data/fields (CREDITS.md there)
+with their hand-drawn boxes, classified by the shipped model."""
+import csv
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from wbcnet.cli import main
+from wbcnet.count import differential, is_cut_by_edge, match_boxes, Cell
+from wbcnet.data.locate import CellBox, find_cells
+
+from browser import chrome, console_errors, page_state
+
+FIELDS = Path(__file__).parent / "data" / "fields"
+TRUTH = FIELDS / "wbc_boxes.csv"
+CLASSES = ["Basophil", "Eosinophil", "Lymphocyte", "Monocyte", "Neutrophil"]
+
+
+@pytest.fixture(scope="module")
+def counted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("count") / "out"
+    code = main(["count", str(FIELDS / "*.jpg"), "--out", str(out), "--truth", str(TRUTH), "--target", "100",
+                 "--no-progress"])
+    return code, out
+
+
+def test_count_writes_cells_differential_fields_and_truth_scores(counted, capsys):
+    code, out = counted
+    assert code == 0
+    rows = list(csv.DictReader(open(out / "cells.csv")))
+    assert {"file", "x0", "y0", "x1", "y1", "predicted", "confidence", "flag"} <= set(rows[0])
+    assert all(f"p_{c}" in rows[0] for c in CLASSES)
+    assert len({r["file"] for r in rows}) == 6  # every field has a white cell
+    for r in rows:
+        assert 0 <= int(r["x0"]) < int(r["x1"]) <= 640 and 0 <= int(r["y0"]) < int(r["y1"]) <= 480
+        assert abs(sum(float(r[f"p_{c}"]) for c in CLASSES) - 1) < 1e-3
+        assert r["predicted"] in CLASSES + ["refer"]
+    # BloodImage_00001's neutrophil runs off the bottom of the field: listed, flagged, not counted.
+    cut = [r for r in rows if r["file"].endswith("BloodImage_00001.jpg")]
+    assert cut and all(r["flag"] == "edge" for r in cut)
+
+    diff = json.loads((out / "differential.json").read_text())
+    counted_rows = [r for r in rows if r["flag"] == ""]
+    assert diff["counted"] == len(counted_rows) == sum(v["count"] for v in diff["classes"].values())
+    assert diff["edge_skipped"] == sum(r["flag"] == "edge" for r in rows)
+    assert abs(sum(v["percent"] for v in diff["classes"].values()) - 100) < 1e-6
+    for v in diff["classes"].values():
+        assert v["ci_low"] <= v["percent"] <= v["ci_high"]
+    table = list(csv.DictReader(open(out / "differential.csv")))
+    assert [r["class"] for r in table] == CLASSES
+
+    summary = json.loads((out / "count.json").read_text())
+    assert summary["target"] == {"cells": 100, "reached": False}
+    truth = json.loads((out / "truth.json").read_text())
+    assert truth["true_boxes"] == 8 and truth["fields_scored"] == 6
+    assert truth["recall"] >= 0.85 and truth["precision"] >= 0.85
+    assert truth["typed_matches"] == 4 and truth["type_accuracy"] is not None
+    assert sorted(p.name for p in (out / "fields").iterdir()) == sorted(p.stem + ".jpg" for p in FIELDS.glob("*.jpg"))
+    html = (out / "count.html").read_text()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", html, re.I) and "<script" not in html.lower()
+    assert "NOT reached" in html and "Against the hand-drawn boxes" in html
+
+
+def test_count_html_renders_in_headless_chromium(counted, tmp_path):
+    _, out = counted
+    with chrome(tmp_path / "profile") as driver:
+        driver.get((out / "count.html").resolve().as_uri())
+        state = page_state(driver)
+        assert state["ready"] == "complete" and state["title"] == "wbcnet count"
+        assert len(state["images"]) >= 1 + 6 + 3  # the chart, the fields, a few cells
+        broken = [alt for alt, complete, width in state["images"] if not (complete and width > 0)]
+        assert not broken, f"images that did not load: {broken}"
+        assert not console_errors(driver)
+        driver.save_screenshot(str(out / "count_screenshot.png"))
+
+
+def test_an_unreadable_field_is_listed_and_the_rest_counted(tmp_path, capsys):
+    shutil.copy(FIELDS / "BloodImage_00000.jpg", tmp_path / "good.jpg")
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    assert main(["count", str(tmp_path / "good.jpg"), str(tmp_path / "broken.jpg"), "--out", str(tmp_path / "out"),
+                 "--no-progress", "--no-fields"]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "out" / "cells.csv")))
+    bad = [r for r in rows if r["file"].endswith("broken.jpg")]
+    assert len(bad) == 1 and bad[0]["flag"].startswith("unreadable") and bad[0]["predicted"] == ""
+    assert any(r["file"].endswith("good.jpg") and r["predicted"] for r in rows)
+    assert "unreadable" in capsys.readouterr().err
+    # Nothing readable at all: exit 1; the out folder now holds files: refused without --overwrite.
+    assert main(["count", str(tmp_path / "broken.jpg"), "--out", str(tmp_path / "out2"), "--no-progress"]) == 1
+    assert main(["count", str(tmp_path / "good.jpg"), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--min-confidence", "1.5"], "--min-confidence"),
+    (["--target", "0"], "--target"),
+    (["--truth", "nope.csv"], "--truth"),
+])
+def test_bad_count_flags_are_refused_before_any_work(tmp_path, capsys, argv, message):
+    assert main(["count", str(FIELDS / "BloodImage_00000.jpg"), "--out", str(tmp_path / "o"), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_truth_file_without_box_columns_is_named(tmp_path, capsys):
+    (tmp_path / "t.csv").write_text("name,label\nBloodImage_00000.jpg,Neutrophil\n")
+    assert main(["count", str(FIELDS / "BloodImage_00000.jpg"), "--out", str(tmp_path / "o"), "--truth",
+                 str(tmp_path / "t.csv"), "--no-progress"]) == 2
+    assert "t.csv: a truth file needs the columns" in capsys.readouterr().err
+
+
+def test_match_boxes_is_one_to_one_and_takes_a_centre_inside_a_loose_box():
+    true = [(0, 0, 100, 100), (200, 200, 260, 260)]
+    # A small box deep inside the first true box (IoU 0.04, centre inside) matches it; a second
+    # found box on the same cell does not match twice; a box far from both matches nothing.
+    found = [(40, 40, 60, 60), (30, 30, 70, 70), (400, 400, 450, 450), (205, 205, 255, 255)]
+    pairs = dict(match_boxes(found, true))
+    assert pairs.get(3) == 1
+    assert sorted(pairs.values()) == [0, 1] and 2 not in pairs
+    assert match_boxes([], true) == [] and match_boxes(found, []) == []
+    # IoU >= 0.3 matches even when the found centre lies outside the true box (IoU 0.4 here) ...
+    assert match_boxes([(0, 0, 100, 100)], [(0, 0, 100, 40)]) == [(0, 0)]
+    # ... and neither rule holding (IoU 0.18, centre outside) is no match.
+    assert match_boxes([(70, 0, 170, 100)], [(0, 0, 100, 100)]) == []
+
+
+def test_edge_and_differential_rules():
+    assert is_cut_by_edge(CellBox(cx=30, cy=200, radius=50), 640, 480)
+    assert is_cut_by_edge(CellBox(cx=320, cy=433, radius=50), 640, 480)  # 3.5% of r from the bottom
+    assert not is_cut_by_edge(CellBox(cx=320, cy=240, radius=50), 640, 480)
+    assert not is_cut_by_edge(CellBox(cx=60, cy=240, radius=50), 640, 480)  # 20% of r from the left
+
+    def cell(k, edge=False, referred=False):
+        p = np.full(5, 0.01)
+        p[k] = 0.96
+        return Cell("f.jpg", (0, 0, 10, 10), p, referred, edge)
+
+    diff = differential([cell(0), cell(4), cell(4), cell(4, edge=True), cell(2, referred=True)], CLASSES)
+    assert diff["counted"] == 3 and diff["edge_skipped"] == 1 and diff["referred"] == 1
+    assert diff["classes"]["Neutrophil"]["count"] == 2
+    assert diff["classes"]["Lymphocyte"]["referred"] == 1 and diff["classes"]["Lymphocyte"]["count"] == 0
+    assert diff["classes"]["Basophil"]["ci_low"] < 100 / 3 < diff["classes"]["Basophil"]["ci_high"]
+
+
+def test_find_cells_keeps_working_at_a_lower_magnification():
+    """Four fields at half size in one 640x480 picture, as a 2x wider field of view shows them:
+    the red cells set the working scale, so the small white cells are still found."""
+    names = ["BloodImage_00000.jpg", "BloodImage_00003.jpg", "BloodImage_00010.jpg", "BloodImage_00020.jpg"]
+    boxes = {}
+    for row in csv.DictReader(open(TRUTH)):
+        boxes.setdefault(row["file"], []).append([int(row[k]) for k in ("x0", "y0", "x1", "y1")])
+    canvas = np.zeros((480, 640, 3), np.uint8)
+    expected = []
+    for j, name in enumerate(names):
+        ox, oy = (j % 2) * 320, (j // 2) * 240
+        canvas[oy:oy + 240, ox:ox + 320] = np.asarray(Image.open(FIELDS / name).convert("RGB").resize((320, 240)))
+        expected += [(x0 / 2 + ox, y0 / 2 + oy, x1 / 2 + ox, y1 / 2 + oy) for x0, y0, x1, y1 in boxes[name]]
+    found = find_cells(canvas)
+    hits = sum(any(x0 <= b.cx <= x1 and y0 <= b.cy <= y1 for b in found) for x0, y0, x1, y1 in expected)
+    assert hits == len(expected) == 5
+    assert len(found) <= len(expected) + 1
