@@ -69,7 +69,7 @@ def test_resume_after_a_class_folder_was_removed_is_one_line(tmp_path, capsys, t
     class Stop(Exception):
         pass
 
-    def stop(epoch):
+    def stop(epoch, row):
         raise Stop
 
     with pytest.raises(Stop):

@@ -49,7 +49,7 @@ def test_resume_reproduces_an_uninterrupted_run(tiny_imagefolder, tmp_path):
     class Interrupt(Exception):
         pass
 
-    def stop_after_first(epoch):
+    def stop_after_first(epoch, row):
         if epoch == 0:
             raise Interrupt
 

@@ -78,7 +78,8 @@ def cmd_train(args) -> int:
         run = fit(None, resume=args.resume)
     else:
         run = fit(train_config(args))
-    print(f"done: {run}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
+        print(f"done: {run}")
     return 0
 
 

@@ -10,10 +10,12 @@ checkpoint removes what it wrote, so the same command can simply be run again.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -35,6 +37,7 @@ from .data.preprocess import Preprocess
 from .data.scan import Sample, scan
 from .data.sources import Source, parse_sources, regroup, source_name
 from .data.split import SPLITS, merge_linked_groups, read_split, split_by_source, write_split
+from .distributed import Dist
 from .errors import WbcnetError
 from .files import atomic_write, ensure_writable_dir
 from .inference import fit_shift_stats, predict_logits, resolve_device, use_bf16
@@ -130,8 +133,10 @@ def train_step(model, criterion, optimizer, x: torch.Tensor, y: torch.Tensor, bf
 
 
 def train_one_epoch(model, criterion, optimizer, data: RunData, cfg: TrainConfig, epoch: int, step: int,
-                    total_steps: int, warmup_steps: int, mean, std, bf16: bool, channels_last: bool, ema=None):
-    """One pass over `data`. Returns (mean loss, accuracy on augmented batches, next step)."""
+                    total_steps: int, warmup_steps: int, mean, std, bf16: bool, channels_last: bool, ema=None,
+                    d: Dist = Dist()):
+    """One pass over `data` (this rank's shard of it, under torchrun). Returns (mean loss,
+    accuracy on augmented batches, over all ranks; next step)."""
     model.train()
     device = next(model.parameters()).device
     g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # the epoch's order, on the CPU
@@ -140,7 +145,14 @@ def train_one_epoch(model, criterion, optimizer, data: RunData, cfg: TrainConfig
     torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout
     labels = data.labels
     order = epoch_order(labels, cfg.balance, g, data.source_ids)
-    n_batches = len(order) // cfg.batch_size  # drop the ragged last batch: BatchNorm dislikes size 1
+    # Drop the ragged last batch (BatchNorm dislikes size 1); every rank takes as many steps.
+    n_batches = len(order) // d.world // cfg.batch_size
+    if d.active:
+        # One shared order, every world-th image of it to this rank; augmentation and dropout of
+        # its own, or the ranks would transform their different cells alike.
+        order = order[d.rank::d.world]
+        g_aug = torch.Generator(device).manual_seed(cfg.seed * 100_003 + epoch + 7_919 * d.rank)
+        torch.manual_seed(cfg.seed * 100_003 + epoch + 7_919 * d.rank)
     total_loss, correct, seen = 0.0, 0, 0
     bar = tqdm(range(n_batches), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
                disable=not cfg.progress, dynamic_ncols=True)
@@ -155,12 +167,13 @@ def train_one_epoch(model, criterion, optimizer, data: RunData, cfg: TrainConfig
             group["lr"] = lr_at(step, total_steps, warmup_steps, cfg.lr)
         loss, logits = train_step(model, criterion, optimizer, x, y, bf16)
         if ema is not None:
-            ema.update(model, step)
+            ema.update(getattr(model, "module", model), step)  # the weights inside DDP
         step += 1
         total_loss += loss.item() * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         seen += len(y)
         bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+    total_loss, correct, seen = d.sum([total_loss, correct, seen])
     return total_loss / max(seen, 1), correct / max(seen, 1), step
 
 
@@ -278,20 +291,26 @@ def preprocess_of(cfg: TrainConfig) -> Preprocess:
     return Preprocess(size=cfg.img_size, crop=cfg.crop, context=cfg.crop_context)
 
 
-def load_data(cfg: TrainConfig, run_dir: Path, resuming: bool = False):
+def load_data(cfg: TrainConfig, run_dir: Path, resuming: bool = False, d: Dist = Dist()):
     """Scan, split (or read the run's split), decode once. Returns classes, RunData per split,
-    and the sources."""
+    and the sources. Under torchrun rank 0 splits and decodes first; the other ranks then read
+    its split.csv and its decode cache."""
     classes, samples, sources = scan_sources(cfg)
     where = ", ".join(s.path for s in sources)
     if len(classes) < 2:
         raise WbcnetError(f"{where}: only one class ({classes[0]}); a classifier needs at least two")
     split_csv = run_dir / "split.csv"
-    if resuming:
+    if resuming or not d.main:
+        if not resuming:
+            d.barrier()  # rank 0 writes split.csv
         split = read_split(split_csv, classes)
     else:
         split = make_split(cfg, samples, classes)
         check_split(split, classes, where, allow_empty_val=bool(cfg.init_from))
         write_split(split_csv, split, classes)
+        d.barrier()
+    if not d.main:
+        d.barrier()  # rank 0 fills the decode cache
     data, bad = {}, []
     for name in SPLITS:
         samples = split[name]
@@ -305,9 +324,11 @@ def load_data(cfg: TrainConfig, run_dir: Path, resuming: bool = False):
                   f"the whole picture is used for those")
         bad.extend(decoded.errors)
         data[name] = RunData([samples[i] for i in decoded.index], decoded.images)
+    if d.main:
+        d.barrier()
     for path, reason in bad:
         print(f"skipped {path}: {reason}", file=sys.stderr)
-    if bad and not resuming:
+    if bad and not resuming and d.main:
         with atomic_write(run_dir / "bad_files.csv") as tmp, open(tmp, "w", newline="") as fh:
             csv.writer(fh).writerows([("path", "reason")] + bad)
     counts = np.bincount(data["train"].labels if data["train"] else [], minlength=len(classes))
@@ -345,26 +366,36 @@ def open_resume(run_dir) -> TrainConfig:
 
 def fit(cfg: TrainConfig | None, resume: str | Path | None = None, on_epoch_end=None) -> Path:
     """Train as `cfg` says (or continue the run in `resume`); returns the run folder.
-    `cfg` is not changed. `on_epoch_end(epoch)` is called after each epoch's checkpoint is on
-    disk (tests use it to simulate an interrupt)."""
+    `cfg` is not changed. `on_epoch_end(epoch, row)` is called after each epoch's checkpoint is
+    on disk, with the epoch's metrics.csv row (tune reports to Optuna there; tests simulate an
+    interrupt). Under torchrun every rank calls fit() and rank 0 alone writes the run folder."""
     if resume:
         run_dir = Path(resume)
         cfg = open_resume(run_dir)
+        d = Dist.from_env(cfg.device)
     else:
         if cfg is None or not cfg.data:
             raise WbcnetError("no training data: pass --data DIR (an ImageFolder) or a CSV manifest")
         cfg = cfg.copy().validate()
-        run_dir = new_run_dir(cfg)
+        d = Dist.from_env(cfg.device)
+        run_dir = Path(d.text_from_main(str(new_run_dir(cfg)) if d.main else ""))
         cfg.img_size = cfg.img_size or default_img_size(cfg.model)
         cfg.out = str(run_dir)
     try:
-        return _fit(cfg, run_dir, bool(resume), on_epoch_end)
+        if d.main:
+            return _fit(cfg, run_dir, bool(resume), on_epoch_end, d)
+        # The other ranks train as quietly as they can: rank 0 speaks for the run.
+        cfg.progress = False
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+            return _fit(cfg, run_dir, bool(resume), on_epoch_end, d)
     except BaseException:
         # A new run that fails before its first checkpoint leaves no half-made folder behind.
-        if not resume and run_dir.is_dir() and not (run_dir / "last.safetensors").exists():
+        if d.main and not resume and run_dir.is_dir() and not (run_dir / "last.safetensors").exists():
             if {p.name for p in run_dir.iterdir()} <= PRELIMINARY_FILES:
                 shutil.rmtree(run_dir, ignore_errors=True)
         raise
+    finally:
+        d.close()
 
 
 def build_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -377,18 +408,21 @@ def build_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
-def _fit(cfg: TrainConfig, run_dir: Path, resuming: bool, on_epoch_end) -> Path:
-    if not resuming:
+def _fit(cfg: TrainConfig, run_dir: Path, resuming: bool, on_epoch_end, d: Dist) -> Path:
+    if not resuming and d.main:
         cfg.to_yaml(run_dir / "config.yaml")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+    elif d.active:
+        # K processes on one machine share its cores rather than each taking all of them.
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // d.local_world))
+    device = resolve_device(d.device(cfg.device))
     bf16 = use_bf16(cfg.bf16, device)
     channels_last = bf16 if cfg.channels_last is None else cfg.channels_last
     print(f"run folder: {run_dir}  (model {cfg.model}, {cfg.img_size} px, {device}, bf16={bf16}, "
           f"channels_last={channels_last})")
 
-    classes, data, sources = load_data(cfg, run_dir, resuming)
+    classes, data, sources = load_data(cfg, run_dir, resuming, d)
     train, val, test = data["train"], data["val"], data["test"]
     print("images: " + ", ".join(f"{k} {len(v.samples) if v else 0}" for k, v in data.items()))
 
@@ -441,10 +475,20 @@ def _fit(cfg: TrainConfig, run_dir: Path, resuming: bool, on_epoch_end) -> Path:
             setattr(meta, key, getattr(saved, key))
         print(f"resuming after epoch {start_epoch} (best validation macro-F1 so far {best_f1:.4f})")
 
-    steps_per_epoch = len(train.samples) // cfg.batch_size
+    steps_per_epoch = len(train.samples) // d.world // cfg.batch_size
     if steps_per_epoch == 0:
         raise WbcnetError(f"{len(train.samples)} training images is less than one batch "
-                          f"(--batch-size {cfg.batch_size}); lower the batch size or add images")
+                          f"(--batch-size {cfg.batch_size}" + (f" on each of {d.world} processes" if d.active else "") +
+                          "); lower the batch size or add images")
+    if d.active:
+        # Gradients averaged over the ranks at every step; the weights start equal (DDP copies
+        # rank 0's) and stay equal, so `model` and the EMA are the same on every rank.
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        print(f"data-parallel: {d.world} processes, {cfg.batch_size} images a batch each")
+    else:
+        train_model = model
     total_steps = steps_per_epoch * cfg.epochs
     warmup_steps = int(cfg.warmup_epochs * steps_per_epoch)
     step = start_epoch * steps_per_epoch
@@ -454,14 +498,16 @@ def _fit(cfg: TrainConfig, run_dir: Path, resuming: bool, on_epoch_end) -> Path:
         if stopped:
             break
         t0 = time.time()
-        train_loss, train_acc, step = train_one_epoch(model, criterion, optimizer, train, cfg, epoch, step, total_steps,
-                                                      warmup_steps, mean, std, bf16, channels_last, ema)
+        train_loss, train_acc, step = train_one_epoch(train_model, criterion, optimizer, train, cfg, epoch, step,
+                                                      total_steps, warmup_steps, mean, std, bf16, channels_last, ema, d)
         train_s = time.time() - t0
-        val_loss, val_acc, val_f1 = validate(eval_model, val, mean, std, bf16, 256) if val else (float("nan"),) * 3
+        # Rank 0 validates; every rank gets its scores, so all of them stop at the same epoch.
+        scores = validate(eval_model, val, mean, std, bf16, 256) if val and d.main else (float("nan"),) * 3
+        val_loss, val_acc, val_f1 = d.from_main(list(scores))
         row = {"epoch": epoch + 1, "train_loss": round(train_loss, 5), "train_acc": round(train_acc, 5),
                "val_loss": round(val_loss, 5), "val_acc": round(val_acc, 5), "val_macro_f1": round(val_f1, 5),
                "lr": f"{optimizer.param_groups[0]['lr']:.3e}", "epoch_s": round(time.time() - t0, 1),
-               "img_per_s": round(steps_per_epoch * cfg.batch_size / train_s, 1)}
+               "img_per_s": round(steps_per_epoch * cfg.batch_size * d.world / train_s, 1)}
         history.append(row)
         improved = val is None or val_f1 > best_f1
         best_f1, since_best = (val_f1, 0) if improved else (best_f1, since_best + 1)
@@ -469,18 +515,21 @@ def _fit(cfg: TrainConfig, run_dir: Path, resuming: bool, on_epoch_end) -> Path:
         meta.train_state = {"epoch": epoch, "best_f1": best_f1, "since_best": since_best, "history": history}
         if improved:
             meta.best_epoch, meta.val_macro_f1, meta.val_accuracy = epoch + 1, val_f1, val_acc
-            ckpt.save_checkpoint(run_dir / "best", eval_model, dataclasses.replace(meta, train_state=None))
-        ckpt.save_checkpoint(last, model, meta, optimizer=optimizer, ema=ema)
-        write_history(run_dir / "metrics.csv", history)
+            if d.main:
+                ckpt.save_checkpoint(run_dir / "best", eval_model, dataclasses.replace(meta, train_state=None))
+        if d.main:
+            ckpt.save_checkpoint(last, model, meta, optimizer=optimizer, ema=ema)
+            write_history(run_dir / "metrics.csv", history)
         print(f"epoch {epoch + 1:3d}/{cfg.epochs}  loss {train_loss:.4f}  val loss {val_loss:.4f}  "
               f"val acc {val_acc:.4f}  val macro-F1 {val_f1:.4f}{'  *' if improved else ''}  "
               f"({row['epoch_s']}s, {row['img_per_s']} img/s)", flush=True)
         if stopped:
             print(f"early stop: no validation macro-F1 gain for {cfg.patience} epochs")
         if on_epoch_end is not None:
-            on_epoch_end(epoch)
+            on_epoch_end(epoch, row)
 
-    finish_run(run_dir, val, test, bf16, cfg.progress, train)
+    if d.main:
+        finish_run(run_dir, val, test, bf16, cfg.progress, train)
     return run_dir
 
 
