@@ -244,6 +244,28 @@ def cmd_count(args) -> int:
     return 0 if len(s["unreadable"]) < s["fields"] else 1
 
 
+def cmd_tune(args) -> int:
+    from .config import TrainConfig
+    from .tune import DEFAULT_SPACE, read_space, tune
+
+    if args.trials < 1:
+        raise WbcnetError(f"--trials {args.trials}: must be 1 or more")
+    if args.epochs < 1:
+        raise WbcnetError(f"--epochs {args.epochs}: must be 1 or more")
+    if args.timeout is not None and args.timeout <= 0:
+        raise WbcnetError(f"--timeout {args.timeout}: must be a number of seconds above 0")
+    base = TrainConfig.from_yaml(args.config)
+    space = read_space(args.space or DEFAULT_SPACE)
+    out = Path(args.out or f"tune-{args.study}")
+    s = tune(base, space, args.storage, args.study, args.trials, out, args.epochs, args.timeout, args.pruner, args.seed)
+    best = s["best"]
+    print(f"study {s['study']}: " + ", ".join(f"{n} {k}" for k, n in s["states"].items() if n))
+    if best:
+        print(f"best: trial {best['trial']}, validation macro-F1 {best['val_macro_f1']:.4f} -> {out / 'best.yaml'}")
+    print(f"wrote {out}/tune.html, trials.csv")
+    return 0 if best else 1
+
+
 def cmd_export(args) -> int:
     from .export import export_onnx
 
@@ -387,6 +409,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     _add_common(p)
     p.set_defaults(func=cmd_count)
+
+    p = sub.add_parser("tune", help="search hyperparameters with Optuna: short trials, pruned early, resumable")
+    p.add_argument("--config", required=True, help="base training config (YAML), e.g. configs/multilab.yaml")
+    p.add_argument("--trials", type=int, required=True, help="finished trials the study should hold (a resumed "
+                   "study counts the ones it has)")
+    p.add_argument("--storage", default="sqlite:///tune.db", help="Optuna storage URL: sqlite:///FILE for one machine, "
+                   "postgresql://USER:PASS@HOST/DB for several (default sqlite:///tune.db)")
+    p.add_argument("--study", default="wbcnet", help="study name in the storage (default wbcnet)")
+    p.add_argument("--space", help="search space YAML (default: the package's assets/tune_space.yaml)")
+    p.add_argument("--epochs", type=int, default=6, help="epochs per trial (default 6)")
+    p.add_argument("--timeout", type=float, metavar="S", help="stop starting trials after S seconds")
+    p.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median")
+    p.add_argument("--seed", type=int, default=0, help="the sampler's seed; give each process of a shared study its own")
+    p.add_argument("--out", help="folder for best.yaml, trials.csv, tune.html and the trials' runs (default tune-STUDY)")
+    _add_common(p, progress=False)
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX, checked against PyTorch")
     p.add_argument("--format", choices=["onnx"], default="onnx")

@@ -364,11 +364,13 @@ def open_resume(run_dir) -> TrainConfig:
     return TrainConfig.from_yaml(run_dir / "config.yaml")
 
 
-def fit(cfg: TrainConfig | None, resume: str | Path | None = None, on_epoch_end=None) -> Path:
+def fit(cfg: TrainConfig | None, resume: str | Path | None = None, on_epoch_end=None, evaluate: bool = True) -> Path:
     """Train as `cfg` says (or continue the run in `resume`); returns the run folder.
     `cfg` is not changed. `on_epoch_end(epoch, row)` is called after each epoch's checkpoint is
     on disk, with the epoch's metrics.csv row (tune reports to Optuna there; tests simulate an
-    interrupt). Under torchrun every rank calls fit() and rank 0 alone writes the run folder."""
+    interrupt). `evaluate=False` skips the temperature, the unfamiliar-image statistics and the
+    test and validation reports (tune's trials need only the best validation score).
+    Under torchrun every rank calls fit() and rank 0 alone writes the run folder."""
     if resume:
         run_dir = Path(resume)
         cfg = open_resume(run_dir)
@@ -383,11 +385,11 @@ def fit(cfg: TrainConfig | None, resume: str | Path | None = None, on_epoch_end=
         cfg.out = str(run_dir)
     try:
         if d.main:
-            return _fit(cfg, run_dir, bool(resume), on_epoch_end, d)
+            return _fit(cfg, run_dir, bool(resume), on_epoch_end, d, evaluate)
         # The other ranks train as quietly as they can: rank 0 speaks for the run.
         cfg.progress = False
         with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
-            return _fit(cfg, run_dir, bool(resume), on_epoch_end, d)
+            return _fit(cfg, run_dir, bool(resume), on_epoch_end, d, evaluate)
     except BaseException:
         # A new run that fails before its first checkpoint leaves no half-made folder behind.
         if d.main and not resume and run_dir.is_dir() and not (run_dir / "last.safetensors").exists():
@@ -408,7 +410,7 @@ def build_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
-def _fit(cfg: TrainConfig, run_dir: Path, resuming: bool, on_epoch_end, d: Dist) -> Path:
+def _fit(cfg: TrainConfig, run_dir: Path, resuming: bool, on_epoch_end, d: Dist, evaluate: bool = True) -> Path:
     if not resuming and d.main:
         cfg.to_yaml(run_dir / "config.yaml")
     if cfg.threads:
@@ -528,8 +530,10 @@ def _fit(cfg: TrainConfig, run_dir: Path, resuming: bool, on_epoch_end, d: Dist)
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
 
-    if d.main:
+    if d.main and evaluate:
         finish_run(run_dir, val, test, bf16, cfg.progress, train)
+    elif d.main:
+        mark_done(run_dir)
     return run_dir
 
 
@@ -596,4 +600,9 @@ def finish_run(run_dir: Path, val: RunData | None, test: RunData | None, bf16: b
     if val is not None:
         evaluate_samples(model, best_meta, val.samples, run_dir / "val", title="validation split", run_dir=run_dir,
                          images=val.images, progress=progress)
+    mark_done(run_dir)
+
+
+def mark_done(run_dir: Path) -> None:
+    """The run finished: --resume refuses it from now on."""
     (run_dir / "DONE").write_text(json.dumps({"finished": datetime.now().isoformat(timespec="seconds")}))
