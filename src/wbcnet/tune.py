@@ -71,6 +71,29 @@ def suggest(trial, space: dict[str, dict]) -> dict:
     return out
 
 
+def base_settings(base: TrainConfig, space: dict[str, dict]) -> dict:
+    """The base config's own values of the searched settings, where the space holds them: the
+    hand-made recipe as trial 0, scored on the same budget as every other trial."""
+    from .models import full_model_args
+
+    d = base.to_dict()
+    d["model_args"] = full_model_args(base.model, d["model_args"])  # the model's defaults too
+    out = {}
+    for name, spec in space.items():
+        top, _, rest = name.partition(".")
+        value = (d.get(top) or {}).get(rest) if rest else d.get(top)
+        if value is None:
+            continue
+        if isinstance(value, tuple):
+            value = list(value)
+        if "choices" in spec:
+            if value in spec["choices"]:
+                out[name] = json.dumps(value)
+        elif spec["low"] <= value <= spec["high"]:
+            out[name] = value
+    return out
+
+
 def with_settings(base: TrainConfig, settings: dict) -> TrainConfig:
     """`base` with dotted `settings` applied, checked like any config."""
     d = base.to_dict()
@@ -151,6 +174,10 @@ def tune(base: TrainConfig, space: dict, storage: str, study_name: str, n_trials
     base.validate()
     study = open_study(storage, study_name, pruner, seed)
     out.mkdir(parents=True, exist_ok=True)
+    if not study.trials:
+        first = base_settings(base, space)
+        study.enqueue_trial(first, user_attrs={"base": True})
+        print("trial 0 is the base config's own settings: " + ", ".join(f"{k}={v}" for k, v in first.items()))
     done = finished(study)
     if done:
         print(f"study {study_name}: {done} trials finished already; continuing to {n_trials}")
