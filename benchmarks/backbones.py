@@ -1,7 +1,8 @@
 """The backbone comparison: six models, one split, one recipe, one budget.
 
     python scripts/pack_crops.py --data raabin=... --data pbc=... --data bccd=... --out .packed
-    python -m benchmarks.backbones train --packed .packed --out runs/backbones --device cuda --parallel 3
+    python -m benchmarks.backbones train --packed .packed --out runs/backbones --device cpu --epochs 3 \
+        --cache-dir .cache/wbcnet
     python -m benchmarks.backbones speed --out runs/backbones        # on the CPU that will run them
     python -m benchmarks.backbones table --out runs/backbones        # backbones.md from both
 
@@ -12,6 +13,10 @@ each with `wbcnet evaluate` on each lab's test split and on BCCD (never trained 
 measures what the table's speed columns say on this machine: training steps (forward, backward,
 AdamW) and batch inference, img/s, bf16 autocast and channels_last where the CPU has bf16.
 The cells are the packed cell crops (crop=cell, 112 px); every model sees them at 112 px.
+
+On a GPU, `--device cuda --parallel N` runs N at once. One try on an H100 with --parallel 6 and
+15 epochs finished no epoch of any model in 8 minutes (six processes' CPU threads and the CPU
+JPEG augmentation on 16 cores, we think; not diagnosed): start with --parallel 1 there.
 """
 from __future__ import annotations
 
@@ -48,7 +53,7 @@ def train_one(name: str, model_args: dict, args) -> dict:
     run = args.out / "runs" / name
     m = args.out / "manifests"
     cfg = dict(RECIPE, model=name, model_args=model_args, img_size=SIZE, epochs=args.epochs, batch_size=args.batch_size,
-               device=args.device, progress=False, cache_dir=None, workers=args.workers, patience=0,
+               device=args.device, progress=False, cache_dir=args.cache_dir, workers=args.workers, patience=0,
                data={lab: str(m / f"{lab}_train.csv") for lab in LABS},
                val_data=str(m / "both_val.csv"), test_data=str(m / "both_test.csv"))
     cfg["model_args"] = model_args  # not the recipe's mhcnn arguments
@@ -146,7 +151,7 @@ def _f1(sets: dict, name: str) -> str:
 
 def cmd_table(args) -> None:
     speed = json.loads((args.out / "speed.json").read_text()) if (args.out / "speed.json").exists() else {}
-    lines = ["| model | parameters | train img/s (CPU) | inference img/s (CPU) | GPU wall | best epoch | val macro-F1 | "
+    lines = ["| model | parameters | train img/s (CPU) | inference img/s (CPU) | wall (train + evaluate) | best epoch | val macro-F1 | "
              "Raabin test macro-F1 | Raabin test accuracy | PBC test macro-F1 | BCCD macro-F1 (never trained on) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     device = ""
@@ -168,7 +173,7 @@ def cmd_table(args) -> None:
     note = (f"\nOne split (each lab grouped and stratified 70/15/15, seed 0), trained on both labs' training cells, "
             f"{RECIPE['batch_size']} a batch, the shipped model's augmentation, AdamW lr {RECIPE['lr']}, EMA, balanced "
             f"sampler, from scratch, 112 px cell crops; trained on {device or 'the GPU'} (wall: training and "
-            f"evaluation, {args.parallel if hasattr(args, 'parallel') else 3} runs sharing the GPU). Speed columns: "
+            f"evaluation). Speed columns: "
             f"this machine's CPU, batch 64 training steps and batch 128 inference, bf16 autocast + channels_last. "
             f"Macro-F1 with the bootstrap 95% interval (500 resamples).\n")
     (args.out / "backbones.md").write_text("\n".join(lines) + "\n" + note)
@@ -187,6 +192,7 @@ def main(argv=None) -> int:
     t.add_argument("--parallel", type=int, default=3)
     t.add_argument("--workers", type=int, default=4)
     t.add_argument("--only", help="comma-separated model names")
+    t.add_argument("--cache-dir", help="decode cache shared by the runs (default: none, each decodes into memory)")
     for name in ("speed", "table"):
         q = sub.add_parser(name)
         q.add_argument("--out", type=Path, default=Path("runs/backbones"))
