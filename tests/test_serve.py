@@ -88,7 +88,7 @@ def as_files(paths):
 
 def test_health_and_model_card(server, shipped):
     _, meta = shipped
-    assert get(server + "/healthz") == {"status": "ok"}
+    assert get(server + "/healthz")["status"] == "ok"
     card = get(server + "/v1/model")
     assert card["classes"] == meta.classes and card["temperature"] == meta.temperature
     assert card["img_size"] == meta.img_size and card["preprocess"]["crop"] == "cell"
@@ -147,7 +147,7 @@ def test_oversized_upload_is_413(server):
     for chunked in (False, True):  # with a Content-Length, and streamed without one
         status, body = post(server + "/v1/classify", big, chunked=chunked)
         assert status == 413 and "--max-upload-mb" in body["detail"], body
-    assert get(server + "/healthz") == {"status": "ok"}
+    assert get(server + "/healthz")["status"] == "ok"
 
 
 def test_too_many_files_is_413(server):
@@ -164,9 +164,11 @@ def test_concurrent_requests_never_mix_answers(server):
     def ask(p):
         return p.name, post(server + "/v1/classify", as_files([p]))
 
+    before = get(server + "/healthz")["classified"]
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(ask, cells))
-    assert len(answers) == 50
+    after = get(server + "/healthz")["classified"]
+    assert len(answers) == 50 and after["requests"] - before["requests"] == 50
     for name, (status, body) in answers:
         assert status == 200 and len(body["results"]) == 1
         got, want = body["results"][0], alone[name]
@@ -230,7 +232,8 @@ def test_page_in_headless_chromium(server, shipped, tmp_path):
 
     model, meta = shipped
     cells = [sample_paths(1)[1], sample_paths(1)[3]]  # an eosinophil and a monocyte
-    want = [r["predicted"] for r in predict_paths(model, meta, [str(p) for p in cells], progress=False)]
+    rows = predict_paths(model, meta, [str(p) for p in cells], progress=False)
+    want = [max(meta.classes, key=lambda c: float(r[f"p_{c}"])) for r in rows]  # the class, referred or not
     with chrome(tmp_path / "profile") as driver:
         driver.get(server + "/")
         wait = WebDriverWait(driver, 30)
@@ -241,6 +244,12 @@ def test_page_in_headless_chromium(server, shipped, tmp_path):
         texts = [r.find_elements(By.TAG_NAME, "td")[2].text for r in rows]
         assert texts == want
         assert [r.find_elements(By.TAG_NAME, "td")[1].text for r in rows] == [p.name for p in cells]
+        # Download CSV: catch what the page would save.
+        driver.execute_script("window.download = (name, rows) => { window.saved = [name, rows]; };")
+        driver.find_element(By.ID, "cells-csv").click()
+        name, csv_rows = driver.execute_script("return window.saved;")
+        assert name == "wbcnet-cells.csv" and csv_rows[0][:3] == ["file", "class", "confidence"]
+        assert [(r[0], r[1]) for r in csv_rows[1:]] == [(p.name, c) for p, c in zip(cells, want)]
         rows[0].click()
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".detail img")) >= 2)
         wait.until(lambda d: d.execute_script("return Array.from(document.images).every(i => i.complete)"))
@@ -253,8 +262,9 @@ def test_page_in_headless_chromium(server, shipped, tmp_path):
             driver.save_screenshot(str(REPO / "docs" / "serve.png"))
 
         driver.find_element(By.CSS_SELECTOR, "input[name=mode][value=fields]").click()
-        driver.find_element(By.ID, "files").send_keys(str(sorted(FIELDS.glob("*.jpg"))[2]))
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#field-pictures img"))
+        fields = sorted(FIELDS.glob("*.jpg"))
+        driver.find_element(By.ID, "files").send_keys("\n".join(str(p) for p in fields))
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#field-pictures img")) == len(fields))
         assert len(driver.find_elements(By.CSS_SELECTOR, "#diff-table tbody tr")) == len(meta.classes)
         assert "white cell" in driver.find_element(By.ID, "fields-summary").text
         wait.until(lambda d: d.execute_script("return Array.from(document.images).every(i => i.complete)"))

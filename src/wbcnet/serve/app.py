@@ -150,9 +150,10 @@ def create_app(model, meta, max_upload_mb: float = 20.0, max_files: int = 64, mi
     for name, mime in ASSETS.items():
         app.add_api_route(f"/{name}", asset_route(assets[name], mime), methods=["GET"], include_in_schema=False)
 
-    @app.get("/healthz", summary="Liveness: the server answers")
+    @app.get("/healthz", summary="Liveness, and the cells classified so far")
     async def healthz():
-        return {"status": "ok"}
+        """`classified`: requests, the batches (forward passes) they were run in, and images."""
+        return {"status": "ok", "classified": dict(app.state.worker.stats)}
 
     @app.get("/v1/model", summary="The model card: classes, training sources, temperature, version, limits")
     async def model_info():

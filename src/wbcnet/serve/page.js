@@ -177,7 +177,8 @@ function showFields(answer) {
   $("fields").hidden = false;
   const unreadable = answer.fields.filter((f) => f.error);
   $("fields-summary").textContent = `${answer.fields.length - unreadable.length} of ${answer.fields.length} fields ` +
-    `read, ${answer.cells_found} white cells found: ${d.counted} counted, ${d.referred} referred, ` +
+    `read, ${answer.cells_found} white cell${answer.cells_found === 1 ? "" : "s"} found: ${d.counted} counted, ` +
+    `${d.referred} referred, ` +
     `${d.edge_skipped} cut by the edge (not counted).` +
     unreadable.map((f) => ` Unreadable: ${f.name} (${f.error}).`).join("");
   const body = $("diff-table").tBodies[0];

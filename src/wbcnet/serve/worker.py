@@ -52,6 +52,9 @@ class ModelWorker:
     def __init__(self, model, meta, batch_size: int = 64, max_batch: int = 256):
         self.model, self.meta = model, meta
         self.batch_size, self.max_batch = batch_size, max_batch
+        # Classification so far (written by the model's thread only): requests, the forward
+        # passes they shared, and images; /healthz shows it, the load benchmark reads it.
+        self.stats = {"requests": 0, "batches": 0, "images": 0}
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name="wbcnet-model", daemon=True)
         self._thread.start()
@@ -105,6 +108,9 @@ class ModelWorker:
             for j in live:
                 j.future.set_exception(e)
             return
+        self.stats["requests"] += len(live)
+        self.stats["batches"] += 1
+        self.stats["images"] += len(images)
         start = 0
         for j in live:
             j.future.set_result(take(pred, start, start + len(j.images)))
