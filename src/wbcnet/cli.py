@@ -244,7 +244,12 @@ def cmd_count(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    from importlib.util import find_spec
+
     from .checkpoint import load_model
+
+    if not (find_spec("fastapi") and find_spec("uvicorn") and (find_spec("python_multipart") or find_spec("multipart"))):
+        raise WbcnetError("wbcnet serve needs FastAPI, uvicorn and python-multipart: pip install -e '.[serve]'")
     from .serve.app import listen, serve
 
     if not 0.0 <= args.min_confidence <= 1.0:

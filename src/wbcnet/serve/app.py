@@ -28,9 +28,12 @@ from fastapi.responses import HTMLResponse, Response
 from PIL import Image
 
 from .. import __version__
+from ..count import PALETTE, count_fields, differential, draw_field
 from ..data.preprocess import from_meta
 from ..errors import WbcnetError
-from ..inference import Predictions
+from ..explain import explain_images, overlay
+from ..inference import Predictions, run_model
+from ..shift import unfamiliar_warning
 from .uploads import BodyLimit, decode_cells, save_uploads
 from .worker import ModelWorker
 
@@ -45,7 +48,7 @@ def _asset(name: str) -> bytes:
     return resources.files(__package__).joinpath(name).read_bytes()
 
 
-def _png_uri(rgb: np.ndarray, size: int | None = None, fmt: str = "PNG") -> str:
+def _image_uri(rgb: np.ndarray, size: int | None = None, fmt: str = "PNG") -> str:
     img = Image.fromarray(rgb)
     if size and img.width != size:
         img = img.resize((size, size), Image.Resampling.BICUBIC)
@@ -57,8 +60,6 @@ def _png_uri(rgb: np.ndarray, size: int | None = None, fmt: str = "PNG") -> str:
 
 def model_card(meta, min_confidence: float, max_upload_mb: float, max_files: int) -> dict:
     """GET /v1/model: what the model is, where it learned, and this server's limits."""
-    from ..count import PALETTE
-
     return {
         "model": meta.model, "checkpoint": meta.path.name if meta.path else None,
         "weights_sha256": meta.weights_sha256, "classes": list(meta.classes),
@@ -178,9 +179,7 @@ def create_app(model, meta, max_upload_mb: float = 20.0, max_files: int = 64, mi
         for j, i in enumerate(decoded.index):
             results[i] = cell_answer(names[i], pred, j, referred, classes, decoded.found[j])
             if thumbnails:
-                results[i]["input"] = _png_uri(decoded.images[j].transpose(1, 2, 0), fmt="JPEG")
-        from ..shift import unfamiliar_warning
-
+                results[i]["input"] = _image_uri(decoded.images[j].transpose(1, 2, 0), fmt="JPEG")
         warning = unfamiliar_warning(pred.unfamiliar, [s.get("name", "?") for s in meta.sources])
         return {"results": results, "warning": warning}
 
@@ -192,9 +191,6 @@ def create_app(model, meta, max_upload_mb: float = 20.0, max_files: int = 64, mi
         x = decoded.images[:1]
 
         def work(model, meta):
-            from ..explain import explain_images
-            from ..inference import run_model
-
             pred = run_model(model, meta, x)
             # The map of the class the API reports (explain_images alone would take its own
             # argmax, computed in full precision, and could name another class at a tie).
@@ -204,12 +200,10 @@ def create_app(model, meta, max_upload_mb: float = 20.0, max_files: int = 64, mi
         pred, maps = await on_model(work)
 
         def draw():
-            from ..explain import overlay
-
-            out = {"input": _png_uri(x[0].transpose(1, 2, 0), 224)}
+            out = {"input": _image_uri(x[0].transpose(1, 2, 0), 224)}
             for key, name in (("Grad-CAM", "gradcam"), ("attention", "attention")):
                 if key in maps:
-                    out[name] = _png_uri((overlay(x[0], maps[key][0]) * 255 + 0.5).astype(np.uint8), 224)
+                    out[name] = _image_uri((overlay(x[0], maps[key][0]) * 255 + 0.5).astype(np.uint8), 224)
             return out
 
         pictures = await asyncio.to_thread(draw)
@@ -224,8 +218,6 @@ def create_app(model, meta, max_upload_mb: float = 20.0, max_files: int = 64, mi
         """Per field: its cells (box x0,y0,x1,y1 in its pixels, class, confidence, `edge`: cut by
         the field's edge and not counted, `refer`), or `error`; and the differential of the
         counted cells with 95% Wilson intervals, as `wbcnet count` writes it."""
-        from ..count import count_fields, differential, draw_field
-
         check_count(files)
         bar = refer_below(min_confidence)
         with tempfile.TemporaryDirectory(prefix="wbcnet-serve-") as tmp:
