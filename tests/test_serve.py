@@ -4,7 +4,10 @@ import base64
 import io
 import json
 import os
-import shutil
+import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -25,7 +28,11 @@ from wbcnet.cli import main  # noqa: E402
 from wbcnet.count import count_fields  # noqa: E402
 from wbcnet.errors import WbcnetError  # noqa: E402
 from wbcnet.predict import predict_paths  # noqa: E402
+from wbcnet.data.cache import decode_images  # noqa: E402
+from wbcnet.data.preprocess import from_meta  # noqa: E402
+from wbcnet.inference import run_model  # noqa: E402
 from wbcnet.serve.app import create_app, is_loopback, listen  # noqa: E402
+from wbcnet.serve.worker import ModelWorker  # noqa: E402
 
 from browser import chrome, console_errors, page_state  # noqa: E402
 from conftest import REPO, SAMPLE, sample_paths, write_bad_files  # noqa: E402
@@ -178,6 +185,28 @@ def test_concurrent_requests_never_mix_answers(server):
     assert len({a["class"] for a in alone.values()}) == 5
 
 
+def test_waiting_requests_share_one_forward_pass_and_get_their_own_rows(shipped):
+    model, meta = shipped
+    images = decode_images([str(p) for p in sample_paths(1)] + [str(sample_paths(2)[1])], from_meta(meta),
+                           progress=False).images
+    worker = ModelWorker(model, meta)
+    try:
+        gate = threading.Event()
+        busy = worker.call(lambda m, _: gate.wait(30))  # hold the model's thread while the requests queue up
+        parts = [images[0:1], images[1:2], images[2:5], images[5:6]]
+        futures = [worker.classify(x) for x in parts]
+        gate.set()
+        assert busy.result(30) is True
+        preds = [f.result(30) for f in futures]
+        assert worker.stats == {"requests": 4, "batches": 1, "images": 6}
+        assert [len(p.probs) for p in preds] == [1, 1, 3, 1]
+        together = run_model(model, meta, images)  # the same batch in the same order: the same numbers
+        assert np.array_equal(np.concatenate([p.probs for p in preds]), together.probs)
+        assert np.array_equal(np.concatenate([p.unfamiliar for p in preds]), together.unfamiliar)
+    finally:
+        worker.close()
+
+
 def test_explain_gives_a_grad_cam_overlay(server):
     cell = sample_paths(1)[2]
     status, body = post(server + "/v1/explain", as_files([cell]), field="file")
@@ -222,6 +251,35 @@ def test_only_loopback_without_allow_remote(capsys):
     finally:
         busy.close()
     assert "cannot listen on 127.0.0.1" in capsys.readouterr().err
+
+
+def test_wbcnet_serve_command_serves_the_page_until_ctrl_c():
+    with listen("127.0.0.1", 0) as probe:
+        port = probe.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-m", "wbcnet", "serve", "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as r:
+                    page, policy = r.read().decode(), r.headers["Content-Security-Policy"]
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
+                time.sleep(0.2)
+        assert "<title>wbcnet</title>" in page and "default-src 'none'" in policy
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/page.js", timeout=5) as r:
+            assert "classifyAll" in r.read().decode()
+        assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", page, re.I)  # nothing from elsewhere
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0 and f"http://127.0.0.1:{port}/" in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 def test_page_in_headless_chromium(server, shipped, tmp_path):

@@ -258,7 +258,11 @@ def cmd_serve(args) -> int:
         raise WbcnetError("--max-upload-mb and --max-files must be above 0")
     sock = listen(args.host, args.port, args.allow_remote)  # a busy port or a refused host fails before the model loads
     model, meta = load_model(args.checkpoint)
-    serve(model, meta, sock, args.max_upload_mb, args.max_files, args.min_confidence)
+    try:
+        serve(model, meta, sock, args.max_upload_mb, args.max_files, args.min_confidence)
+    except KeyboardInterrupt:  # uvicorn shuts down cleanly, then passes Ctrl+C on: the way to stop, not a failure
+        pass
+    print("wbcnet serve: stopped", file=sys.stderr)
     return 0
 
 
