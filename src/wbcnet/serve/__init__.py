@@ -3,7 +3,8 @@
     worker.py   the one thread that runs the model; requests that arrive together share a batch
     uploads.py  what a client sends: the body-size cap, temporary files, decoding, display names
     app.py      the FastAPI app: routes, JSON answers, the page; create_app() and serve()
-    page.html   the page (plain HTML, CSS and JavaScript in one file: no build step, no CDN)
+    page.html, page.js, page.css   the page: plain HTML, JavaScript and CSS served by the app (no build
+                step, no CDN)
 
 Serve is thin: cells go through the same decode and cell crop as `predict`
 (data/preprocess.load_input), the model runs through inference.run_model, fields through
