@@ -266,6 +266,29 @@ def cmd_tune(args) -> int:
     return 0 if best else 1
 
 
+def cmd_serve(args) -> int:
+    from importlib.util import find_spec
+
+    from .checkpoint import load_model
+
+    if not (find_spec("fastapi") and find_spec("uvicorn") and (find_spec("python_multipart") or find_spec("multipart"))):
+        raise WbcnetError("wbcnet serve needs FastAPI, uvicorn and python-multipart: pip install -e '.[serve]'")
+    from .serve.app import listen, serve
+
+    if not 0.0 <= args.min_confidence <= 1.0:
+        raise WbcnetError(f"--min-confidence {args.min_confidence}: must be between 0 and 1")
+    if args.max_upload_mb <= 0 or args.max_files < 1:
+        raise WbcnetError("--max-upload-mb and --max-files must be above 0")
+    sock = listen(args.host, args.port, args.allow_remote)  # a busy port or a refused host fails before the model loads
+    model, meta = load_model(args.checkpoint)
+    try:
+        serve(model, meta, sock, args.max_upload_mb, args.max_files, args.min_confidence)
+    except KeyboardInterrupt:  # uvicorn shuts down cleanly, then passes Ctrl+C on: the way to stop, not a failure
+        pass
+    print("wbcnet serve: stopped", file=sys.stderr)
+    return 0
+
+
 def cmd_export(args) -> int:
     from .export import export_onnx
 
@@ -425,6 +448,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for best.yaml, trials.csv, tune.html and the trials' runs (default tune-STUDY)")
     _add_common(p, progress=False)
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("serve", help="a web page and REST API for classifying cells and counting fields")
+    p.add_argument("--checkpoint", help="run folder or .safetensors (default: the shipped model)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--allow-remote", action="store_true", help="allow a --host other than a loopback address, so "
+                   "that other machines can reach the server (it has no login)")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body, MB (default 20; "
+                   "larger gets 413)")
+    p.add_argument("--max-files", type=int, default=64, help="most files per request (default 64)")
+    p.add_argument("--min-confidence", type=float, default=0.0, help="below this a cell is 'refer' (to a human); "
+                   "a request may give its own ?min_confidence=")
+    _add_common(p, progress=False)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX, checked against PyTorch")
     p.add_argument("--format", choices=["onnx"], default="onnx")

@@ -1,0 +1,300 @@
+"""The FastAPI app behind `wbcnet serve`: the page at /, and the REST API under /v1.
+
+create_app(model, meta, ...) builds an app around one loaded model; nothing is kept at module
+level, so two apps (two checkpoints, or a test beside a server) never share anything. Handlers
+are async and never run the model or decode on the event loop: decoding goes to a thread of the
+default pool (asyncio.to_thread), the model to the app's ModelWorker.
+
+Status codes: 413 for a request over --max-upload-mb or with more than --max-files files; 415
+when none of the files sent is an image that can be read (one unreadable file among good ones
+gets an `error` in its own entry, and the rest are answered); 422 for a request without files.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import ipaddress
+import socket
+import sys
+import tempfile
+from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI, File, HTTPException, Query, UploadFile
+from fastapi.responses import HTMLResponse, Response
+from PIL import Image
+
+from .. import __version__
+from ..count import PALETTE, count_fields, differential, draw_field
+from ..data.preprocess import from_meta
+from ..errors import WbcnetError
+from ..explain import explain_images, overlay
+from ..inference import Predictions, run_model
+from ..shift import unfamiliar_warning
+from .uploads import BodyLimit, decode_cells, save_uploads
+from .worker import ModelWorker
+
+# The page may load nothing from anywhere else (it must work offline, and a file name shown in it
+# must never become markup that fetches something): scripts and styles from this server only.
+PAGE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+               "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+ASSETS = {"page.js": "text/javascript", "page.css": "text/css"}
+
+
+def _asset(name: str) -> bytes:
+    return resources.files(__package__).joinpath(name).read_bytes()
+
+
+def _image_uri(rgb: np.ndarray, size: int | None = None, fmt: str = "PNG") -> str:
+    img = Image.fromarray(rgb)
+    if size and img.width != size:
+        img = img.resize((size, size), Image.Resampling.BICUBIC)
+    buf = io.BytesIO()
+    img.save(buf, fmt, **({"quality": 88} if fmt == "JPEG" else {}))
+    mime = "image/jpeg" if fmt == "JPEG" else "image/png"
+    return f"data:{mime};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def model_card(meta, min_confidence: float, max_upload_mb: float, max_files: int) -> dict:
+    """GET /v1/model: what the model is, where it learned, and this server's limits."""
+    return {
+        "model": meta.model, "checkpoint": meta.path.name if meta.path else None,
+        "weights_sha256": meta.weights_sha256, "classes": list(meta.classes),
+        # Where the training data lay on the training machine says nothing useful to a client.
+        "sources": [{k: v for k, v in s.items() if k != "path"} for s in meta.sources],
+        "temperature": meta.temperature, "img_size": meta.img_size, "preprocess": from_meta(meta).to_dict(),
+        "shift_check": meta.shift_stats is not None, "git_commit": meta.git_commit,
+        "trained_with": meta.wbcnet_version, "version": __version__,
+        "val_macro_f1": meta.val_macro_f1, "min_confidence": min_confidence,
+        "limits": {"max_upload_mb": max_upload_mb, "max_files": max_files},
+        "colours": [PALETTE[k % len(PALETTE)] for k in range(len(meta.classes))],
+    }
+
+
+def cell_answer(name: str, pred: Predictions, j: int, referred, classes, cell_found: bool) -> dict:
+    k = int(pred.probs[j].argmax())
+    return {
+        "name": name, "class": classes[k], "confidence": round(float(pred.probs[j, k]), 6),
+        "probabilities": {c: round(float(p), 6) for c, p in zip(classes, pred.probs[j])},
+        "refer": bool(referred[j]), "cell_found": bool(cell_found),
+        "unfamiliar": None if pred.unfamiliar is None else bool(pred.unfamiliar[j]),
+        "shift_score": None if pred.shift_score is None else round(float(pred.shift_score[j]), 3),
+        "error": None,
+    }
+
+
+def _unreadable(pairs) -> HTTPException:
+    listed = "; ".join(f"{name}: {reason}" for name, reason in pairs[:5])
+    more = f"; and {len(pairs) - 5} more" if len(pairs) > 5 else ""
+    return HTTPException(415, f"no readable image in the request ({listed}{more})")
+
+
+def create_app(model, meta, max_upload_mb: float = 20.0, max_files: int = 64, min_confidence: float = 0.0,
+               batch_size: int = 64) -> FastAPI:
+    """The app for one loaded model (from checkpoint.load_model). Its model thread starts when
+    the server starts the app and stops with it."""
+    classes = list(meta.classes)
+    prep = from_meta(meta)
+    page = _asset("page.html")
+    assets = {name: _asset(name) for name in ASSETS}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.worker = ModelWorker(model, meta, batch_size)
+        try:
+            yield
+        finally:
+            app.state.worker.close()
+
+    app = FastAPI(title="wbcnet", version=__version__, lifespan=lifespan,
+                  description="White blood cell classification: single cells, whole fields and Grad-CAM maps. "
+                              "The page is at /.")
+    app.add_middleware(BodyLimit, max_bytes=int(max_upload_mb * 1e6))
+
+    def check_count(files: list[UploadFile]) -> None:
+        if len(files) > max_files:
+            raise HTTPException(413, f"{len(files)} files in one request; this server takes at most {max_files} "
+                                     f"(wbcnet serve --max-files)")
+
+    server_bar = min_confidence  # the query parameter of the same name overrides it per request
+
+    def refer_below(asked: float | None) -> float:
+        return server_bar if asked is None else asked
+
+    async def read_cells(files: list[UploadFile]):
+        """(display names, decoded inputs), or 415 when none of the files could be read."""
+        def work():
+            with tempfile.TemporaryDirectory(prefix="wbcnet-serve-") as tmp:
+                uploads = save_uploads(files, Path(tmp))
+                return [u.name for u in uploads], decode_cells(uploads, prep)
+
+        names, decoded = await asyncio.to_thread(work)
+        if not len(decoded.index):
+            raise _unreadable([(names[i], reason) for i, (_, reason) in enumerate(decoded.errors)])
+        return names, decoded
+
+    async def on_model(fn):
+        return await asyncio.wrap_future(app.state.worker.call(fn))
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index():
+        return HTMLResponse(page, headers={"Content-Security-Policy": PAGE_POLICY, "Cache-Control": "no-cache"})
+
+    def asset_route(body: bytes, mime: str):
+        async def asset():
+            return Response(body, media_type=mime, headers={"Cache-Control": "no-cache"})
+        return asset
+
+    for name, mime in ASSETS.items():
+        app.add_api_route(f"/{name}", asset_route(assets[name], mime), methods=["GET"], include_in_schema=False)
+
+    @app.get("/healthz", summary="Liveness, and the cells classified so far")
+    async def healthz():
+        """`classified`: requests, the batches (forward passes) they were run in, and images."""
+        return {"status": "ok", "classified": dict(app.state.worker.stats)}
+
+    @app.get("/v1/model", summary="The model card: classes, training sources, temperature, version, limits")
+    async def model_info():
+        return model_card(meta, server_bar, max_upload_mb, max_files)
+
+    @app.post("/v1/classify", summary="Classify images of single cells")
+    async def classify(files: list[UploadFile] = File(..., description="one or more cell images"),
+                       min_confidence: float | None = Query(None, ge=0, le=1, description="refer cells below this "
+                                                            "confidence (default: the server's --min-confidence)"),
+                       thumbnails: bool = Query(False, description="add `input`: the model's input (the cell crop) "
+                                                "as a JPEG data URI")):
+        """Per file, in order: class, confidence, probabilities, `refer` (unfamiliar, or below the
+        confidence bar), `unfamiliar`, `cell_found`; or `error` for a file that can't be read."""
+        check_count(files)
+        names, decoded = await read_cells(files)
+        pred = await asyncio.wrap_future(app.state.worker.classify(decoded.images))
+        referred = pred.referred(refer_below(min_confidence))
+        results: list[dict] = [{"name": n, "error": None} for n in names]
+        failed = sorted(set(range(len(names))) - set(decoded.index.tolist()))
+        for i, (_, reason) in zip(failed, decoded.errors):  # both in input order
+            results[i]["error"] = reason
+        for j, i in enumerate(decoded.index):
+            results[i] = cell_answer(names[i], pred, j, referred, classes, decoded.found[j])
+            if thumbnails:
+                results[i]["input"] = _image_uri(decoded.images[j].transpose(1, 2, 0), fmt="JPEG")
+        warning = unfamiliar_warning(pred.unfamiliar, [s.get("name", "?") for s in meta.sources])
+        return {"results": results, "warning": warning}
+
+    @app.post("/v1/explain", summary="Where the model looked: Grad-CAM over one cell")
+    async def explain(file: UploadFile = File(..., description="one cell image")):
+        """The cell as the model saw it, its class, and PNG data URIs of the Grad-CAM map for that
+        class over it (and the attention-pooling map, for models that have one)."""
+        names, decoded = await read_cells([file])
+        x = decoded.images[:1]
+
+        def work(model, meta):
+            pred = run_model(model, meta, x)
+            # The map of the class the API reports (explain_images alone would take its own
+            # argmax, computed in full precision, and could name another class at a tie).
+            maps = explain_images(model, x, meta.mean, meta.std, target=pred.predicted)
+            return pred, maps
+
+        pred, maps = await on_model(work)
+
+        def draw():
+            out = {"input": _image_uri(x[0].transpose(1, 2, 0), 224)}
+            for key, name in (("Grad-CAM", "gradcam"), ("attention", "attention")):
+                if key in maps:
+                    out[name] = _image_uri((overlay(x[0], maps[key][0]) * 255 + 0.5).astype(np.uint8), 224)
+            return out
+
+        pictures = await asyncio.to_thread(draw)
+        answer = cell_answer(names[0], pred, 0, pred.referred(server_bar), classes, decoded.found[0])
+        return {**answer, **pictures}
+
+    @app.post("/v1/count", summary="Find, classify and count the white cells of whole fields")
+    async def count(files: list[UploadFile] = File(..., description="one or more field images"),
+                    min_confidence: float | None = Query(None, ge=0, le=1),
+                    drawn: bool = Query(False, description="add `picture`: the field with its boxes, "
+                                        "as a JPEG data URI")):
+        """Per field: its cells (box x0,y0,x1,y1 in its pixels, class, confidence, `edge`: cut by
+        the field's edge and not counted, `refer`), or `error`; and the differential of the
+        counted cells with 95% Wilson intervals, as `wbcnet count` writes it."""
+        check_count(files)
+        bar = refer_below(min_confidence)
+        with tempfile.TemporaryDirectory(prefix="wbcnet-serve-") as tmp:
+            uploads = await asyncio.to_thread(save_uploads, files, Path(tmp))
+            paths = [str(u.path) for u in uploads]
+            # count_fields finds the cells and runs the model in one go, so the whole count holds
+            # the model's thread; classification requests wait for it (a few fields take well
+            # under a second: about 60 fields/s on two cores).
+            fields, cells = await on_model(lambda m, meta: count_fields(m, meta, paths, bar, batch_size,
+                                                                        progress=False))
+            if all(f.error for f in fields):
+                raise _unreadable([(u.name, f.error) for u, f in zip(uploads, fields)])
+            by_file: dict[str, list] = {}
+            for c in cells:
+                by_file.setdefault(c.file, []).append(c)
+            pictures = {}
+            if drawn:
+                def draw_all():
+                    for f in fields:
+                        if not f.error:
+                            out = Path(f.path).with_suffix(".jpg")
+                            draw_field(f.path, by_file.get(f.path, []), classes, out)
+                            pictures[f.path] = "data:image/jpeg;base64," + base64.b64encode(out.read_bytes()).decode()
+
+                await asyncio.to_thread(draw_all)
+        answer = []
+        for u, f in zip(uploads, fields):
+            entry = {"name": u.name, "error": f.error or None, "width": f.width, "height": f.height, "cells": []}
+            for c in by_file.get(f.path, []):
+                k = int(c.probs.argmax())
+                entry["cells"].append({
+                    "box": list(c.box), "class": classes[k], "confidence": round(float(c.probs[k]), 6),
+                    "probabilities": {n: round(float(p), 6) for n, p in zip(classes, c.probs)},
+                    "refer": c.referred, "unfamiliar": c.unfamiliar, "edge": c.edge, "counted": c.counted})
+            if f.path in pictures:
+                entry["picture"] = pictures[f.path]
+            answer.append(entry)
+        diff = await asyncio.to_thread(differential, cells, classes)
+        return {"fields": answer, "cells_found": len(cells), "differential": diff, "min_confidence": bar}
+
+    return app
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or `localhost`; any other name might resolve to an outside address."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def listen(host: str, port: int, allow_remote: bool = False) -> socket.socket:
+    """A socket bound to host:port, or a one-line WbcnetError (a busy port, a non-loopback host
+    without `allow_remote`). Bound here rather than by uvicorn so the error is ours, not a log."""
+    if not is_loopback(host) and not allow_remote:
+        raise WbcnetError(f"--host {host} is not a loopback address: anyone who can reach it could send files to "
+                          f"the model; add --allow-remote if that is what you mean")
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host.strip("[]"), port))
+    except OSError as e:
+        raise WbcnetError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --port or --host") from None
+    return sock
+
+
+def serve(model, meta, sock: socket.socket, max_upload_mb: float = 20.0, max_files: int = 64,
+          min_confidence: float = 0.0, log_level: str = "info") -> None:
+    """Run the page and API on `sock` (from listen()) until Ctrl+C."""
+    import uvicorn
+
+    app = create_app(model, meta, max_upload_mb, max_files, min_confidence)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"wbcnet serve: http://{shown}:{port}/ (model {meta.path.name if meta.path else meta.model}; "
+          f"API docs at /docs); Ctrl+C to stop", file=sys.stderr)
+    uvicorn.Server(uvicorn.Config(app, log_level=log_level)).run(sockets=[sock])
