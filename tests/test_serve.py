@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest.importorskip("fastapi", reason="pip install -e '.[serve]'")
-uvicorn = pytest.importorskip("uvicorn", reason="pip install -e '.[serve]'")
+pytest.importorskip("fastapi", reason="pip install -e .")
+uvicorn = pytest.importorskip("uvicorn", reason="pip install -e .")
 
 from wbcnet.checkpoint import load_model  # noqa: E402
 from wbcnet.cli import main  # noqa: E402

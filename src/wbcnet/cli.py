@@ -245,9 +245,13 @@ def cmd_count(args) -> int:
 
 
 def cmd_tune(args) -> int:
+    from importlib.util import find_spec
+
     from .config import TrainConfig
     from .tune import DEFAULT_SPACE, read_space, tune
 
+    if not find_spec("optuna"):
+        raise WbcnetError("wbcnet tune needs Optuna: pip install -e '.[tune]' (or pip install optuna)")
     if args.trials < 1:
         raise WbcnetError(f"--trials {args.trials}: must be 1 or more")
     if args.epochs < 1:
@@ -272,7 +276,8 @@ def cmd_serve(args) -> int:
     from .checkpoint import load_model
 
     if not (find_spec("fastapi") and find_spec("uvicorn") and (find_spec("python_multipart") or find_spec("multipart"))):
-        raise WbcnetError("wbcnet serve needs FastAPI, uvicorn and python-multipart: pip install -e '.[serve]'")
+        raise WbcnetError("wbcnet serve needs FastAPI, uvicorn and python-multipart, which wbcnet installs: "
+                          "pip install -e .")
     from .serve.app import listen, serve
 
     if not 0.0 <= args.min_confidence <= 1.0:
