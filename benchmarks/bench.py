@@ -104,6 +104,21 @@ QUICK = Settings(batch=8, train_warmup=1, train_steps=2, infer_warmup=1, infer_r
 # ---------------------------------------------------------------------------------------------
 # Helpers: timing, verdicts, the machine
 
+# The benchmarks with commands of their own write beside this file; listed so one page finds them.
+OTHER_BENCHMARKS = """
+
+## Other benchmarks (each made by its own command; open the file for its numbers and commit)
+
+| what | command | results |
+| --- | --- | --- |
+| `wbcnet serve` under load: requests/s, p50/p95 latency at 1, 4, 16 clients | `python -m benchmarks.serve_load` | [results/serve.md](results/serve.md) |
+| `wbcnet count` on BCCD fields: detection at three magnifications, fields/s | `python -m benchmarks.count_fields` | [results/count.md](results/count.md) |
+| data-parallel training, 1 vs 2 processes (torchrun, gloo) | `python -m benchmarks.ddp` | [results/ddp.md](results/ddp.md) |
+| the backbone comparison | `python -m benchmarks.backbones train/speed/table` | [results/backbones.md](results/backbones.md) |
+| leave-one-lab-out ablation (GPU) | `python -m benchmarks.ablation` | [results/ablation-h200-partial.log](results/ablation-h200-partial.log) |
+"""
+
+
 def median_seconds(fn, warmup: int, repeats: int) -> float:
     for _ in range(warmup):
         fn()
@@ -710,7 +725,7 @@ def run_all(s: Settings, sections: str, data: Path | None, train_args: str, full
                     lambda: bench_full_training(train_args, full_epochs, workdir / "e"))
     if hasattr(os, "getloadavg"):  # other work on the machine slows every number above; say how much there was
         info["load average at end (1 min)"] = f"{os.getloadavg()[0]:.2f}"
-    text = render(info, done, s, argv)
+    text = render(info, done, s, argv) + OTHER_BENCHMARKS
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text + "\n")
     return text
