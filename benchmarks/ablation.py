@@ -89,6 +89,20 @@ def make_split(packed: Path, out: Path, seed: int) -> None:
                 fh.writelines((out / "manifests" / f"{lab}_{name}.csv").read_text().splitlines(True)[1:])
 
 
+def train_logged(cfg: dict, run: Path):
+    """`wbcnet train` with `cfg` (written beside the run as RUN.yaml) into `run`, its output in
+    RUN.log; a run already DONE is kept. Returns (the open log, for the evaluation after it; seconds)."""
+    run.parent.mkdir(parents=True, exist_ok=True)
+    cfg_path = run.parent / f"{run.name}.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    log = open(run.parent / f"{run.name}.log", "w")
+    t0 = time.time()
+    if not (run / "DONE").exists():
+        subprocess.run([sys.executable, "-m", "wbcnet", "train", "--config", str(cfg_path), "--out", str(run)],
+                       stdout=log, stderr=subprocess.STDOUT, check=True)
+    return log, time.time() - t0
+
+
 def run_one(name: str, labs: list[str], overrides: list[dict], args) -> dict:
     slug = name.replace(" ", "_").replace("+", "").replace("/", "-")
     run = args.out / "runs" / slug
@@ -98,15 +112,7 @@ def run_one(name: str, labs: list[str], overrides: list[dict], args) -> dict:
                data={lab: str(m / f"{lab}_train.csv") for lab in labs},
                val_data=str(m / (f"{labs[0]}_val.csv" if len(labs) == 1 else "both_val.csv")),
                test_data=str(m / (f"{labs[0]}_test.csv" if len(labs) == 1 else "both_test.csv")))
-    run.parent.mkdir(parents=True, exist_ok=True)
-    cfg_path = args.out / "runs" / f"{slug}.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    log = open(args.out / "runs" / f"{slug}.log", "w")
-    t0 = time.time()
-    if not (run / "DONE").exists():
-        subprocess.run([sys.executable, "-m", "wbcnet", "train", "--config", str(cfg_path), "--out", str(run)],
-                       stdout=log, stderr=subprocess.STDOUT, check=True)
-    train_s = time.time() - t0
+    log, train_s = train_logged(cfg, run)
     sets = [f"{lab}_test={m / f'{lab}_test.csv'}" for lab in LABS]
     sets += [f"{lab}_all={args.packed / lab}" for lab in LABS if lab not in labs] + [f"bccd={args.packed / 'bccd'}"]
     results = {}

@@ -165,19 +165,27 @@ def cmd_plot_confusion(args) -> int:
     return 0
 
 
+def input_paths(inputs: list[str], what: str) -> list[str]:
+    """The image files that files, folders and globs name; what was skipped is said on stderr."""
+    from .predict import expand_inputs
+
+    paths, skipped = expand_inputs(inputs)
+    if not paths:
+        why = f" ({skipped[0][0]}: {skipped[0][1]})" if len(skipped) == 1 else ""
+        raise WbcnetError(f"no {what} in {' '.join(inputs)}{why}")
+    for path, reason in skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    return paths
+
+
 def cmd_predict(args) -> int:
     from .checkpoint import load_model
     from .files import ensure_writable_file
-    from .predict import expand_inputs, predict_paths, write_rows
+    from .predict import predict_paths, write_rows
 
     if args.out not in (None, "-"):
         ensure_writable_file(args.out, "predictions CSV")  # before classifying thousands of files, not after
-    paths, skipped = expand_inputs(args.inputs)
-    if not paths:
-        why = f" ({skipped[0][0]}: {skipped[0][1]})" if len(skipped) == 1 else ""
-        raise WbcnetError(f"no images to classify in {' '.join(args.inputs)}{why}")
-    for path, reason in skipped:
-        print(f"skipped {path}: {reason}", file=sys.stderr)
+    paths = input_paths(args.inputs, "images to classify")
     model, meta = load_model(args.checkpoint)
     backend = None
     if args.backend == "onnxruntime":
@@ -201,7 +209,6 @@ def cmd_count(args) -> int:
     from .count import run_count
     from .files import prepare_output_dir
     from .inference import resolve_device
-    from .predict import expand_inputs
 
     if not 0.0 <= args.min_confidence <= 1.0:
         raise WbcnetError(f"--min-confidence {args.min_confidence}: must be between 0 and 1")
@@ -209,12 +216,7 @@ def cmd_count(args) -> int:
         raise WbcnetError(f"--target {args.target}: must be a number of cells, 1 or more")
     if args.truth and not Path(args.truth).is_file():
         raise WbcnetError(f"--truth {args.truth}: no such file")
-    paths, skipped = expand_inputs(args.inputs)
-    if not paths:
-        why = f" ({skipped[0][0]}: {skipped[0][1]})" if len(skipped) == 1 else ""
-        raise WbcnetError(f"no field images in {' '.join(args.inputs)}{why}")
-    for path, reason in skipped:
-        print(f"skipped {path}: {reason}", file=sys.stderr)
+    paths = input_paths(args.inputs, "field images")
     out = prepare_output_dir(args.out, args.overwrite, "count folder")
     model, meta = load_model(args.checkpoint)
     model.to(resolve_device(args.device))
