@@ -12,7 +12,6 @@ cells.csv and the differential; fields/ drawing and count.html left out), fields
 from __future__ import annotations
 
 import argparse
-import csv
 import subprocess
 import tempfile
 import time

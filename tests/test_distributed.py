@@ -3,7 +3,6 @@ the same command as one process, one run folder, a model as good within noise, a
 stopped in one process continued by two."""
 import csv
 import json
-import shutil
 import subprocess
 import sys
 

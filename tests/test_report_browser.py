@@ -5,7 +5,6 @@ seconds. The browser test is tests/browser.py's (skips without Chromium, except 
 """
 import json
 import re
-from pathlib import Path
 
 import pytest
 import torch

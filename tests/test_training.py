@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from wbcnet import checkpoint as ckpt
-from wbcnet.config import TrainConfig
 from wbcnet.errors import WbcnetError
 from wbcnet.models import create_model
 from wbcnet.train import fit
