@@ -160,10 +160,10 @@ def find_cells(field_rgb: np.ndarray) -> list[CellBox]:
     rbc = red_cell_diameter(field_rgb)
     # The scale comes from the red cells, not from pixel sizes: at a lower magnification the
     # cells are smaller and the working copy finer, so a white cell keeps its size in it.
-    factor = max(1, -(-max(field_rgb.shape[:2]) // FIELD_WORK_SIDE))
+    factor = _factor_for(field_rgb, FIELD_WORK_SIDE)
     if rbc is not None:
         factor = max(1, min(factor, int(rbc / _FIELD_RBC_WORK)))
-    small, factor = _downsample(field_rgb, -(-max(field_rgb.shape[:2]) // factor))
+    small = _reduce(field_rgb, factor)
     maps = _stain_maps(small, _MIN_FIELD_CONTRAST)
     if maps is None:
         return []
@@ -246,12 +246,22 @@ def crop_square(rgb: np.ndarray, box: CellBox, context: float = DEFAULT_CONTEXT,
 # --- the steps, in the order they run ---------------------------------------------------------
 
 def _downsample(rgb: np.ndarray, side: int) -> tuple[np.ndarray, int]:
-    """Box-average to at most `side` px a side (PIL's reduce: ~10x faster than numpy here)."""
+    """Box-average to at most `side` px a side; returns (working copy, reduction factor)."""
+    factor = _factor_for(rgb, side)
+    return _reduce(rgb, factor), factor
+
+
+def _factor_for(rgb: np.ndarray, side: int) -> int:
+    """The smallest whole reduction that brings `rgb` to at most `side` px a side."""
+    return max(1, -(-max(rgb.shape[:2]) // side))
+
+
+def _reduce(rgb: np.ndarray, factor: int) -> np.ndarray:
+    """Box-average by `factor` (PIL's reduce: ~10x faster than numpy here), as float32."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected an HxWx3 uint8 image, got {rgb.shape} {rgb.dtype}")
-    factor = max(1, -(-max(rgb.shape[:2]) // side))
     small = Image.fromarray(np.ascontiguousarray(rgb)).reduce(factor) if factor > 1 else rgb
-    return np.asarray(small, dtype=np.float32), factor
+    return np.asarray(small, dtype=np.float32)
 
 
 @dataclass(frozen=True)
