@@ -72,6 +72,14 @@ class Cell:
         return not self.edge and not self.referred
 
 
+def cells_by_file(cells: list[Cell]) -> dict[str, list[Cell]]:
+    """Each field's cells, in the order found."""
+    out: dict[str, list[Cell]] = {}
+    for c in cells:
+        out.setdefault(c.file, []).append(c)
+    return out
+
+
 def box_corners(box: CellBox, width: int, height: int) -> tuple[int, int, int, int]:
     return (max(0, int(round(box.cx - box.radius))), max(0, int(round(box.cy - box.radius))),
             min(width, int(round(box.cx + box.radius))), min(height, int(round(box.cy + box.radius))))
@@ -213,9 +221,7 @@ def score_against_truth(fields: list[FieldResult], cells: list[Cell], truth: dic
     """Detection recall/precision, the type accuracy of matched cells, and the differential error
     (found % minus true %), over the fields the truth file lists (others are not scored: a field
     missing from it may hold cells nobody boxed)."""
-    by_file: dict[str, list[Cell]] = {}
-    for c in cells:
-        by_file.setdefault(c.file, []).append(c)
+    by_file = cells_by_file(cells)
     scored = [f for f in fields if not f.error and Path(f.path).name in truth]
     n_true = n_found = n_matched = 0
     typed = right = 0
@@ -302,8 +308,8 @@ PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 
 
 def draw_field(path: str, cells: list[Cell], classes: list[str], out_path: Path) -> None:
-    """The field with its boxes: class colour and name with confidence; edge cells grey, dashed
-    corners; referred cells labelled `refer`."""
+    """The field with its boxes: class colour and name with confidence; edge cells grey and
+    labelled `edge`, referred cells black and labelled `refer`."""
     from PIL import Image, ImageDraw, ImageFont
 
     img = Image.fromarray(load_rgb(path))
@@ -349,9 +355,7 @@ def run_count(model, meta, paths: list[str], out: Path, min_confidence: float = 
         summary["truth"] = score_against_truth(fields, cells, truth, classes)
         summary["truth"]["file"] = str(truth_path)
         write_text_atomic(out / "truth.json", json.dumps(summary["truth"], indent=2) + "\n")
-    by_file: dict[str, list[Cell]] = {}
-    for c in cells:
-        by_file.setdefault(c.file, []).append(c)
+    by_file = cells_by_file(cells)
     if draw:
         (out / "fields").mkdir(exist_ok=True)
         taken: set[str] = set()

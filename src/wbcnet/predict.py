@@ -48,8 +48,7 @@ def predict_paths(model, meta, paths: list[str], batch_size: int = 64, workers: 
     pred = run_model(model, meta, decoded.images, batch_size, backend=backend, tta=tta, shift_check=shift_check)
     referred = pred.referred(min_confidence)
     rows = [{"path": p, "predicted": "", "confidence": "", "error": ""} for p in paths]
-    failed = sorted(set(range(len(paths))) - set(decoded.index.tolist()))
-    for i, (_, reason) in zip(failed, decoded.errors):  # both in input order
+    for i, reason in decoded.errors_by_position(len(paths)).items():
         rows[i]["error"] = reason
     for j, (i, pr, found) in enumerate(zip(decoded.index, pred.probs, decoded.found)):
         k = int(pr.argmax())

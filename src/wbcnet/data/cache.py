@@ -43,6 +43,11 @@ class DecodedImages:
         if self.found is None:
             self.found = np.ones(len(self.index), dtype=bool)
 
+    def errors_by_position(self, n_inputs: int) -> dict[int, str]:
+        """Input position -> reason, for each of the `n_inputs` paths that could not be read."""
+        failed = sorted(set(range(n_inputs)) - set(self.index.tolist()))
+        return {i: reason for i, (_, reason) in zip(failed, self.errors)}  # both in input order
+
 
 def as_preprocess(prep: Preprocess | int) -> Preprocess:
     return prep if isinstance(prep, Preprocess) else Preprocess(size=int(prep))

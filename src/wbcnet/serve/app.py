@@ -28,7 +28,7 @@ from fastapi.responses import HTMLResponse, Response
 from PIL import Image
 
 from .. import __version__
-from ..count import PALETTE, count_fields, differential, draw_field
+from ..count import PALETTE, cells_by_file, count_fields, differential, draw_field
 from ..data.preprocess import from_meta
 from ..errors import WbcnetError
 from ..explain import explain_images, overlay
@@ -173,8 +173,7 @@ def create_app(model, meta, max_upload_mb: float = 20.0, max_files: int = 64, mi
         pred = await asyncio.wrap_future(app.state.worker.classify(decoded.images))
         referred = pred.referred(refer_below(min_confidence))
         results: list[dict] = [{"name": n, "error": None} for n in names]
-        failed = sorted(set(range(len(names))) - set(decoded.index.tolist()))
-        for i, (_, reason) in zip(failed, decoded.errors):  # both in input order
+        for i, reason in decoded.errors_by_position(len(names)).items():
             results[i]["error"] = reason
         for j, i in enumerate(decoded.index):
             results[i] = cell_answer(names[i], pred, j, referred, classes, decoded.found[j])
@@ -230,9 +229,7 @@ def create_app(model, meta, max_upload_mb: float = 20.0, max_files: int = 64, mi
                                                                         progress=False))
             if all(f.error for f in fields):
                 raise _unreadable([(u.name, f.error) for u, f in zip(uploads, fields)])
-            by_file: dict[str, list] = {}
-            for c in cells:
-                by_file.setdefault(c.file, []).append(c)
+            by_file = cells_by_file(cells)
             pictures = {}
             if drawn:
                 def draw_all():
