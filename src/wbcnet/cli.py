@@ -220,12 +220,11 @@ def cmd_count(args) -> int:
     out = prepare_output_dir(args.out, args.overwrite, "count folder")
     model, meta = load_model(args.checkpoint)
     model.to(resolve_device(args.device))
-    s = run_count(model, meta, paths, out, args.min_confidence, args.target, args.truth, args.batch_size,
+    s, diff = run_count(model, meta, paths, out, args.min_confidence, args.target, args.truth, args.batch_size,
                   args.workers, shift_check=not args.no_shift_check, draw=not args.no_fields,
                   progress=not args.no_progress)
     for path, reason in s["unreadable"]:
         print(f"unreadable {path}: {reason}", file=sys.stderr)
-    diff = json.loads((out / "differential.json").read_text())
     print(f"{s['fields'] - len(s['unreadable'])} of {s['fields']} fields read, {s['cells_found']} white cells found: "
           f"{s['counted']} counted, {s['referred']} referred, {s['edge_skipped']} cut by the edge (not counted)")
     for name, r in diff["classes"].items():

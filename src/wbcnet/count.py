@@ -332,9 +332,10 @@ def draw_field(path: str, cells: list[Cell], classes: list[str], out_path: Path)
 
 def run_count(model, meta, paths: list[str], out: Path, min_confidence: float = 0.0, target: int | None = None,
               truth_path=None, batch_size: int = 64, workers: int | None = None, shift_check: bool = True,
-              draw: bool = True, progress: bool = True) -> dict:
+              draw: bool = True, progress: bool = True) -> tuple[dict, dict]:
     """The whole command: count, write cells.csv, differential.csv/json, fields/, count.html
-    (and truth.json with `truth_path`); returns the summary that count.json holds."""
+    (and truth.json with `truth_path`); returns (the summary that count.json holds, the
+    differential)."""
     from .files import write_text_atomic
 
     truth = read_truth(truth_path) if truth_path else None  # a bad truth file fails before the work
@@ -371,4 +372,4 @@ def run_count(model, meta, paths: list[str], out: Path, min_confidence: float = 
     from .count_report import write_count_report
 
     write_count_report(out, summary, diff, fields, cells, by_file)
-    return summary
+    return summary, diff
