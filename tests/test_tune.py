@@ -75,3 +75,12 @@ def test_the_default_space_is_valid():
     from wbcnet.tune import DEFAULT_SPACE
 
     assert "lr" in read_space(DEFAULT_SPACE)
+
+
+def test_choices_come_back_as_the_values_they_were():
+    from wbcnet.tune import settings_of
+
+    space = {"optimizer": {"choices": ["adamw", "sgd"]}, "model_args.widths": {"choices": [[8, 16, 32, 48]]},
+             "lr": {"low": 1e-3, "high": 1e-2}}
+    params = {"optimizer": '"sgd"', "model_args.widths": "[8, 16, 32, 48]", "lr": 0.002}
+    assert settings_of(params, space) == {"optimizer": "sgd", "model_args.widths": [8, 16, 32, 48], "lr": 0.002}

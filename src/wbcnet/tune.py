@@ -71,6 +71,11 @@ def suggest(trial, space: dict[str, dict]) -> dict:
     return out
 
 
+def settings_of(params: dict, space: dict[str, dict]) -> dict:
+    """A trial's Optuna params as settings: choices travel as their JSON text (see suggest)."""
+    return {k: json.loads(v) if "choices" in space.get(k, {}) else v for k, v in params.items()}
+
+
 def base_settings(base: TrainConfig, space: dict[str, dict]) -> dict:
     """The base config's own values of the searched settings, where the space holds them: the
     hand-made recipe as trial 0, scored on the same budget as every other trial."""
@@ -183,7 +188,7 @@ def tune(base: TrainConfig, space: dict, storage: str, study_name: str, n_trials
         print(f"study {study_name}: {done} trials finished already; continuing to {n_trials}")
     if done < n_trials:
         def write_after_each(study, trial):
-            write_outputs(study, base, out)
+            write_outputs(study, base, space, out)
             state = trial.state.name.lower()
             value = f"val macro-F1 {trial.value:.4f}" if trial.value is not None else ""
             print(f"trial {trial.number} {state} {value}  ({finished(study)}/{n_trials} finished)", flush=True)
@@ -192,10 +197,10 @@ def tune(base: TrainConfig, space: dict, storage: str, study_name: str, n_trials
                        callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=(optuna.trial.TrialState.COMPLETE,
                                                                                    optuna.trial.TrialState.PRUNED)),
                                   write_after_each])
-    return write_outputs(study, base, out)
+    return write_outputs(study, base, space, out)
 
 
-def write_outputs(study, base: TrainConfig, out: Path) -> dict:
+def write_outputs(study, base: TrainConfig, space: dict[str, dict], out: Path) -> dict:
     import optuna
 
     from .files import atomic_write, write_text_atomic
@@ -211,7 +216,7 @@ def write_outputs(study, base: TrainConfig, out: Path) -> dict:
                "best": None}
     if complete:
         best = study.best_trial
-        settings = {k: (json.loads(v) if isinstance(v, str) and v[:1] in "[{" else v) for k, v in best.params.items()}
+        settings = settings_of(best.params, space)
         cfg = with_settings(base, settings)
         cfg.out = None  # a new run folder for whoever trains it
         cfg.to_yaml(out / "best.yaml")
