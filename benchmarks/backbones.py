@@ -95,32 +95,18 @@ def cmd_train(args) -> None:
 
 def cmd_speed(args) -> None:
     """img/s of training steps and of batch inference on this machine's CPU, per model."""
-    import torch
-
-    from benchmarks.bench import Settings, median_seconds, train_parts
-    from wbcnet.config import TrainConfig
-    from wbcnet.inference import predict_logits, use_bf16
-    from wbcnet.models import create_model
-    from wbcnet.train import train_step
-
     import numpy as np
 
+    from benchmarks.bench import Settings, make_model, median_seconds, training_img_per_s
+    from wbcnet.inference import predict_logits, use_bf16
+
     bf16 = use_bf16()
-    s = Settings()
+    s = Settings(train_warmup=2, train_steps=5)
     out = {}
     for name, model_args in MODELS:
-        torch.manual_seed(0)
-        args_ = dict(model_args, **({"img_size": SIZE} if name in ("mhcnn", "seed-mhcnn") else {}))
-        model = create_model(name, num_classes=5, **args_)
+        model = make_model(name, SIZE, model_args)
         params = sum(p.numel() for p in model.parameters())
-        x = torch.randn(s.batch, 3, SIZE, SIZE)
-        y = torch.randint(0, 5, (s.batch,))
-        model.train()
-        if bf16:
-            model = model.to(memory_format=torch.channels_last)
-            x = x.contiguous(memory_format=torch.channels_last)
-        optimizer, criterion = train_parts(model, TrainConfig(progress=False))
-        train = s.batch / median_seconds(lambda: train_step(model, criterion, optimizer, x, y, bf16), 2, 5)
+        train = training_img_per_s(name, SIZE, bf16, s, model_args)
         images = np.random.default_rng(0).integers(0, 256, (128, 3, SIZE, SIZE), dtype=np.uint8)
         infer = 128 / median_seconds(lambda: predict_logits(model, images, [0.5] * 3, [0.2] * 3, 128, bf16), 1, 3)
         out[name] = {"params": params, "train_img_s": round(train, 1), "infer_img_s": round(infer, 1), "bf16": bf16,

@@ -221,9 +221,10 @@ def machine_info() -> dict[str, str]:
     }
 
 
-def make_model(name: str, size: int) -> torch.nn.Module:
+def make_model(name: str, size: int, model_args: dict | None = None) -> torch.nn.Module:
     torch.manual_seed(0)
-    return create_model(name, num_classes=len(CLASSES), **({"img_size": size} if name in OURS else {}))
+    return create_model(name, num_classes=len(CLASSES), **(model_args or {}),
+                        **({"img_size": size} if name in OURS else {}))
 
 
 def build_checkpoint(folder: Path, name: str = "mhcnn", size: int | None = None) -> Path:
@@ -241,10 +242,10 @@ def train_parts(model: torch.nn.Module, cfg: TrainConfig):
 # ---------------------------------------------------------------------------------------------
 # (a) training throughput
 
-def training_img_per_s(name: str, size: int, bf16: bool, s: Settings) -> float:
+def training_img_per_s(name: str, size: int, bf16: bool, s: Settings, model_args: dict | None = None) -> float:
     """Median img/s of train.train_step (forward + backward + AdamW step) on random data: a
     training step without the data pipeline."""
-    model = make_model(name, size).train()
+    model = make_model(name, size, model_args).train()
     x = torch.randn(s.batch, 3, size, size)
     y = torch.randint(0, len(CLASSES), (s.batch,))
     if bf16:  # as train._fit and train_one_epoch lay out model and batch
