@@ -12,6 +12,7 @@ cells.csv and the differential; fields/ drawing and count.html left out), fields
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import tempfile
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from benchmarks.bench import git_state
 from wbcnet.count import match_boxes, read_truth
 from wbcnet.data.locate import find_cells
 
@@ -60,9 +62,7 @@ def main(argv=None) -> int:
     truth = read_truth(fields / "wbc_boxes.csv")
     names = sorted(truth)
     lines = ["# wbcnet count on BCCD fields", "",
-             f"Made by `python -m benchmarks.count_fields` at commit "
-             f"{subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True, text=True).stdout.strip()}"
-             f", {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {len(names)} fields with boxes.", "",
+             f"Made by `python -m benchmarks.count_fields` at commit {git_state()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {len(names)} fields with boxes.", "",
              "| magnification (simulated) | picture | white cells | recall | precision | find only, pictures/s (tiling included) |",
              "| --- | --- | --- | --- | --- | --- |"]
     for k, side, what in [(1, 640, "BCCD's own"), (2, 640, "1/2: 2x2 fields in one"), (2, 1280, "1/2, camera 2x"),
@@ -79,8 +79,6 @@ def main(argv=None) -> int:
         wall = time.perf_counter() - t0
         n = sum(1 for _ in (fields / "images").glob("*.jpg"))
         summary = (Path(tmp) / "c" / "truth.json").read_text()
-    import json
-
     t = json.loads(summary)
     lines += ["", f"`wbcnet count {fields}/images --truth {fields}/wbc_boxes.csv --no-fields` with the shipped model: "
               f"{n} fields in {wall:.1f} s including Python and torch start-up, **{n / wall:.0f} fields/s**; "

@@ -55,7 +55,9 @@ def main(argv=None) -> int:
             best = max(float(r["img_per_s"]) for r in (epochs[1:] or epochs))
             rows.append((label, best, wall))
             print(f"{label}: {best:.0f} img/s training, {wall:.0f} s for the command", flush=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    from benchmarks.bench import git_state
+
+    commit = git_state()
     lines = ["# Data-parallel training on this CPU", "",
              f"`python -m benchmarks.ddp --data {args.data} --epochs {args.epochs}` at commit {commit}, "
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; mhcnn at 112 px, batch {args.batch_size} per "

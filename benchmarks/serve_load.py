@@ -146,7 +146,9 @@ def main(argv=None) -> int:
     finally:
         server.terminate()
         server.wait(30)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    from benchmarks.bench import git_state
+
+    commit = git_state()
     lines = ["# wbcnet serve under load", "",
              f"Made by `python -m benchmarks.serve_load` at commit {commit}, "
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, on {os.cpu_count()} CPU cores "
