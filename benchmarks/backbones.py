@@ -29,7 +29,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchmarks.ablation import BASE, LABS, make_split, merged, train_logged
+from benchmarks.ablation import BASE, LABS, make_split, merged, run_env, share_of_cores, train_logged
 
 SIZE = 112
 # name, model_args. Ours take img_size; timm's ViT takes it too (7x7 patches of 16 at 112 px);
@@ -51,6 +51,7 @@ def train_one(name: str, model_args: dict, args) -> dict:
     m = args.out / "manifests"
     cfg = dict(RECIPE, model=name, model_args=model_args, img_size=SIZE, epochs=args.epochs, batch_size=args.batch_size,
                device=args.device, progress=False, cache_dir=args.cache_dir, workers=args.workers, patience=0,
+               threads=share_of_cores(args.parallel),
                data={lab: str(m / f"{lab}_train.csv") for lab in LABS},
                val_data=str(m / "both_val.csv"), test_data=str(m / "both_test.csv"))
     cfg["model_args"] = model_args  # not the recipe's mhcnn arguments
@@ -60,7 +61,7 @@ def train_one(name: str, model_args: dict, args) -> dict:
            "--no-progress", "--no-explain", "--bootstrap", "500", "--device", args.device,
            "--data", f"raabin_test={m / 'raabin_test.csv'}", "--data", f"pbc_test={m / 'pbc_test.csv'}",
            "--data", f"bccd={args.packed / 'bccd'}"]
-    subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True)
+    subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True, env=run_env(cfg["threads"]))
     with open(ev / "summary.csv") as fh:
         sets = {r["set"]: r for r in csv.DictReader(fh)}
     best = json.loads((run / "best.json").read_text())

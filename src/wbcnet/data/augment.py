@@ -47,6 +47,8 @@ class AugmentConfig:
     jpeg: float = 0.0             # probability of JPEG re-compression at a quality uniform in 30-90 (0.3 suggested)
     hed: float = 0.0              # HED stain jitter: each stain's optical density s -> a*s + b with
                                   # a ~ U(1 - hed, 1 + hed), b ~ U(-hed, hed) (0.03-0.05 suggested; 0 = off)
+    grayscale: float = 0.0        # probability that an image loses its colour: the model must also
+                                  # know a cell by shape and texture when a lab's stain hues differ
 
     def __post_init__(self):
         # Only the camera and stain fields are checked here: a wrong value of theirs would pass
@@ -58,6 +60,7 @@ class AugmentConfig:
 
         number("blur", lambda v: 0 <= v <= 1, "is a probability, in [0, 1]")
         number("jpeg", lambda v: 0 <= v <= 1, "is a probability, in [0, 1]")
+        number("grayscale", lambda v: 0 <= v <= 1, "is a probability, in [0, 1]")
         number("blur_sigma", lambda v: v > 0.3, "is the largest blur sigma in pixels, above 0.3")
         number("downscale", lambda v: v >= 1, "is a shrink factor, at least 1 (1 = off)")
         number("hed", lambda v: 0 <= v < 1, "is the HED jitter's sigma, in [0, 1) (0 = off)")
@@ -122,6 +125,9 @@ def color_jitter(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> tor
         x = (x - grey) * (1 + _uniform(n, cfg.saturation, g, dev).view(shape)) + grey
     if cfg.hue:
         x = _rotate_hue(x, _uniform(n, cfg.hue, g, dev))
+    if cfg.grayscale:
+        grey = (torch.rand(n, generator=g, device=dev) < cfg.grayscale).view(shape)
+        x = torch.where(grey, _grayscale(x).expand_as(x), x)
     return x.clamp_(0, 1)
 
 
