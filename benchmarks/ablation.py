@@ -44,6 +44,7 @@ BLUR = {"augment": {"blur": 0.3, "downscale": 2.0, "jpeg": 0.3}}
 GROUP = {"model_args": {"norm": "group"}}
 GRAY = {"augment": {"grayscale": 0.5}}
 STRONG_STAIN = {"augment": {"hed": 0.2, "hue": 0.15}}
+STAIN_NORM = {"stain": "nucleus"}
 RUNS = [  # (name, labs trained on, overrides)
     ("raabin base", ["raabin"], []),
     ("raabin +groupnorm", ["raabin"], [GROUP]),
@@ -52,9 +53,12 @@ RUNS = [  # (name, labs trained on, overrides)
     ("raabin all", ["raabin"], [GROUP, STAIN, BLUR]),
     ("raabin all +gray", ["raabin"], [GROUP, STAIN, BLUR, GRAY]),
     ("raabin all +strong stain", ["raabin"], [GROUP, STAIN, BLUR, STRONG_STAIN]),
+    ("raabin all +stain norm", ["raabin"], [GROUP, STAIN, BLUR, STAIN_NORM]),
     ("pbc all", ["pbc"], [GROUP, STAIN, BLUR]),
+    ("pbc all +stain norm", ["pbc"], [GROUP, STAIN, BLUR, STAIN_NORM]),
     ("both base", ["raabin", "pbc"], []),
     ("both all", ["raabin", "pbc"], [GROUP, STAIN, BLUR]),
+    ("both all +stain norm", ["raabin", "pbc"], [GROUP, STAIN, BLUR, STAIN_NORM]),
 ]
 LABS = ("raabin", "pbc")
 

@@ -45,6 +45,8 @@ class TrainConfig:
     crop: str = _opt("none", "what the model sees: the whole picture (none), or a square around the white cell "
                      "found in it (cell), at the same scale whatever the lab's framing", choices=("none", "cell"))
     crop_context: float = _opt(1.5, "with --crop cell: the crop's side in cell diameters")
+    stain: str = _opt("none", "redraw every image in one reference nucleus stain (nucleus), so that labs' "
+                      "stain colours differ less, or leave its colours (none)", choices=("none", "nucleus"))
     epochs: int = _opt(50, "training epochs")
     batch_size: int = _opt(64, "images per batch")
     optimizer: str = _opt("adamw", "optimizer", choices=("adamw", "sgd"))

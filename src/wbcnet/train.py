@@ -288,7 +288,7 @@ def check_split(split: dict[str, list[Sample]], classes: list[str], source, allo
 
 
 def preprocess_of(cfg: TrainConfig) -> Preprocess:
-    return Preprocess(size=cfg.img_size, crop=cfg.crop, context=cfg.crop_context)
+    return Preprocess(size=cfg.img_size, crop=cfg.crop, context=cfg.crop_context, stain=cfg.stain)
 
 
 def load_data(cfg: TrainConfig, run_dir: Path, resuming: bool = False, d: Dist = Dist()):

@@ -1,4 +1,5 @@
-"""How an image file becomes a model's input: decode, (find the cell and crop to it,) resize.
+"""How an image file becomes a model's input: decode, (find the cell and crop to it,) resize,
+(redraw it in the reference stain).
 
 The same `Preprocess` runs when the decode cache is filled for training, and in evaluate,
 predict, count and serve, and it is stored in every checkpoint, so a checkpoint always gets the
@@ -7,6 +8,9 @@ preprocessing it was trained with.
 crop="cell" finds the white cell (data/locate.py) and crops a square of `context` times its
 diameter around it, so the cell reaches the model at one scale whatever the lab's framing.
 Where no cell is found the whole image is used, and the caller is told (`found` False).
+
+stain="nucleus" redraws the model-size image with the reference nucleus stain (data/stain.py), so
+that one lab's magenta and another's violet reach the model as one colour.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import numpy as np
 from ..errors import WbcnetError
 from .imageio import load_rgb, square_resize
 from .locate import DEFAULT_CONTEXT, crop_square, find_cell
+from .stain import STAINS, normalize_stain
 
 CROPS = ("none", "cell")
 # Decode JPEGs at least this many times the model size before cropping to the cell, so that the
@@ -29,19 +34,24 @@ class Preprocess:
     size: int                       # model input side, pixels
     crop: str = "none"              # "none": the whole picture; "cell": find the cell and crop to it
     context: float = DEFAULT_CONTEXT  # crop side / cell diameter, for crop="cell"
+    stain: str = "none"             # "none", or "nucleus": redrawn in the reference stain
 
     def __post_init__(self):
         if self.crop not in CROPS:
             raise WbcnetError(f"crop: {self.crop!r} is not one of {', '.join(CROPS)}")
         if not (1.0 <= self.context <= 5.0):
             raise WbcnetError(f"crop_context: {self.context!r} must be between 1 and 5 cell diameters")
+        if self.stain not in STAINS:
+            raise WbcnetError(f"stain: {self.stain!r} is not one of {', '.join(STAINS)}")
 
     def key(self) -> str:
         """What the decode cache must be keyed on."""
-        return f"size={self.size} crop={self.crop}" + (f" context={self.context:g}" if self.crop == "cell" else "")
+        return (f"size={self.size} crop={self.crop}" + (f" context={self.context:g}" if self.crop == "cell" else "")
+                + (f" stain={self.stain}" if self.stain != "none" else ""))
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "size"}
+        # "stain" only when used, so a checkpoint without it reads the same in older wbcnet
+        return {k: v for k, v in asdict(self).items() if k != "size" and not (k == "stain" and v == "none")}
 
 
 def from_meta(meta) -> Preprocess:
@@ -52,16 +62,15 @@ def from_meta(meta) -> Preprocess:
 def load_input(path, prep: Preprocess) -> tuple[np.ndarray, bool]:
     """(S x S x 3 uint8 model input, whether a cell was found). Raises ImageReadError."""
     if prep.crop == "none":
-        return load_rgb(path, prep.size), True
+        return normalize_stain(load_rgb(path, prep.size), prep.stain), True
     rgb = load_rgb(path, min_side=int(prep.size * _DECODE_MARGIN))
     return cell_input(rgb, prep)
 
 
 def cell_input(rgb: np.ndarray, prep: Preprocess) -> tuple[np.ndarray, bool]:
     """The model input for an RGB array already in memory (uploads, crops from a field)."""
-    if prep.crop == "none":
-        return square_resize(rgb, prep.size), True
-    box = find_cell(rgb)
-    if box is None:
-        return square_resize(rgb, prep.size), False
-    return square_resize(crop_square(rgb, box, prep.context), prep.size), True
+    box = find_cell(rgb) if prep.crop == "cell" else None
+    found = prep.crop == "none" or box is not None
+    if box is not None:
+        rgb = crop_square(rgb, box, prep.context)
+    return normalize_stain(square_resize(rgb, prep.size), prep.stain), found
