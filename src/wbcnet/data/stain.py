@@ -18,7 +18,7 @@ plasma. Every colour moves with the nucleus, so what tells the classes apart wit
 relative to the nucleus. Stain-vector methods such as Macenko's, tried first, split BCCD's blurred
 cells wrongly and turned their plasma magenta.
 
-It runs on the model-size crop (about 0.3 ms at 112 px), after the cell crop, in training
+It runs on the model-size crop (about 1 ms at 112 px), after the cell crop, in training
 (into the decode cache) and at inference alike: it is part of a checkpoint's preprocessing.
 """
 from __future__ import annotations
@@ -44,16 +44,20 @@ def _rotation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.eye(3) + vx + vx @ vx * ((1 - c) / s2)
 
 
+def _top(values: np.ndarray, share: float) -> np.ndarray:
+    """Indices of the largest `share` of `values` (a partial sort: a percentile sorts them all)."""
+    k = max(1, int(len(values) * share))
+    return np.argpartition(values, len(values) - k)[-k:]
+
+
 def normalize_stain(rgb: np.ndarray, method: str = "nucleus") -> np.ndarray:
     """uint8 H x W x 3 -> the same picture in the reference stain (unchanged where it can't tell)."""
     if method == "none":
         return rgb
     px = rgb.reshape(-1, 3).astype(np.float32)
-    brightness = px.mean(1)
-    plasma = np.median(px[brightness >= np.percentile(brightness, 90)], axis=0)
-    od = -np.log((px + 1) / (plasma + 1))
-    size = np.linalg.norm(od, axis=1)
-    nucleus = np.median(od[size >= np.percentile(size, 100 * (1 - _NUCLEUS_SHARE))], axis=0)
+    plasma = np.median(px[_top(px.sum(1), 0.10)], axis=0)
+    od = np.log((plasma + 1) / (px + 1))
+    nucleus = np.median(od[_top(np.einsum("ij,ij->i", od, od), _NUCLEUS_SHARE)], axis=0)
     n = float(np.linalg.norm(nucleus))
     if n < 0.1:
         return rgb  # no stain to measure: a blank or washed-out picture
