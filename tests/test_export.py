@@ -1,5 +1,6 @@
 """ONNX export and the onnxruntime predict backend, on a small untrained model (seconds)."""
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -40,6 +41,10 @@ def test_export_writes_beside_the_checkpoint_and_matches_torch(exported):
     ckpt, onnx_path, diff = exported
     assert onnx_path == ckpt.with_suffix(".onnx") and onnx_path.is_file()
     assert diff < 1e-3
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
+    assert json.loads(props["preprocess"]) == {"crop": "none"}  # what a non-wbcnet runtime must do first
 
 
 def test_onnx_backend_predicts_the_same_classes_as_torch(exported):

@@ -4,8 +4,9 @@ The exported graph takes what `predict_paths` hands a backend: uint8 RGB images 
 batch size free. Normalisation ((x / 255 - mean) / std) is folded into the graph, so the file is
 self-contained: any ONNX runtime can use it with no wbcnet code and no mean/std to copy around.
 The output is raw logits (N, C); softmax with the checkpoint's temperature stays in wbcnet, as for
-the PyTorch backend. The class names, image size, mean, std, temperature and a hash of the
-weights it came from are stored in the file's metadata.
+the PyTorch backend. The class names, image size, mean, std, temperature, the preprocessing the
+images need first (cell crop, stain) and a hash of the weights it came from are stored in the
+file's metadata.
 
 Export uses the TorchScript exporter (`dynamo=False`): in torch 2.14 the torch.export-based
 exporter writes opset 18 and fails to convert this graph down to opset 17, the opset every
@@ -64,7 +65,9 @@ def _onnx_metadata(meta, weights_sha256: str) -> dict[str, str]:
     return {"wbcnet_version": __version__, "model": meta.model, "classes": json.dumps(meta.classes),
             "img_size": str(meta.img_size), "mean": json.dumps(meta.mean), "std": json.dumps(meta.std),
             "temperature": str(meta.temperature), "weights_sha256": weights_sha256,
-            "input": "uint8 RGB images (N, 3, S, S), 0-255; normalisation is inside the graph",
+            # what must happen to a picture before the graph (wbcnet.data.preprocess): the cell crop, the stain
+            "preprocess": json.dumps({"crop": "none", **meta.preprocess}),
+            "input": "uint8 RGB images (N, 3, S, S), 0-255, after `preprocess`; normalisation is inside the graph",
             "output": "logits (N, C); probabilities = softmax(logits / temperature)"}
 
 
