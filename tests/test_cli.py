@@ -85,8 +85,18 @@ def test_predict_survives_a_folder_of_bad_files(trained_run, tmp_path, capsys):
 def test_predict_min_confidence_refers(trained_run, tmp_path):
     out = tmp_path / "p.csv"
     assert main(["predict", str(SAMPLE / "Monocyte"), "--checkpoint", str(trained_run), "--out", str(out),
-                 "--min-confidence", "1.01", "--no-progress"]) == 0
-    assert {r["predicted"] for r in csv.DictReader(open(out))} == {"refer"}
+                 "--min-confidence", "1", "--no-progress"]) == 0
+    rows = list(csv.DictReader(open(out)))
+    assert {r["predicted"] for r in rows if float(r["confidence"]) < 1} == {"refer"}
+    assert any(r["predicted"] == "refer" for r in rows)
+
+
+@pytest.mark.parametrize("value", ["1.01", "-0.1", "high"])
+def test_predict_refuses_a_confidence_that_is_not_one(tmp_path, capsys, value):
+    with pytest.raises(SystemExit) as e:  # argparse's own refusal, before the checkpoint is read
+        main(["predict", str(SAMPLE / "Monocyte"), "--out", str(tmp_path / "p.csv"), "--min-confidence", value])
+    assert e.value.code == 2 and "--min-confidence" in capsys.readouterr().err
+    assert not (tmp_path / "p.csv").exists()
 
 
 def test_models_lists_ours(capsys):

@@ -94,8 +94,14 @@ def test_an_unreadable_field_is_listed_and_the_rest_counted(tmp_path, capsys):
     assert main(["count", str(tmp_path / "good.jpg"), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
 
 
+def test_a_confidence_above_one_is_refused_by_the_parser(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["count", str(FIELDS / "BloodImage_00000.jpg"), "--out", str(tmp_path / "o"), "--min-confidence", "1.5"])
+    assert "--min-confidence: 1.5 must be between 0 and 1" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("argv, message", [
-    (["--min-confidence", "1.5"], "--min-confidence"),
     (["--target", "0"], "--target"),
     (["--truth", "nope.csv"], "--truth"),
 ])

@@ -22,6 +22,17 @@ def _flag(name: str) -> str:
     return FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
 
 
+def probability(text: str) -> float:
+    """An argparse type: a number in [0, 1] (a confidence), checked where it is typed."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} must be between 0 and 1")
+    return value
+
+
 def add_train_flags(p) -> None:
     """One flag per TrainConfig field (config.py says which), with its type, choices and default."""
     from .config import field_default, flag_fields
@@ -210,8 +221,6 @@ def cmd_count(args) -> int:
     from .files import prepare_output_dir
     from .inference import resolve_device
 
-    if not 0.0 <= args.min_confidence <= 1.0:
-        raise WbcnetError(f"--min-confidence {args.min_confidence}: must be between 0 and 1")
     if args.target is not None and args.target < 1:
         raise WbcnetError(f"--target {args.target}: must be a number of cells, 1 or more")
     if args.truth and not Path(args.truth).is_file():
@@ -281,8 +290,6 @@ def cmd_serve(args) -> int:
                           "pip install -e .")
     from .serve.app import listen, serve
 
-    if not 0.0 <= args.min_confidence <= 1.0:
-        raise WbcnetError(f"--min-confidence {args.min_confidence}: must be between 0 and 1")
     if args.max_upload_mb <= 0 or args.max_files < 1:
         raise WbcnetError("--max-upload-mb and --max-files must be above 0")
     sock = listen(args.host, args.port, args.allow_remote)  # a busy port or a refused host fails before the model loads
@@ -410,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="-", help="CSV path (default: standard output)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, help="decode threads (default: all cores)")
-    p.add_argument("--min-confidence", type=float, default=0.0, help="below this, predict 'refer' (to a human)")
+    p.add_argument("--min-confidence", type=probability, default=0.0, help="below this, predict 'refer' (to a human)")
     p.add_argument("--no-shift-check", action="store_true", help="don't flag (and refer) cells unlike the training "
                    "labs' cells")
     p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
@@ -424,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="field images: files, folders or glob patterns")
     p.add_argument("--out", required=True, help="output folder (refused if it holds files, unless --overwrite)")
     p.add_argument("--checkpoint", help="run folder or .safetensors (default: the shipped model)")
-    p.add_argument("--min-confidence", type=float, default=0.0, help="below this a cell is 'refer' (to a human) "
+    p.add_argument("--min-confidence", type=probability, default=0.0, help="below this a cell is 'refer' (to a human) "
                    "and left out of the differential")
     p.add_argument("--target", type=int, metavar="N", help="the number of cells the differential needs (e.g. 100 "
                    "or 200): say whether it was reached")
@@ -464,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body, MB (default 20; "
                    "larger gets 413)")
     p.add_argument("--max-files", type=int, default=64, help="most files per request (default 64)")
-    p.add_argument("--min-confidence", type=float, default=0.0, help="below this a cell is 'refer' (to a human); "
+    p.add_argument("--min-confidence", type=probability, default=0.0, help="below this a cell is 'refer' (to a human); "
                    "a request may give its own ?min_confidence=")
     _add_common(p, progress=False)
     p.set_defaults(func=cmd_serve)
