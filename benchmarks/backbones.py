@@ -14,9 +14,12 @@ measures what the table's speed columns say on this machine: training steps (for
 AdamW) and batch inference, img/s, bf16 autocast and channels_last where the CPU has bf16.
 The cells are the packed cell crops (crop=cell, 112 px); every model sees them at 112 px.
 
-On a GPU, `--device cuda --parallel N` runs N at once. One try on an H100 with --parallel 6 and
-15 epochs finished no epoch of any model in 8 minutes (six processes' CPU threads and the CPU
-JPEG augmentation on 16 cores, we think; not diagnosed): start with --parallel 1 there.
+On a GPU, `--device cuda --parallel N` runs N at once, each with its share of the CPU's cores
+(torch threads and OMP_NUM_THREADS). One try on an H100 with --parallel 6, before the runs had
+shares, finished no epoch in 8 minutes: six processes each spinning 16 OpenMP threads on small
+CPU steps. With shares, the ablation's five parallel runs on an H100 trained at 1,400-5,700 img/s
+each (slowest with the JPEG augmentation, which runs on the CPU; benchmarks/results/ablation.md);
+the backbones have not been rerun there.
 """
 from __future__ import annotations
 

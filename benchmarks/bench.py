@@ -115,7 +115,7 @@ OTHER_BENCHMARKS = """
 | `wbcnet count` on BCCD fields: detection at three magnifications, fields/s | `python -m benchmarks.count_fields` | [results/count.md](results/count.md) |
 | data-parallel training, 1 vs 2 processes (torchrun, gloo) | `python -m benchmarks.ddp` | [results/ddp.md](results/ddp.md) |
 | the backbone comparison | `python -m benchmarks.backbones train/speed/table` | [results/backbones.md](results/backbones.md) |
-| leave-one-lab-out ablation (GPU) | `python -m benchmarks.ablation` | [results/ablation-h200-partial.log](results/ablation-h200-partial.log) |
+| leave-one-lab-out ablation (each change for other labs on and off; GPU, stain rows on CPU) | `python -m benchmarks.ablation` | [results/ablation.md](results/ablation.md) |
 """
 
 
