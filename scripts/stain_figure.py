@@ -12,7 +12,6 @@ import argparse
 import random
 from pathlib import Path
 
-import numpy as np
 
 from wbcnet.data.preprocess import Preprocess, load_input
 from wbcnet.data.stain import normalize_stain

@@ -9,18 +9,12 @@ import pytest
 from test_locate import framing_paths
 from wbcnet import checkpoint as ckpt
 from wbcnet.data.preprocess import Preprocess, load_input
-from wbcnet.data.stain import REF_NUCLEUS, normalize_stain
+from wbcnet.data.stain import REF_NUCLEUS, measure, normalize_stain
 from wbcnet.errors import WbcnetError
 
 
 def nucleus_od(rgb: np.ndarray) -> np.ndarray:
-    """The median optical density of the darkest 8% of pixels against the brightest 10%."""
-    px = rgb.reshape(-1, 3).astype(np.float64)
-    brightness = px.mean(1)
-    plasma = np.median(px[brightness >= np.percentile(brightness, 90)], axis=0)
-    od = -np.log((px + 1) / (plasma + 1))
-    size = np.linalg.norm(od, axis=1)
-    return np.median(od[size >= np.percentile(size, 92)], axis=0)
+    return measure(rgb)[2]
 
 
 def angle(a: np.ndarray, b: np.ndarray) -> float:

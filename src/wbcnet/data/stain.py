@@ -2,12 +2,13 @@
 
 Labs stain with different Romanowsky mixes and times (Giemsa, May-Gruenwald-Giemsa, Wright) and
 light them differently. Measured on 200 cell crops of each lab (optical density, OD, against the
-picture's own plasma; the darkest 8% of pixels, which are nucleus or dark granules):
+picture's own plasma; the darkest 8% of pixels, which are nucleus or dark granules;
+`python scripts/stain_reference.py`):
 
     lab         plasma RGB      nucleus OD direction   nucleus OD size
-    Raabin-WBC  222 189 178     0.32 0.93  0.20        2.6   magenta
-    PBC         255 229 203     0.50 0.84  0.20        2.5   blue-violet
-    BCCD        205 206 203     0.50 0.86 -0.05        0.9   pale blue-violet
+    Raabin-WBC  222 189 178     0.32 0.93  0.20        2.63   magenta
+    PBC         255 229 203     0.50 0.85  0.18        2.54   blue-violet
+    BCCD        205 206 202     0.50 0.86 -0.06        0.87   pale blue-violet
 
 A model trained on one of them learns its nucleus colour and its contrast; a per-channel
 standardisation of the RGB values cannot turn magenta into violet. Here each image is moved, in OD
@@ -16,7 +17,10 @@ the one scale that gives its nucleus the reference density, and is redrawn on th
 plasma. Every colour moves with the nucleus, so what tells the classes apart within one lab
 (eosinophil granules against neutrophil cytoplasm, a basophil's darker granules) keeps its place
 relative to the nucleus. Stain-vector methods such as Macenko's, tried first, split BCCD's blurred
-cells wrongly and turned their plasma magenta.
+cells wrongly and turned their plasma magenta. The known weakness: where granules are among the
+darkest pixels (PBC's eosinophils), the "nucleus" measured is partly granules and the rotation is
+off; models from one lab gain on BCCD with it but not on the other home lab
+(benchmarks/results/ablation.md).
 
 It runs on the model-size crop (about 1 ms at 112 px), after the cell crop, in training
 (into the decode cache) and at inference alike: it is part of a checkpoint's preprocessing.
@@ -27,7 +31,9 @@ import numpy as np
 
 STAINS = ("none", "nucleus")
 
-# The reference: Raabin-WBC's medians (the table above), so the home lab's cells change least.
+# The reference: Raabin-WBC's medians, so the home lab's cells change least. Measured first on the
+# packed WebP crops (scripts/pack_crops.py); scripts/stain_reference.py on the JPEGs gives the
+# same within 0.01 (0.85 2.43 0.53). Kept as first measured: models were trained with it.
 REF_PLASMA = np.array([222.0, 189.0, 178.0])
 REF_NUCLEUS = np.array([0.84, 2.43, 0.54])      # OD; direction 0.32 0.93 0.20, size 2.63
 _NUCLEUS_SHARE = 0.08                           # the darkest pixels that stand for the nucleus
@@ -50,14 +56,21 @@ def _top(values: np.ndarray, share: float) -> np.ndarray:
     return np.argpartition(values, len(values) - k)[-k:]
 
 
-def normalize_stain(rgb: np.ndarray, method: str = "nucleus") -> np.ndarray:
-    """uint8 H x W x 3 -> the same picture in the reference stain (unchanged where it can't tell)."""
-    if method == "none":
-        return rgb
+def measure(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(plasma RGB, every pixel's OD against it (H*W x 3), the nucleus OD): the brightest 10% of
+    pixels stand for the plasma, the median OD of the darkest 8% for the nucleus."""
     px = rgb.reshape(-1, 3).astype(np.float32)
     plasma = np.median(px[_top(px.sum(1), 0.10)], axis=0)
     od = np.log((plasma + 1) / (px + 1))
     nucleus = np.median(od[_top(np.einsum("ij,ij->i", od, od), _NUCLEUS_SHARE)], axis=0)
+    return plasma, od, nucleus
+
+
+def normalize_stain(rgb: np.ndarray, method: str = "nucleus") -> np.ndarray:
+    """uint8 H x W x 3 -> the same picture in the reference stain (unchanged where it can't tell)."""
+    if method == "none":
+        return rgb
+    _, od, nucleus = measure(rgb)
     n = float(np.linalg.norm(nucleus))
     if n < 0.1:
         return rgb  # no stain to measure: a blank or washed-out picture
