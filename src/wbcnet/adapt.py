@@ -41,8 +41,10 @@ def adapt_config(parent_path, data, out, epochs: int = 12, lr: float = 3e-4, bat
         base = TrainConfig.from_dict(parent.config, f"{parent.path} config")
     except (WbcnetError, TypeError):  # no config, or one of an older wbcnet: the defaults' recipe
         base = TrainConfig()
+    from .data.preprocess import from_meta
     from .data.scan import scan
 
+    prep = from_meta(parent)  # the parent's crop and stain, with the defaults older checkpoints left out
     found = scan(data, parent.classes)  # folders (or labels) of other classes land in unknown_folders
     counts = found.counts()
     extra = [Path(u).name for u in found.unknown_folders]
@@ -55,8 +57,7 @@ def adapt_config(parent_path, data, out, epochs: int = 12, lr: float = 3e-4, bat
     return TrainConfig(
         data=str(data), out=str(out), classes=list(parent.classes), model=parent.model,
         model_args=dict(parent.model_args), init_from=str(parent.path), img_size=parent.img_size,
-        crop=parent.preprocess.get("crop", "none"), crop_context=parent.preprocess.get("context", 1.5),
-        stain=parent.preprocess.get("stain", "none"),
+        crop=prep.crop, crop_context=prep.context, stain=prep.stain,
         epochs=epochs, batch_size=min(batch_size, max(4, sum(counts.values()) // 4)), lr=lr,
         weight_decay=base.weight_decay, warmup_epochs=1, label_smoothing=base.label_smoothing, balance="sampler",
         ema_decay=0.0, patience=0, merge_near_duplicates=False, val_frac=val_frac, test_frac=0.0, seed=seed,

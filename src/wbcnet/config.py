@@ -13,6 +13,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 import yaml
 
 from .data.augment import AugmentConfig
+from .data.stain import STAINS
 from .errors import WbcnetError
 
 
@@ -46,7 +47,7 @@ class TrainConfig:
                      "found in it (cell), at the same scale whatever the lab's framing", choices=("none", "cell"))
     crop_context: float = _opt(1.5, "with --crop cell: the crop's side in cell diameters")
     stain: str = _opt("none", "redraw every image in one reference nucleus stain (nucleus), so that labs' "
-                      "stain colours differ less, or leave its colours (none)", choices=("none", "nucleus"))
+                      "stain colours differ less, or leave its colours (none)", choices=STAINS)
     epochs: int = _opt(50, "training epochs")
     batch_size: int = _opt(64, "images per batch")
     optimizer: str = _opt("adamw", "optimizer", choices=("adamw", "sgd"))
