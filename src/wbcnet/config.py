@@ -12,7 +12,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 
 import yaml
 
-from .data.augment import AugmentConfig
+from .data.augment_config import AugmentConfig
 from .data.stain import STAINS
 from .errors import WbcnetError
 
