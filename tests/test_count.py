@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 
 from wbcnet.cli import main
-from wbcnet.count import differential, is_cut_by_edge, match_boxes, Cell
+from wbcnet.count import differential, is_cut_by_edge, match_boxes
 from wbcnet.data.locate import CellBox, find_cells
+from wbcnet.results import CellResult
 
 from browser import chrome, console_errors, page_state
 
@@ -140,11 +141,10 @@ def test_edge_and_differential_rules():
     assert not is_cut_by_edge(CellBox(cx=60, cy=240, radius=50), 640, 480)  # 20% of r from the left
 
     def cell(k, edge=False, referred=False):
-        p = np.full(5, 0.01)
-        p[k] = 0.96
-        return Cell("f.jpg", (0, 0, 10, 10), p, referred, edge)
+        probs = {c: 0.96 if i == k else 0.01 for i, c in enumerate(CLASSES)}
+        return CellResult("f.jpg", CLASSES[k], 0.96, probs, referred, box=(0, 0, 10, 10), edge=edge)
 
-    diff = differential([cell(0), cell(4), cell(4), cell(4, edge=True), cell(2, referred=True)], CLASSES)
+    diff = differential([cell(0), cell(4), cell(4), cell(4, edge=True), cell(2, referred=True)], CLASSES).to_dict()
     assert diff["counted"] == 3 and diff["edge_skipped"] == 1 and diff["referred"] == 1
     assert diff["classes"]["Neutrophil"]["count"] == 2
     assert diff["classes"]["Lymphocyte"]["referred"] == 1 and diff["classes"]["Lymphocyte"]["count"] == 0

@@ -220,13 +220,13 @@ def test_explain_gives_a_grad_cam_overlay(server):
 def test_count_gives_what_wbcnet_count_gives(server, shipped):
     model, meta = shipped
     paths = sorted(FIELDS.glob("*.jpg"))[:3]
-    _, cells = count_fields(model, meta, [str(p) for p in paths], progress=False)
+    cells = [c for f in count_fields(model, meta, [str(p) for p in paths], progress=False) for c in f.cells]
     status, body = post(server + "/v1/count?drawn=true", as_files(paths) + [("broken.jpg", b"\xff\xd8\xff")])
     assert status == 200
     assert [f["name"] for f in body["fields"]] == [p.name for p in paths] + ["broken.jpg"]
     assert body["fields"][-1]["error"] and not body["fields"][-1]["cells"]
     got = [(c["box"], c["class"], c["edge"]) for f in body["fields"] for c in f["cells"]]
-    want = [(list(c.box), meta.classes[int(c.probs.argmax())], c.edge) for c in cells]
+    want = [(list(c.box), c.class_name, c.edge) for c in cells]
     assert got == want and body["cells_found"] == len(cells)
     d = body["differential"]
     assert d["counted"] == sum(c["counted"] for f in body["fields"] for c in f["cells"])
@@ -333,3 +333,45 @@ def test_page_in_headless_chromium(server, shipped, tmp_path):
             driver.execute_script("document.getElementById('fields').scrollIntoView()")
             shot = Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")
             shot.save(REPO / "docs" / "serve_count.jpg", quality=85)  # photographs of fields: JPEG is a quarter the size
+
+
+def test_openapi_describes_every_answer(server):
+    spec = get(server + "/openapi.json")
+    schemas = spec["components"]["schemas"]
+    for path, method in (("/v1/classify", "post"), ("/v1/count", "post"), ("/v1/explain", "post"),
+                         ("/v1/model", "get"), ("/healthz", "get")):
+        answer = spec["paths"][path][method]["responses"]["200"]["content"]["application/json"]["schema"]
+        assert "$ref" in answer, f"{path}: its answer has no model"
+    cell = schemas["CellResult"]["properties"]
+    assert {"name", "class", "confidence", "probabilities", "refer", "unfamiliar", "shift_score", "cell_found",
+            "box", "edge", "counted", "flag", "error"} <= set(cell)
+    assert cell["refer"]["description"]  # each field says what it is, from results.py
+    count = schemas["CountResult"]["properties"]
+    assert {"fields", "cells_found", "differential", "min_confidence"} <= set(count)
+    assert {"count", "percent", "ci_low", "ci_high", "referred"} <= set(schemas["ClassCount"]["properties"])
+
+
+def test_docs_load_nothing_from_elsewhere(server):
+    with urllib.request.urlopen(server + "/docs", timeout=30) as r:
+        html = r.read().decode()
+    assert "swagger" in html.lower()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", html, re.I), html
+    assert not re.search(r"https?://", html.replace(server, "")), "the page names an address elsewhere"
+    for asset in re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)""", html):
+        with urllib.request.urlopen(server + asset if asset.startswith("/") else asset, timeout=30) as r:
+            assert r.status == 200 and len(r.read()) > 100, asset
+
+
+def test_docs_render_swagger_ui_offline_in_headless_chromium(server, tmp_path):
+    """The browser may reach nothing but the server: Swagger UI must come from it and list the API."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    with chrome(tmp_path / "profile") as driver:
+        driver.get(server + "/docs")
+        WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path"))
+        shown = {e.text.replace("\u200b", "") for e in driver.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+        assert {"/v1/classify", "/v1/count", "/v1/model", "/v1/explain"} <= shown
+        loaded = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+        assert all(u.startswith(server) for u in loaded), [u for u in loaded if not u.startswith(server)]
+        assert not console_errors(driver)

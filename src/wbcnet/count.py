@@ -1,7 +1,7 @@
-"""Fields -> cells -> differential: what `wbcnet count` does with whole smear fields.
+"""Fields -> cells -> differential: what `wbcnet count` computes from whole smear fields.
 
-Each field is read, its white cells found (data/locate.find_cells, scaled by the field's own red
-cells), each cell cut out with a generous window and then given the checkpoint's own
+Each field is read once, its white cells found (data/locate.find_cells, scaled by the field's own
+red cells), each cell cut out with a generous window and then given the checkpoint's own
 preprocessing (the same `cell_input` that predict runs on a crop), and classified through
 inference.run_model. A cell cut by the field's edge is classified and listed but not counted:
 it is only part of a cell, and the next field will show it whole.
@@ -9,16 +9,23 @@ it is only part of a cell, and the next field will show it whole.
 The differential gives each class's share of the counted cells with a Wilson 95% interval;
 referred cells (unfamiliar, or below --min-confidence) are not in it, and are listed per class.
 `score_against_truth` compares found boxes with hand-drawn ones (BCCD's wbc_boxes.csv).
+
+This module computes and returns records (results.py); it writes and draws nothing. Whoever
+shows a count (render/count.py, serve) may ask for each field's picture while it is decoded:
+`on_field(field, found)` is called once per field after its cells are classified, with a copy of
+the field at most FIELD_PICTURE_SIDE pixels and each cell's box at most CELL_PICTURE_SIDE, so that
+no field is read twice and memory stays bounded by one chunk of fields.
 """
 from __future__ import annotations
 
 import csv
-import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from .data.cache import default_workers
@@ -27,6 +34,7 @@ from .data.locate import CellBox, crop_square, find_cells
 from .data.preprocess import cell_input, from_meta
 from .errors import WbcnetError
 from .inference import run_model
+from .results import CellResult, ClassCount, CountResult, Differential, FieldResult
 
 # A found cell is cut out at this many radii around it before the checkpoint's preprocessing
 # finds it again in the window and crops to its own context, exactly as predict does on a crop.
@@ -39,11 +47,17 @@ _WINDOW_CONTEXT = 2.5
 _EDGE_MARGIN = 0.1
 # Fields classified together: large enough for a full batch, small enough to keep memory flat.
 _CHUNK = 64
+# The pictures kept for whoever shows the count (on_field): the field scaled down to this longer
+# side (a chunk of 64 such fields is at most 64 x 1024 x 1024 x 3 bytes = 200 MB), and each
+# cell's box scaled down to this side, cut from the field at full resolution.
+FIELD_PICTURE_SIDE = 1024
+CELL_PICTURE_SIDE = 96
 
 
 @dataclass
-class FieldResult:
-    """One field's cells: boxes in its pixels, model inputs, and whether each is cut by the edge."""
+class FoundCells:
+    """One field on its way through: the cells found in it and their model inputs (dropped once
+    classified), and, when asked for, its pictures."""
 
     path: str
     width: int = 0
@@ -52,32 +66,12 @@ class FieldResult:
     edge: list[bool] = field(default_factory=list)
     inputs: list[np.ndarray] = field(default_factory=list)
     error: str = ""
-    drawn: str = ""  # its picture's name in fields/, where drawn
+    picture: np.ndarray | None = None   # the field, longer side at most FIELD_PICTURE_SIDE
+    scale: float = 1.0                   # picture pixels per field pixel
+    cell_pictures: list[np.ndarray] = field(default_factory=list)  # each cell's box, at most CELL_PICTURE_SIDE
 
 
-@dataclass
-class Cell:
-    """A found cell with its class probabilities (a row of cells.csv)."""
-
-    file: str
-    box: tuple[int, int, int, int]   # x0, y0, x1, y1, clipped to the field
-    probs: np.ndarray
-    referred: bool
-    edge: bool
-    unfamiliar: bool | None = None
-    shift_score: float | None = None
-
-    @property
-    def counted(self) -> bool:
-        return not self.edge and not self.referred
-
-
-def cells_by_file(cells: list[Cell]) -> dict[str, list[Cell]]:
-    """Each field's cells, in the order found."""
-    out: dict[str, list[Cell]] = {}
-    for c in cells:
-        out.setdefault(c.file, []).append(c)
-    return out
+OnField = Callable[[FieldResult, FoundCells], None]
 
 
 def box_corners(box: CellBox, width: int, height: int) -> tuple[int, int, int, int]:
@@ -91,10 +85,17 @@ def is_cut_by_edge(box: CellBox, width: int, height: int) -> bool:
             box.cx + box.radius > width - 1 - margin or box.cy + box.radius > height - 1 - margin)
 
 
-def find_field_cells(path: str, prep) -> FieldResult:
-    """Read one field, find its white cells and make each one's model input. Never raises for a
-    bad file: the error is kept, so one unreadable field does not stop a count."""
-    result = FieldResult(path)
+def _shrunk(rgb: np.ndarray, side: int) -> np.ndarray:
+    img = Image.fromarray(rgb)
+    img.thumbnail((side, side))
+    return np.asarray(img)
+
+
+def find_field_cells(path: str, prep, pictures: bool = False) -> FoundCells:
+    """Read one field, find its white cells and make each one's model input (and, with
+    `pictures`, keep the field's and the cells' pictures). Never raises for a bad file: the
+    error is kept, so one unreadable field does not stop a count."""
+    result = FoundCells(path)
     try:
         rgb = load_rgb(path)
     except ImageReadError as e:
@@ -107,36 +108,64 @@ def find_field_cells(path: str, prep) -> FieldResult:
         result.boxes.append(box)
         result.edge.append(is_cut_by_edge(box, result.width, result.height))
         result.inputs.append(arr.transpose(2, 0, 1))
+        if pictures:
+            x0, y0, x1, y1 = box_corners(box, result.width, result.height)
+            result.cell_pictures.append(_shrunk(rgb[y0:y1, x0:x1], CELL_PICTURE_SIDE) if x1 > x0 and y1 > y0
+                                        else np.zeros((0, 0, 3), np.uint8))
+    if pictures:
+        result.picture = rgb if max(rgb.shape[:2]) <= FIELD_PICTURE_SIDE else _shrunk(rgb, FIELD_PICTURE_SIDE)
+        result.scale = result.picture.shape[1] / result.width
     return result
 
 
+def find_fields(paths: list[str], prep, workers: int | None = None, pictures: bool = False, pool=None) -> list[FoundCells]:
+    """find_field_cells over `paths` in threads, in input order."""
+    if pool is not None:
+        return list(pool.map(lambda p: find_field_cells(p, prep, pictures), paths))
+    with ThreadPoolExecutor(workers or default_workers()) as own:
+        return find_fields(paths, prep, pictures=pictures, pool=own)
+
+
+def classify_found(model, meta, found: list[FoundCells], min_confidence: float = 0.0, batch_size: int = 64,
+                   shift_check: bool = True) -> list[FieldResult]:
+    """Classify the cells of fields already searched: one FieldResult per field, in order."""
+    prep = from_meta(meta)
+    classes = list(meta.classes)
+    inputs = [x for f in found for x in f.inputs]
+    pred = run_model(model, meta, np.stack(inputs) if inputs else np.zeros((0, 3, prep.size, prep.size), np.uint8),
+                     batch_size, shift_check=shift_check)
+    referred = pred.referred(min_confidence)
+    out, j = [], 0
+    for f in found:
+        cells = []
+        for box, edge in zip(f.boxes, f.edge):
+            cells.append(CellResult.from_predictions(f.path, pred, j, referred, classes,
+                                                     box=box_corners(box, f.width, f.height), edge=edge))
+            j += 1
+        out.append(FieldResult(f.path, f.width, f.height, cells, f.error or None))
+    return out
+
+
 def count_fields(model, meta, paths: list[str], min_confidence: float = 0.0, batch_size: int = 64,
-                 workers: int | None = None, shift_check: bool = True,
-                 progress: bool = True) -> tuple[list[FieldResult], list[Cell]]:
-    """Find and classify the white cells of every field, in input order."""
+                 workers: int | None = None, shift_check: bool = True, progress: bool = True,
+                 on_field: OnField | None = None) -> list[FieldResult]:
+    """Find and classify the white cells of every field, in input order. `on_field(field, found)`
+    is called for each field once it is classified, with its pictures (see the module's doc)."""
     prep = from_meta(meta)
     fields: list[FieldResult] = []
-    cells: list[Cell] = []
     bar = tqdm(total=len(paths), desc="counting", unit="field", disable=not progress)
     with ThreadPoolExecutor(workers or default_workers()) as pool:
         for start in range(0, len(paths), _CHUNK):
-            chunk = list(pool.map(lambda p: find_field_cells(p, prep), paths[start:start + _CHUNK]))
-            inputs = [x for f in chunk for x in f.inputs]
-            pred = run_model(model, meta, np.stack(inputs) if inputs else np.zeros((0, 3, prep.size, prep.size), np.uint8),
-                             batch_size, shift_check=shift_check)
-            referred = pred.referred(min_confidence)
-            j = 0
-            for f in chunk:
-                for box, edge in zip(f.boxes, f.edge):
-                    cells.append(Cell(f.path, box_corners(box, f.width, f.height), pred.probs[j], bool(referred[j]), edge,
-                                      None if pred.unfamiliar is None else bool(pred.unfamiliar[j]),
-                                      None if pred.shift_score is None else float(pred.shift_score[j])))
-                    j += 1
-                f.inputs = []  # classified: let the crops go
+            found = find_fields(paths[start:start + _CHUNK], prep, pictures=on_field is not None, pool=pool)
+            chunk = classify_found(model, meta, found, min_confidence, batch_size, shift_check)
+            for f, seen in zip(chunk, found):
+                if on_field is not None:
+                    on_field(f, seen)
+            del found  # classified and shown: let the crops and pictures go
             fields.extend(chunk)
             bar.update(len(chunk))
     bar.close()
-    return fields, cells
+    return fields
 
 
 # --- the differential --------------------------------------------------------------------------
@@ -151,19 +180,18 @@ def wilson_interval(k: int, n: int) -> tuple[float, float]:
     return float(ci.low), float(ci.high)
 
 
-def differential(cells: list[Cell], classes: list[str]) -> dict:
+def differential(cells: list[CellResult], classes: list[str]) -> Differential:
     """Per class: counted cells, their share with a Wilson 95% interval, and referred cells."""
-    whole = [c for c in cells if not c.edge]
-    counted = [int(c.probs.argmax()) for c in whole if not c.referred]
-    referred = [int(c.probs.argmax()) for c in whole if c.referred]
+    whole = [c for c in cells if c.error is None and not c.edge]
+    counted = [c.class_name for c in whole if not c.refer]
+    referred = [c.class_name for c in whole if c.refer]
     n = len(counted)
     rows = {}
-    for k, name in enumerate(classes):
-        hits = counted.count(k)
+    for name in classes:
+        hits = counted.count(name)
         low, high = wilson_interval(hits, n)
-        rows[name] = {"count": hits, "percent": 100.0 * hits / n if n else 0.0,
-                      "ci_low": 100.0 * low, "ci_high": 100.0 * high, "referred": referred.count(k)}
-    return {"counted": n, "referred": len(referred), "edge_skipped": len(cells) - len(whole), "classes": rows}
+        rows[name] = ClassCount(hits, 100.0 * hits / n if n else 0.0, 100.0 * low, 100.0 * high, referred.count(name))
+    return Differential(n, len(referred), sum(1 for c in cells if c.error is None) - len(whole), rows)
 
 
 # --- scoring against hand-drawn boxes ----------------------------------------------------------
@@ -217,32 +245,31 @@ def match_boxes(found: list, true: list, min_iou: float = 0.3) -> list[tuple[int
     return [(int(i), int(j)) for i, j in zip(rows, cols) if allowed[i, j]]
 
 
-def score_against_truth(fields: list[FieldResult], cells: list[Cell], truth: dict, classes: list[str]) -> dict:
+def score_against_truth(fields: list[FieldResult], truth: dict, classes: list[str]) -> dict:
     """Detection recall/precision, the type accuracy of matched cells, and the differential error
     (found % minus true %), over the fields the truth file lists (others are not scored: a field
     missing from it may hold cells nobody boxed)."""
-    by_file = cells_by_file(cells)
-    scored = [f for f in fields if not f.error and Path(f.path).name in truth]
+    scored = [f for f in fields if not f.error and Path(f.file).name in truth]
     n_true = n_found = n_matched = 0
     typed = right = 0
     typed_counted = right_counted = 0
     true_labels, found_labels = [], []
     confusion = np.zeros((len(classes), len(classes)), dtype=int)
     for f in scored:
-        mine = by_file.get(f.path, [])
-        theirs = truth[Path(f.path).name]
+        mine = f.cells
+        theirs = truth[Path(f.file).name]
         pairs = match_boxes([c.box for c in mine], [b for b, _ in theirs])
         n_true, n_found, n_matched = n_true + len(theirs), n_found + len(mine), n_matched + len(pairs)
         for i, j in pairs:
             label = theirs[j][1]
             if label in classes:
-                guess = int(mine[i].probs.argmax())
-                typed, right = typed + 1, right + (classes[guess] == label)
+                guess = mine[i].class_name
+                typed, right = typed + 1, right + (guess == label)
                 if mine[i].counted:
-                    typed_counted, right_counted = typed_counted + 1, right_counted + (classes[guess] == label)
-                confusion[classes.index(label), guess] += 1
+                    typed_counted, right_counted = typed_counted + 1, right_counted + (guess == label)
+                confusion[classes.index(label), classes.index(guess)] += 1
         true_labels += [lab for _, lab in theirs if lab in classes]
-        found_labels += [classes[int(c.probs.argmax())] for c in mine if c.counted]
+        found_labels += [c.class_name for c in mine if c.counted]
     recall, precision = n_matched / max(n_true, 1), n_matched / max(n_found, 1)
     acc_low, acc_high = wilson_interval(right, typed)
     error = {}
@@ -264,112 +291,16 @@ def score_against_truth(fields: list[FieldResult], cells: list[Cell], truth: dic
     }
 
 
-# --- outputs -----------------------------------------------------------------------------------
-
-def write_cells_csv(path, fields: list[FieldResult], cells: list[Cell], classes: list[str]) -> None:
-    """cells.csv: one row per cell, plus one per unreadable field. `flag`: edge (cut by the field's
-    edge, not counted), refer (unfamiliar or below the confidence bar), unreadable: <reason>."""
-    from .files import atomic_write
-
-    columns = ["file", "x0", "y0", "x1", "y1", "predicted", "confidence"] + [f"p_{c}" for c in classes]
-    with_shift = any(c.unfamiliar is not None for c in cells)
-    columns += (["shift_score", "unfamiliar"] if with_shift else []) + ["flag"]
-    with atomic_write(path) as tmp, open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=columns, restval="")
-        w.writeheader()
-        for f in fields:
-            if f.error:
-                w.writerow({"file": f.path, "flag": f"unreadable: {f.error}"})
-        for c in cells:
-            k = int(c.probs.argmax())
-            row = dict(zip(("x0", "y0", "x1", "y1"), c.box), file=c.file,
-                       predicted="refer" if c.referred else classes[k], confidence=f"{c.probs[k]:.4f}",
-                       flag="edge" if c.edge else "refer" if c.referred else "",
-                       **{f"p_{name}": f"{v:.4f}" for name, v in zip(classes, c.probs)})
-            if with_shift:
-                row.update(shift_score=f"{c.shift_score:.2f}", unfamiliar="yes" if c.unfamiliar else "no")
-            w.writerow(row)
-
-
-def write_differential(out: Path, diff: dict, classes: list[str]) -> None:
-    from .files import atomic_write, write_text_atomic
-
-    with atomic_write(out / "differential.csv") as tmp, open(tmp, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["class", "count", "percent", "ci_low", "ci_high", "referred"])
-        for name in classes:
-            r = diff["classes"][name]
-            w.writerow([name, r["count"], f"{r['percent']:.1f}", f"{r['ci_low']:.1f}", f"{r['ci_high']:.1f}", r["referred"]])
-    write_text_atomic(out / "differential.json", json.dumps(diff, indent=2) + "\n")
-
-
-# A colour per class for the boxes, the bars and the gallery (matplotlib's tab10, in order).
-PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
-
-
-def draw_field(path: str, cells: list[Cell], classes: list[str], out_path: Path) -> None:
-    """The field with its boxes: class colour and name with confidence; edge cells grey and
-    labelled `edge`, referred cells black and labelled `refer`."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    img = Image.fromarray(load_rgb(path))
-    draw = ImageDraw.Draw(img)
-    width = max(2, round(max(img.size) / 320))
-    font = ImageFont.load_default(size=max(12, round(max(img.size) / 45)))
-    for c in cells:
-        k = int(c.probs.argmax())
-        colour = "#888888" if c.edge else "#000000" if c.referred else PALETTE[k % len(PALETTE)]
-        draw.rectangle(c.box, outline=colour, width=width)
-        text = ("edge: " if c.edge else "refer: " if c.referred else "") + f"{classes[k]} {c.probs[k]:.2f}"
-        tall = font.size + 4
-        # Above the box where there is room, else just inside its top.
-        x, y = c.box[0] + width, c.box[1] - tall if c.box[1] >= tall else c.box[1] + width
-        left, top, right, bottom = draw.textbbox((x, y), text, font=font)
-        draw.rectangle((left - 2, top - 1, right + 2, bottom + 1), fill=colour)
-        draw.text((x, y), text, fill="white", font=font)
-    img.save(out_path, quality=88)
-
-
-def run_count(model, meta, paths: list[str], out: Path, min_confidence: float = 0.0, target: int | None = None,
+def run_count(model, meta, paths: list[str], min_confidence: float = 0.0, target: int | None = None,
               truth_path=None, batch_size: int = 64, workers: int | None = None, shift_check: bool = True,
-              draw: bool = True, progress: bool = True) -> tuple[dict, dict]:
-    """The whole command: count, write cells.csv, differential.csv/json, fields/, count.html
-    (and truth.json with `truth_path`); returns (the summary that count.json holds, the
-    differential)."""
-    from .files import write_text_atomic
-
+              progress: bool = True, on_field: OnField | None = None) -> CountResult:
+    """The whole count: find and classify every field's cells, the differential, and with
+    `truth_path` the scores against hand-drawn boxes. Writes nothing (render/count.py does)."""
     truth = read_truth(truth_path) if truth_path else None  # a bad truth file fails before the work
-    fields, cells = count_fields(model, meta, paths, min_confidence, batch_size, workers, shift_check, progress)
-    classes = meta.classes
-    diff = differential(cells, classes)
-    write_cells_csv(out / "cells.csv", fields, cells, classes)
-    write_differential(out, diff, classes)
-    summary = {
-        "fields": len(fields), "unreadable": [[f.path, f.error] for f in fields if f.error],
-        "fields_without_cells": sum(1 for f in fields if not f.error and not f.boxes),
-        "cells_found": len(cells), **{k: diff[k] for k in ("counted", "referred", "edge_skipped")},
-        "min_confidence": min_confidence, "shift_check": shift_check and meta.shift_stats is not None,
-        "checkpoint": str(meta.path), "classes": classes,
-        "target": None if target is None else {"cells": target, "reached": diff["counted"] >= target},
-    }
+    fields = count_fields(model, meta, paths, min_confidence, batch_size, workers, shift_check, progress, on_field)
+    classes = list(meta.classes)
+    result = CountResult(fields, differential([c for f in fields for c in f.cells], classes), classes,
+                         min_confidence, shift_check and meta.shift_stats is not None, str(meta.path), target)
     if truth is not None:
-        summary["truth"] = score_against_truth(fields, cells, truth, classes)
-        summary["truth"]["file"] = str(truth_path)
-        write_text_atomic(out / "truth.json", json.dumps(summary["truth"], indent=2) + "\n")
-    by_file = cells_by_file(cells)
-    if draw:
-        (out / "fields").mkdir(exist_ok=True)
-        taken: set[str] = set()
-        for f in tqdm([f for f in fields if not f.error], desc="drawing", unit="field", disable=not progress, leave=False):
-            # Fields from two folders may share a name; neither picture may replace the other.
-            stem, n = Path(f.path).stem, 1
-            while (stem if n == 1 else f"{stem}-{n}") in taken:
-                n += 1
-            f.drawn = (stem if n == 1 else f"{stem}-{n}") + ".jpg"
-            taken.add(f.drawn[:-4])
-            draw_field(f.path, by_file.get(f.path, []), classes, out / "fields" / f.drawn)
-    write_text_atomic(out / "count.json", json.dumps(summary, indent=2) + "\n")
-    from .count_report import write_count_report
-
-    write_count_report(out, summary, diff, fields, cells, by_file)
-    return summary, diff
+        result.truth = {**score_against_truth(fields, truth, classes), "file": str(truth_path)}
+    return result

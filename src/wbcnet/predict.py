@@ -1,4 +1,5 @@
-"""Paths -> CSV rows: path, predicted class, confidence, per-class probabilities (or an error).
+"""Paths -> CellResults (results.py), and their CSV: path, predicted class, confidence, per-class
+probabilities (or an error).
 
 Imports torch, numpy and Pillow only (no sklearn, matplotlib or timm), so classifying one cell
 waits little longer than torch's own import.
@@ -14,6 +15,7 @@ from .data.cache import decode_images
 from .data.preprocess import from_meta
 from .data.imageio import is_candidate
 from .inference import run_model
+from .results import CellResult
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
@@ -37,27 +39,28 @@ def expand_inputs(inputs: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
     return paths, skipped
 
 
-def predict_paths(model, meta, paths: list[str], batch_size: int = 64, workers: int | None = None,
+def predict_cells(model, meta, paths: list[str], batch_size: int = 64, workers: int | None = None,
                   min_confidence: float = 0.0, backend=None, progress: bool = True, tta: bool = False,
-                  shift_check: bool = True) -> list[dict]:
-    """One row per path, in input order. Unreadable files get `error` and no class. A cell that is
-    unfamiliar (unlike the training labs' cells) or below `min_confidence` is `refer`red; a
+                  shift_check: bool = True) -> list[CellResult]:
+    """One CellResult per path, in input order. Unreadable files get `error` and no class. A cell
+    that is unfamiliar (unlike the training labs' cells) or below `min_confidence` is `refer`red; a
     warning is printed when a large share of the batch is unfamiliar."""
-    classes = meta.classes
+    classes = list(meta.classes)
     decoded = decode_images(paths, from_meta(meta), workers, "decoding", progress)
     pred = run_model(model, meta, decoded.images, batch_size, backend=backend, tta=tta, shift_check=shift_check)
     referred = pred.referred(min_confidence)
-    rows = [{"path": p, "predicted": "", "confidence": "", "error": ""} for p in paths]
+    results: list = [None] * len(paths)
     for i, reason in decoded.errors_by_position(len(paths)).items():
-        rows[i]["error"] = reason
-    for j, (i, pr, found) in enumerate(zip(decoded.index, pred.probs, decoded.found)):
-        k = int(pr.argmax())
-        rows[i].update(predicted="refer" if referred[j] else classes[k], confidence=f"{pr[k]:.4f}",
-                       cell_found="yes" if found else "no", **{f"p_{c}": f"{v:.4f}" for c, v in zip(classes, pr)})
-        if pred.unfamiliar is not None:
-            rows[i].update(shift_score=f"{pred.shift_score[j]:.2f}", unfamiliar="yes" if pred.unfamiliar[j] else "no")
+        results[i] = CellResult(paths[i], error=reason)
+    for j, (i, found) in enumerate(zip(decoded.index, decoded.found)):
+        results[i] = CellResult.from_predictions(paths[i], pred, j, referred, classes, cell_found=found)
     warn_if_unfamiliar(pred.unfamiliar, meta)
-    return rows
+    return results
+
+
+def predict_paths(model, meta, paths: list[str], *args, **kw) -> list[dict]:
+    """predict_cells (same arguments) as the rows of the predictions CSV, for write_rows."""
+    return [c.to_row(meta.classes, "predict") for c in predict_cells(model, meta, paths, *args, **kw)]
 
 
 def warn_if_unfamiliar(unfamiliar, meta) -> str | None:

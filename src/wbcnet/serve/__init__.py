@@ -2,13 +2,16 @@
 
     worker.py   the one thread that runs the model; requests that arrive together share a batch
     uploads.py  what a client sends: the body-size cap, temporary files, decoding, display names
-    app.py      the FastAPI app: routes, JSON answers, the page; create_app() and serve()
+    app.py      the FastAPI app: routes, the page; create_app() and serve()
+    schemas.py  the answers' Pydantic models, built from the records of results.py (/openapi.json)
     page.html, page.js, page.css   the page: plain HTML, JavaScript and CSS served by the app (no build
                 step, no CDN)
 
 Serve is thin: cells go through the same decode and cell crop as `predict`
 (data/preprocess.load_input), the model runs through inference.run_model, fields through
-count.count_fields and count.differential, maps through explain.explain_images.
+count.find_fields (in a thread) and count.classify_found (on the model's thread), maps through
+explain.explain_images. Every answer is a record's to_dict() (results.py); /docs works offline
+(fastapi-offline serves Swagger UI itself).
 """
 from .app import create_app, serve
 

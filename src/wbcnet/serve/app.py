@@ -25,15 +25,20 @@ from pathlib import Path
 import numpy as np
 from fastapi import FastAPI, File, HTTPException, Query, UploadFile
 from fastapi.responses import HTMLResponse, Response
+from fastapi_offline import FastAPIOffline
 from PIL import Image
 
 from .. import __version__
-from ..count import PALETTE, cells_by_file, count_fields, differential, draw_field
+from ..count import classify_found, differential, find_fields
+from ..data.cache import default_workers
 from ..data.preprocess import from_meta
 from ..errors import WbcnetError
 from ..explain import explain_images, overlay
-from ..inference import Predictions, run_model
+from ..inference import run_model
+from ..render.draw import class_colours, draw_field
+from ..results import CellResult, CountResult
 from ..shift import unfamiliar_warning
+from .schemas import ClassifyAnswer, CountAnswer, ExplainAnswer, Health, ModelCard
 from .uploads import BodyLimit, decode_cells, save_uploads
 from .worker import ModelWorker
 
@@ -48,8 +53,9 @@ def _asset(name: str) -> bytes:
     return resources.files(__package__).joinpath(name).read_bytes()
 
 
-def _image_uri(rgb: np.ndarray, size: int | None = None, fmt: str = "PNG") -> str:
-    img = Image.fromarray(rgb)
+def _image_uri(rgb, size: int | None = None, fmt: str = "PNG") -> str:
+    """A data URI of an RGB array or PIL image, resized to size x size where given."""
+    img = Image.fromarray(rgb) if isinstance(rgb, np.ndarray) else rgb
     if size and img.width != size:
         img = img.resize((size, size), Image.Resampling.BICUBIC)
     buf = io.BytesIO()
@@ -70,19 +76,7 @@ def model_card(meta, min_confidence: float, max_upload_mb: float, max_files: int
         "trained_with": meta.wbcnet_version, "version": __version__,
         "val_macro_f1": meta.val_macro_f1, "min_confidence": min_confidence,
         "limits": {"max_upload_mb": max_upload_mb, "max_files": max_files},
-        "colours": [PALETTE[k % len(PALETTE)] for k in range(len(meta.classes))],
-    }
-
-
-def cell_answer(name: str, pred: Predictions, j: int, referred, classes, cell_found: bool) -> dict:
-    k = int(pred.probs[j].argmax())
-    return {
-        "name": name, "class": classes[k], "confidence": round(float(pred.probs[j, k]), 6),
-        "probabilities": {c: round(float(p), 6) for c, p in zip(classes, pred.probs[j])},
-        "refer": bool(referred[j]), "cell_found": bool(cell_found),
-        "unfamiliar": None if pred.unfamiliar is None else bool(pred.unfamiliar[j]),
-        "shift_score": None if pred.shift_score is None else round(float(pred.shift_score[j]), 3),
-        "error": None,
+        "colours": class_colours(meta.classes),
     }
 
 
@@ -109,9 +103,10 @@ def create_app(model, meta, max_upload_mb: float = 20.0, max_files: int = 64, mi
         finally:
             app.state.worker.close()
 
-    app = FastAPI(title="wbcnet", version=__version__, lifespan=lifespan,
-                  description="White blood cell classification: single cells, whole fields and Grad-CAM maps. "
-                              "The page is at /.")
+    # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from this server, not from a CDN.
+    app = FastAPIOffline(title="wbcnet", version=__version__, lifespan=lifespan,
+                         description="White blood cell classification: single cells, whole fields and Grad-CAM maps. "
+                                     "The page is at /.")
     app.add_middleware(BodyLimit, max_bytes=int(max_upload_mb * 1e6))
 
     def check_count(files: list[UploadFile]) -> None:
@@ -151,16 +146,18 @@ def create_app(model, meta, max_upload_mb: float = 20.0, max_files: int = 64, mi
     for name, mime in ASSETS.items():
         app.add_api_route(f"/{name}", asset_route(assets[name], mime), methods=["GET"], include_in_schema=False)
 
-    @app.get("/healthz", summary="Liveness, and the cells classified so far")
+    @app.get("/healthz", summary="Liveness, and the cells classified so far", response_model=Health)
     async def healthz():
         """`classified`: requests, the batches (forward passes) they were run in, and images."""
         return {"status": "ok", "classified": dict(app.state.worker.stats)}
 
-    @app.get("/v1/model", summary="The model card: classes, training sources, temperature, version, limits")
+    @app.get("/v1/model", summary="The model card: classes, training sources, temperature, version, limits",
+             response_model=ModelCard)
     async def model_info():
         return model_card(meta, server_bar, max_upload_mb, max_files)
 
-    @app.post("/v1/classify", summary="Classify images of single cells")
+    @app.post("/v1/classify", summary="Classify images of single cells", response_model=ClassifyAnswer,
+              response_model_exclude_unset=True)
     async def classify(files: list[UploadFile] = File(..., description="one or more cell images"),
                        min_confidence: float | None = Query(None, ge=0, le=1, description="refer cells below this "
                                                             "confidence (default: the server's --min-confidence)"),
@@ -172,17 +169,19 @@ def create_app(model, meta, max_upload_mb: float = 20.0, max_files: int = 64, mi
         names, decoded = await read_cells(files)
         pred = await asyncio.wrap_future(app.state.worker.classify(decoded.images))
         referred = pred.referred(refer_below(min_confidence))
-        results: list[dict] = [{"name": n, "error": None} for n in names]
+        results: list = [None] * len(names)
         for i, reason in decoded.errors_by_position(len(names)).items():
-            results[i]["error"] = reason
+            results[i] = CellResult(names[i], error=reason).to_dict()
         for j, i in enumerate(decoded.index):
-            results[i] = cell_answer(names[i], pred, j, referred, classes, decoded.found[j])
+            results[i] = CellResult.from_predictions(names[i], pred, j, referred, classes,
+                                                     cell_found=decoded.found[j]).to_dict()
             if thumbnails:
                 results[i]["input"] = _image_uri(decoded.images[j].transpose(1, 2, 0), fmt="JPEG")
         warning = unfamiliar_warning(pred.unfamiliar, [s.get("name", "?") for s in meta.sources])
         return {"results": results, "warning": warning}
 
-    @app.post("/v1/explain", summary="Where the model looked: Grad-CAM over one cell")
+    @app.post("/v1/explain", summary="Where the model looked: Grad-CAM over one cell", response_model=ExplainAnswer,
+              response_model_exclude_unset=True)
     async def explain(file: UploadFile = File(..., description="one cell image")):
         """The cell as the model saw it, its class, and PNG data URIs of the Grad-CAM map for that
         class over it (and the attention-pooling map, for models that have one)."""
@@ -206,10 +205,12 @@ def create_app(model, meta, max_upload_mb: float = 20.0, max_files: int = 64, mi
             return out
 
         pictures = await asyncio.to_thread(draw)
-        answer = cell_answer(names[0], pred, 0, pred.referred(server_bar), classes, decoded.found[0])
+        answer = CellResult.from_predictions(names[0], pred, 0, pred.referred(server_bar), classes,
+                                             cell_found=decoded.found[0]).to_dict()
         return {**answer, **pictures}
 
-    @app.post("/v1/count", summary="Find, classify and count the white cells of whole fields")
+    @app.post("/v1/count", summary="Find, classify and count the white cells of whole fields",
+              response_model=CountAnswer, response_model_exclude_unset=True)
     async def count(files: list[UploadFile] = File(..., description="one or more field images"),
                     min_confidence: float | None = Query(None, ge=0, le=1),
                     drawn: bool = Query(False, description="add `picture`: the field with its boxes, "
@@ -222,38 +223,27 @@ def create_app(model, meta, max_upload_mb: float = 20.0, max_files: int = 64, mi
         with tempfile.TemporaryDirectory(prefix="wbcnet-serve-") as tmp:
             uploads = await asyncio.to_thread(save_uploads, files, Path(tmp))
             paths = [str(u.path) for u in uploads]
-            # count_fields finds the cells and runs the model in one go, so the whole count holds
-            # the model's thread; classification requests wait for it (a few fields take well
-            # under a second: about 60 fields/s on two cores).
-            fields, cells = await on_model(lambda m, meta: count_fields(m, meta, paths, bar, batch_size,
-                                                                        progress=False))
-            if all(f.error for f in fields):
-                raise _unreadable([(u.name, f.error) for u, f in zip(uploads, fields)])
-            by_file = cells_by_file(cells)
-            pictures = {}
-            if drawn:
-                def draw_all():
-                    for f in fields:
-                        if not f.error:
-                            out = Path(f.path).with_suffix(".jpg")
-                            draw_field(f.path, by_file.get(f.path, []), classes, out)
-                            pictures[f.path] = "data:image/jpeg;base64," + base64.b64encode(out.read_bytes()).decode()
+            # Reading and searching the fields runs in a thread of its own, each field decoded
+            # once (its picture kept for drawing); only the classification holds the model's thread.
+            found = await asyncio.to_thread(find_fields, paths, prep, min(len(paths), default_workers()), drawn)
+        if all(f.error for f in found):
+            raise _unreadable([(u.name, f.error) for u, f in zip(uploads, found)])
+        fields = await on_model(lambda m, meta: classify_found(m, meta, found, bar, batch_size))
+        for u, f in zip(uploads, fields):  # the client's names, never the server's temporary paths
+            f.file = u.name
+            for c in f.cells:
+                c.file = u.name
 
-                await asyncio.to_thread(draw_all)
-        answer = []
-        for u, f in zip(uploads, fields):
-            entry = {"name": u.name, "error": f.error or None, "width": f.width, "height": f.height, "cells": []}
-            for c in by_file.get(f.path, []):
-                k = int(c.probs.argmax())
-                entry["cells"].append({
-                    "box": list(c.box), "class": classes[k], "confidence": round(float(c.probs[k]), 6),
-                    "probabilities": {n: round(float(p), 6) for n, p in zip(classes, c.probs)},
-                    "refer": c.referred, "unfamiliar": c.unfamiliar, "edge": c.edge, "counted": c.counted})
-            if f.path in pictures:
-                entry["picture"] = pictures[f.path]
-            answer.append(entry)
-        diff = await asyncio.to_thread(differential, cells, classes)
-        return {"fields": answer, "cells_found": len(cells), "differential": diff, "min_confidence": bar}
+        def finish() -> dict:
+            if drawn:
+                for f, seen in zip(fields, found):
+                    if not f.error:
+                        f.picture = _image_uri(draw_field(seen.picture, f.cells, classes, seen.scale), fmt="JPEG")
+            result = CountResult(fields, differential([c for f in fields for c in f.cells], classes), classes, bar,
+                                 meta.shift_stats is not None)
+            return result.to_dict()
+
+        return await asyncio.to_thread(finish)
 
     return app
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from . import __version__
-from .htmlpage import escape as _e
-from .htmlpage import page, png_uri, table
+from .. import __version__
+from ..htmlpage import escape as _e
+from ..htmlpage import page, png_uri, table
 
 SECTIONS = [("data", "Data"), ("metrics", "Metrics"), ("confusion", "Confusion"), ("calibration", "Calibration"),
             ("selective", "Selective prediction"), ("errors", "Errors"), ("explain", "Where it looked")]
