@@ -2,8 +2,11 @@
 with their hand-drawn boxes, classified by the shipped model."""
 import csv
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -168,3 +171,66 @@ def test_find_cells_keeps_working_at_a_lower_magnification():
     hits = sum(any(x0 <= b.cx <= x1 and y0 <= b.cy <= y1 for b in found) for x0, y0, x1, y1 in expected)
     assert hits == len(expected) == 5
     assert len(found) <= len(expected) + 1
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 300 kB tmpfs (root only): a count of the six fields fills it."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(disk)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {done.stderr.decode().strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_finished_looking_count(small_disk, capsys):
+    out = small_disk / "out"
+    assert main(["count", str(FIELDS / "*.jpg"), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == f"wbcnet count: error: {out}: cannot write the count (no space left on the " \
+                                           f"device); nothing of it was kept"
+    # Nothing that looks like a result, and the unfinished files are gone (the space is free again).
+    assert [p.name for p in small_disk.iterdir()] == ["out"] and not any(out.iterdir())
+
+
+def test_a_killed_count_leaves_no_differential_without_count_json(tmp_path):
+    """Killed just before its outputs would have appeared: OUT is empty, the files wait in a
+    hidden folder beside it, and nothing in OUT looks like a finished count."""
+    out = tmp_path / "out"
+    code = ("import os, sys; import wbcnet.render.count as rc; "
+            "rc.CountOutput._move_into_place = lambda self: os._exit(9); "
+            "from wbcnet.cli import main; main(sys.argv[1:])")
+    done = subprocess.run([sys.executable, "-c", code, "count", str(FIELDS / "BloodImage_00000.jpg"), "--out", str(out),
+                           "--no-progress"], capture_output=True, text=True, env=dict(os.environ))
+    assert done.returncode == 9, done.stderr
+    assert out.is_dir() and not any(out.iterdir())
+    (hidden,) = [p for p in tmp_path.iterdir() if p.name.startswith(".out.unfinished-")]
+    assert {"cells.csv", "differential.csv", "differential.json", "count.json"} <= {p.name for p in hidden.iterdir()}
+    # The same --out can be used again once emptied; a finished count leaves nothing hidden behind.
+    assert main(["count", str(FIELDS / "BloodImage_00000.jpg"), "--out", str(out), "--no-progress"]) == 0
+    assert (out / "count.json").exists() and sorted(p.name for p in tmp_path.iterdir()) == [hidden.name, "out"]
+
+
+def test_each_field_is_decoded_once(tmp_path, monkeypatch):
+    """Found, drawn into fields/ and shown in count.html from one decode per field."""
+    import wbcnet.count as count
+    import wbcnet.render.count as render_count
+    import wbcnet.render.count_report as report
+
+    seen = []
+    real = count.load_rgb
+
+    def counting(path, *a, **kw):
+        seen.append(Path(path).name)
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(count, "load_rgb", counting)
+    assert not hasattr(render_count, "load_rgb") and not hasattr(report, "load_rgb")
+    assert main(["count", str(FIELDS / "*.jpg"), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    assert sorted(seen) == sorted(p.name for p in FIELDS.glob("*.jpg"))
+    assert len(list((tmp_path / "out" / "fields").iterdir())) == 6

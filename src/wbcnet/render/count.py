@@ -1,12 +1,14 @@
 """A count's folder: cells.csv, differential.csv/.json, truth.json, fields/, count.html, count.json.
 
-The outputs appear together. While the count runs, everything goes into OUT/.unfinished/ (the
-drawn fields as each is classified: count.run_count calls `CountOutput.add_field`, so each field
-is decoded once, to be searched, and drawn from that same picture). `finish` writes the tables
-and the page there, then moves each into OUT, count.json last: a folder with a count.json is a
-finished count, and a count that is killed leaves only the hidden .unfinished folder. A write
-that fails (a full disk, a folder made read-only meanwhile) is one WbcnetError line, and the
-unfinished folder is removed.
+The outputs appear together. While the count runs, everything goes into a hidden folder beside
+OUT, `.OUT.unfinished-PID` (the drawn fields as each is classified: count.run_count calls
+`CountOutput.add_field`, so each field is decoded once, to be searched, and drawn from that same
+picture). `finish` writes the tables and the page there and renames the folder onto the empty
+OUT in one step. Where that can't be done (OUT's parent is not writable, OUT is a mount point)
+the folder is OUT/.unfinished and its files are moved out one by one, count.json last. Either way
+a folder with a count.json is a finished count, and a count that is killed leaves OUT empty and
+the hidden folder behind. A write that fails (a full disk, a folder made read-only meanwhile) is
+one WbcnetError line, and the unfinished folder is removed.
 
     with CountOutput(out, meta.classes) as output:
         result = run_count(model, meta, paths, on_field=output.add_field)
@@ -30,7 +32,6 @@ from .count_report import FIELDS_SHOWN, GALLERY_PER_CLASS, GALLERY_REFERRED, ren
 from .draw import class_colours, draw_field
 from .tables import write_csv, write_json
 
-UNFINISHED = ".unfinished"
 # Errors of writing, not of wbcnet: said in one line.
 _WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
@@ -56,7 +57,7 @@ class CountOutput:
 
     def __init__(self, out, classes: list[str], draw_fields: bool = True):
         self.out, self.classes, self.draw_fields = Path(out), list(classes), draw_fields
-        self.work = self.out / UNFINISHED
+        self.work = self.out.parent / f".{self.out.name}.unfinished-{os.getpid()}"
         self._taken: set[str] = set()
         self.shown: list = []  # (file, drawn PIL image) of the first fields with cells
         self._best: dict[str, list] = {c: [] for c in self.classes}  # per class a heap of its most confident cells
@@ -65,9 +66,14 @@ class CountOutput:
 
     def __enter__(self) -> "CountOutput":
         with self._writing():
-            if self.work.exists():
-                shutil.rmtree(self.work)
-            (self.work / "fields").mkdir(parents=True) if self.draw_fields else self.work.mkdir(parents=True)
+            try:
+                self.work.mkdir()
+            except OSError:  # OUT's parent is not ours to write in: work inside OUT
+                self.work = self.out / ".unfinished"
+                shutil.rmtree(self.work, ignore_errors=True)
+                self.work.mkdir()
+            if self.draw_fields:
+                (self.work / "fields").mkdir()
         return self
 
     def __exit__(self, kind, error, tb) -> bool:
@@ -142,7 +148,16 @@ class CountOutput:
             html = render_count_report(result, chart, self.shown, self.gallery(), self.referred)
             write_text_atomic(self.work / "count.html", html)
             write_json(self.work / "count.json", result.summary())
-            for entry in sorted(self.work.iterdir(), key=lambda p: p.name == "count.json"):
-                os.replace(entry, self.out / entry.name)
-            self.work.rmdir()
+            self._move_into_place()
         return self.out / "count.json"
+
+    def _move_into_place(self) -> None:
+        if self.work.parent != self.out:
+            try:
+                os.replace(self.work, self.out)  # onto the empty OUT, in one step
+                return
+            except OSError:
+                pass
+        for entry in sorted(self.work.iterdir(), key=lambda p: p.name == "count.json"):
+            os.replace(entry, self.out / entry.name)
+        self.work.rmdir()
