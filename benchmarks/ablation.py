@@ -75,12 +75,11 @@ def make_split(packed: Path, out: Path, seed: int) -> None:
     """manifests/LAB_{train,val,test}.csv: each lab split once, grouped and stratified."""
     from wbcnet.config import TrainConfig
     from wbcnet.data.split import SPLITS
-    from wbcnet.train import make_split as split_samples, scan_sources
+    from wbcnet.train import split_of
 
     cfg = TrainConfig(data={lab: str(packed / lab) for lab in LABS}, seed=seed, merge_near_duplicates=True,
                       progress=False)
-    classes, samples, _ = scan_sources(cfg)
-    split = split_samples(cfg, samples, classes)
+    classes, split = split_of(cfg)  # the split `wbcnet train` would make of both labs
     (out / "manifests").mkdir(parents=True, exist_ok=True)
     for lab in LABS:
         for name in SPLITS:

@@ -58,7 +58,7 @@ from wbcnet.errors import WbcnetError
 from wbcnet.inference import predict_logits, run_model, use_bf16
 from wbcnet.models import create_model, default_img_size
 from wbcnet.predict import expand_inputs, predict_paths, write_rows
-from wbcnet.train import EMA, RunData, build_optimizer, train_one_epoch, train_step
+from wbcnet.train import RunData, train_one_epoch, train_step, training_parts
 
 SAMPLE = REPO / "src" / "wbcnet" / "assets" / "sample"
 SHARED_TRAIN = REPO.parent / "shared" / "datasets" / "raabin-wbc-train"
@@ -234,25 +234,20 @@ def build_checkpoint(folder: Path, name: str = "mhcnn", size: int | None = None)
     return save_checkpoint(folder / name, make_model(name, size), meta)
 
 
-def train_parts(model: torch.nn.Module, cfg: TrainConfig):
-    """The optimizer and loss `wbcnet train` builds for `cfg` (see train._fit)."""
-    return build_optimizer(model, cfg), torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-
-
 # ---------------------------------------------------------------------------------------------
 # (a) training throughput
 
 def training_img_per_s(name: str, size: int, bf16: bool, s: Settings, model_args: dict | None = None) -> float:
     """Median img/s of train.train_step (forward + backward + AdamW step) on random data: a
     training step without the data pipeline."""
-    model = make_model(name, size, model_args).train()
     x = torch.randn(s.batch, 3, size, size)
     y = torch.randint(0, len(CLASSES), (s.batch,))
-    if bf16:  # as train._fit and train_one_epoch lay out model and batch
-        model = model.to(memory_format=torch.channels_last)
+    # Optimizer and loss as `wbcnet train` builds them for the default config (train.training_parts).
+    parts = training_parts(TrainConfig(progress=False, batch_size=s.batch), len(CLASSES), y.numpy(),
+                           channels_last=bf16, model=make_model(name, size, model_args).train())
+    if bf16:  # as train_one_epoch lays out the batch
         x = x.contiguous(memory_format=torch.channels_last)
-    optimizer, criterion = train_parts(model, TrainConfig(progress=False))
-    return s.batch / median_seconds(lambda: train_step(model, criterion, optimizer, x, y, bf16),
+    return s.batch / median_seconds(lambda: train_step(parts.model, parts.criterion, parts.optimizer, x, y, bf16),
                                     s.train_warmup, s.train_steps)
 
 
@@ -548,19 +543,18 @@ def bench_epoch(paths: list[str], s: Settings, workdir: Path, name: str = "mhcnn
                for p in paths]
     bf16 = use_bf16(cfg.bf16)
     channels_last = bf16 if cfg.channels_last is None else cfg.channels_last
-    model = make_model(name, size).train()
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer, criterion = train_parts(model, cfg)
-    ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    n_batches = len(paths) // s.batch
-    n_images = n_batches * s.batch
+    # Model, optimizer, loss (with class weights where the config asks), EMA and the learning-rate
+    # schedule, as `wbcnet train` builds them (train.training_parts).
+    parts = training_parts(cfg, len(CLASSES), np.array([smp.label for smp in samples]), channels_last=channels_last,
+                           model=make_model(name, size).train())
+    ema, sched = parts.ema, parts.schedule
+    n_images = sched.steps_per_epoch * s.batch
 
     def epoch(images, data_samples=samples) -> float:
         data = RunData(data_samples, images)
         t0 = time.perf_counter()
-        train_one_epoch(model, criterion, optimizer, data, cfg, 0, 0, n_batches, int(cfg.warmup_epochs * n_batches),
-                        MEAN, STD, bf16, channels_last, ema)
+        train_one_epoch(parts.model, parts.criterion, parts.optimizer, data, cfg, 0, 0, sched.total_steps,
+                        sched.warmup_steps, MEAN, STD, bf16, channels_last, ema)
         return time.perf_counter() - t0
 
     # The cache as training uses it: written once, then memory-mapped by every epoch and later run.

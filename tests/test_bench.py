@@ -25,9 +25,43 @@ def test_bench_uses_the_package_helpers():
     assert bench.predict_logits is wbcnet.inference.predict_logits
     assert bench.default_workers is wbcnet.data.cache.default_workers
     assert bench.git_commit is wbcnet.checkpoint.git_commit
+    assert bench.training_parts is wbcnet.train.training_parts
     source = Path(bench.__file__).read_text()
-    for copy in ("loss.backward()", "optimizer.step()", "sched_getaffinity", "rev-parse"):
+    for copy in ("loss.backward()", "optimizer.step()", "sched_getaffinity", "rev-parse", "CrossEntropyLoss",
+                 "EMA(", "build_optimizer", "lr_at("):
         assert copy not in source, f"benchmarks/bench.py has its own copy of {copy!r}"
+
+
+def test_benchmarks_use_only_trains_public_parts():
+    """train.py's __all__ is what the benchmarks may use; its insides (_fit, EMA, make_split, ...) are not."""
+    import re
+
+    import wbcnet.train
+
+    for name in ("bench.py", "ablation.py", "backbones.py"):
+        source = (REPO / "benchmarks" / name).read_text()
+        for block in re.findall(r"from wbcnet\.train import ([^\n]+)", source):
+            used = {n.strip().split(" as ")[0] for n in block.strip("()").split(",")}
+            assert used <= set(wbcnet.train.__all__), (name, used - set(wbcnet.train.__all__))
+
+
+def test_training_parts_are_the_ones_fit_uses(monkeypatch):
+    import numpy as np
+    import torch
+
+    from wbcnet.config import TrainConfig
+    from wbcnet.train import training_parts
+
+    labels = np.array([0] * 12 + [1] * 4)
+    cfg = TrainConfig(model="mhcnn", img_size=32, batch_size=4, epochs=3, balance="weighted_loss", progress=False,
+                      model_args={"widths": [8, 8, 8, 8], "heads": 1, "depth": 1})
+    parts = training_parts(cfg, 2, labels)
+    assert parts.criterion.weight is not None and float(parts.criterion.weight[1]) > float(parts.criterion.weight[0])
+    assert parts.ema is not None and parts.schedule.steps_per_epoch == 4 and parts.schedule.total_steps == 12
+    assert parts.schedule.lr(0) < parts.schedule.lr(parts.schedule.warmup_steps) == cfg.lr
+    assert isinstance(parts.optimizer, torch.optim.AdamW)
+    again = training_parts(cfg, 2, labels)  # seeded: the same initial weights
+    assert all(torch.equal(a, b) for a, b in zip(parts.model.state_dict().values(), again.model.state_dict().values()))
 
 
 def test_checkpoint_and_training_sections(tmp_path):

@@ -35,3 +35,63 @@ def test_python_m_wbcnet_help_does_not_import_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.stdout.strip().splitlines()[-1] == "False", out.stdout + out.stderr
+
+
+# --- one set of inference options ----------------------------------------------------------------------
+
+from wbcnet.cli import build_parser, main  # noqa: E402
+from wbcnet.errors import WbcnetError  # noqa: E402
+from wbcnet.options import InferenceOptions  # noqa: E402
+
+MODEL_COMMANDS = {"evaluate": ["--data", "D", "--out", "O"], "predict": ["x.jpg"], "count": ["f.jpg", "--out", "O"],
+                  "adapt": ["--out", "O"], "serve": []}
+
+
+@pytest.mark.parametrize("command", sorted(MODEL_COMMANDS))
+def test_every_model_command_takes_checkpoint_device_and_threads(command):
+    args = build_parser().parse_args([command, *MODEL_COMMANDS[command], "--checkpoint", "C", "--device", "auto",
+                                      "--threads", "1"])
+    opts = InferenceOptions.from_args(args)
+    assert (opts.checkpoint, opts.device, opts.threads) == ("C", "auto", 1)
+
+
+def test_options_from_flags_keep_each_commands_defaults():
+    parse = build_parser().parse_args
+    assert InferenceOptions.from_args(parse(["evaluate", "--data", "D", "--out", "O"])).batch_size == 128
+    opts = InferenceOptions.from_args(parse(["predict", "x.jpg", "--no-shift-check", "--tta", "--workers", "2",
+                                             "--min-confidence", "0.7"]))
+    assert opts == InferenceOptions(batch_size=64, workers=2, min_confidence=0.7, shift_check=False, tta=True)
+
+
+def test_shared_flags_are_defined_once():
+    cli = (REPO / "src" / "wbcnet" / "cli.py").read_text()
+    options = (REPO / "src" / "wbcnet" / "options.py").read_text()
+    for flag in ("--checkpoint", "--workers", "--overwrite", "--batch-size", "--min-confidence", "--no-shift-check",
+                 "--device", "--threads", "--tta"):
+        assert f'"{flag}"' not in cli and options.count(f'(["{flag}"]') == 1, flag
+
+
+@pytest.mark.parametrize("kw, needle", [({"device": "gpu"}, "--device gpu"), ({"batch_size": 0}, "--batch-size 0"),
+                                        ({"threads": 0}, "--threads 0"), ({"workers": -1}, "--workers -1"),
+                                        ({"min_confidence": 2.0}, "--min-confidence 2.0")])
+def test_options_are_checked_once_with_one_line(kw, needle):
+    with pytest.raises(WbcnetError) as e:
+        InferenceOptions(**kw)
+    assert str(e.value).startswith(needle) and "\n" not in str(e.value)
+
+
+def test_a_bad_option_is_one_line_before_the_model_loads(tmp_path, capsys):
+    assert main(["predict", str(tmp_path), "--batch-size", "0", "--checkpoint", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "wbcnet predict: error: --batch-size 0: must be a whole number, 1 or more"
+
+
+def test_threads_set_torchs_threads():
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        InferenceOptions(threads=1).apply_threads()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -31,11 +31,18 @@ from .files import atomic_write
 
 # Enough held-out cells per class to fit a temperature and a threshold on.
 MIN_HELD_OUT_PER_CLASS = 4
+# The fewest labelled cells of a class adapt takes: the unfamiliar-image statistics need to see how
+# the cells of a class differ from each other, which one cell can't show.
+MIN_CELLS_PER_CLASS = 2
+# The fewest labelled cells in all: one training batch.
+MIN_CELLS = 4
 
 
 def adapt_config(parent_path, data, out, epochs: int = 12, lr: float = 3e-4, batch_size: int = 32,
-                 seed: int = 0, progress: bool = True, val_frac: float | None = None) -> TrainConfig:
-    """The TrainConfig of an adaptation run: the parent's model and recipe, a small budget."""
+                 seed: int = 0, progress: bool = True, val_frac: float | None = None, device: str = "cpu",
+                 threads: int | None = None, workers: int | None = None) -> TrainConfig:
+    """The TrainConfig of an adaptation run: the parent's model and recipe, a small budget. Too few
+    cells to adapt on are refused here, before a run folder exists."""
     _, parent = ckpt.read_checkpoint(parent_path)
     try:
         base = TrainConfig.from_dict(parent.config, f"{parent.path} config")
@@ -51,6 +58,7 @@ def adapt_config(parent_path, data, out, epochs: int = 12, lr: float = 3e-4, bat
     if extra:
         raise WbcnetError(f"{data}: class(es) {', '.join(extra)} are not the model's ({', '.join(parent.classes)}); "
                           f"adapt keeps the model's classes")
+    check_cell_counts(data, counts)
     smallest = min((n for n in counts.values() if n), default=0)
     if val_frac is None:  # hold cells out only where every class keeps enough to learn from
         val_frac = 0.2 if smallest * 0.2 >= MIN_HELD_OUT_PER_CLASS else 0.0
@@ -61,7 +69,20 @@ def adapt_config(parent_path, data, out, epochs: int = 12, lr: float = 3e-4, bat
         epochs=epochs, batch_size=min(batch_size, max(4, sum(counts.values()) // 4)), lr=lr,
         weight_decay=base.weight_decay, warmup_epochs=1, label_smoothing=base.label_smoothing, balance="sampler",
         ema_decay=0.0, patience=0, merge_near_duplicates=False, val_frac=val_frac, test_frac=0.0, seed=seed,
-        cache_dir=None, augment=base.augment, progress=progress, group_by="none")
+        cache_dir=None, augment=base.augment, progress=progress, group_by="none", device=device, threads=threads,
+        workers=workers)
+
+
+def check_cell_counts(data, counts: dict[str, int]) -> None:
+    """Refuse labelled cells too few to adapt on, saying which and how many more to label."""
+    few = [f"{c} ({n})" for c, n in counts.items() if 0 < n < MIN_CELLS_PER_CLASS]
+    if few:
+        raise WbcnetError(f"{data}: too few labelled cells of {', '.join(few)}; adapt needs at least "
+                          f"{MIN_CELLS_PER_CLASS} of each class it is given (label more, or leave the class out)")
+    total = sum(counts.values())
+    if total < MIN_CELLS:
+        raise WbcnetError(f"{data}: {total} labelled cell{'s' * (total != 1)}; adapt needs at least {MIN_CELLS} "
+                          f"(label more cells)")
 
 
 def adapt(parent_path, data, out, **kw) -> Path:
@@ -111,9 +132,11 @@ def adapt_unlabelled(parent_path, images_dir, out, batch_size: int = 64, progres
 
 
 def shots_curve(parent_path, data, out, shots: list[int], repeats: int, seed: int = 0, epochs: int = 12,
-                progress: bool = False) -> list[dict]:
-    """k cells per class adapt the parent, the rest of `data` measure it; learning curve files."""
+                progress: bool = False, **train_kw) -> list[dict]:
+    """k cells per class adapt the parent, the rest of `data` measure it; learning curve files.
+    `train_kw` (device, threads, workers) go to each adaptation run; its evaluation runs there too."""
     from .checkpoint import load_model
+    from .inference import resolve_device
     from .data.cache import decode_images
     from .data.preprocess import from_meta
     from .data.scan import scan
@@ -129,7 +152,9 @@ def shots_curve(parent_path, data, out, shots: list[int], repeats: int, seed: in
     by_class = {c: [s for s in samples if s.label == c] for c in range(len(parent.classes))}
     present = [c for c, v in by_class.items() if v]
     rows = []
+    device = resolve_device(train_kw.get("device") or "cpu")
     model, meta = load_model(parent_path)
+    model.to(device)
     base = evaluate_samples(model, meta, samples, out / "k0", title="unadapted", progress=progress,
                             explain_maps=False, n_resamples=0, images=decoded.images)
     rows.append({"shots": 0, "repeat": 0, "n_adapt": 0, "n_test": base["n"], "macro_f1": base["macro_f1"],
@@ -149,8 +174,10 @@ def shots_curve(parent_path, data, out, shots: list[int], repeats: int, seed: in
                 w = csv.writer(fh)
                 w.writerow(["path", "label"])
                 w.writerows([(str(Path(s.path).resolve()), parent.classes[s.label]) for s in adapt_set])
-            run = adapt(parent_path, manifest, work / "run", epochs=epochs, seed=r, progress=progress, val_frac=0.0)
+            run = adapt(parent_path, manifest, work / "run", epochs=epochs, seed=r, progress=progress, val_frac=0.0,
+                        **train_kw)
             model, meta = load_model(run)
+            model.to(device)
             res = evaluate_samples(model, meta, test_set, work / "eval", title=f"k={k}", progress=progress,
                                    explain_maps=False, n_resamples=0,
                                    images=decoded.images[[row_of[s.path] for s in test_set]])

@@ -6,11 +6,14 @@ scripts keep a checkpoint as a dict of named parts. The JSON is a `CheckpointMet
 
 Both files are written under temporary names and renamed, the JSON last, and the JSON holds the
 SHA-256 of the weights file: flipped bytes on disk, or an interrupt between the two renames that
-leaves new weights beside old metadata, are caught when the checkpoint is read, never used.
+leaves new weights beside old metadata, are caught when the checkpoint is read, never used. A JSON
+without the checksum is refused: nothing would tie its classes to the weights beside it.
 """
 from __future__ import annotations
 
+import errno
 import json
+import os
 import subprocess
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -124,7 +127,12 @@ def save_checkpoint(stem, model: torch.nn.Module, meta: CheckpointMeta, optimize
     weights, info = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
     # The inner block is left first, so the weights are renamed into place before the JSON.
     with atomic_write(info) as tmp_info, atomic_write(weights) as tmp_weights:
-        save_tensors(tensors, tmp_weights)
+        try:
+            save_tensors(tensors, tmp_weights)
+        except Exception as e:  # safetensors reports a full disk as its own error type: an OSError here
+            if isinstance(e, OSError) or "os error 28" not in str(e):
+                raise
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(weights)) from None
         saved["weights_sha256"] = sha256_file(tmp_weights)
         tmp_info.write_text(json.dumps(saved, indent=2, default=str))
     return weights
@@ -161,7 +169,13 @@ def read_checkpoint(path=None) -> tuple[dict[str, torch.Tensor], CheckpointMeta]
     if not isinstance(raw, dict):
         raise WbcnetError(f"{info}: not a wbcnet checkpoint (not a JSON object)")
     meta = CheckpointMeta.from_dict(raw, str(info))
-    if meta.weights_sha256 and sha256_file(path) != meta.weights_sha256:
+    if not meta.weights_sha256:
+        # Without the checksum nothing ties these weights to this metadata: edited classes or a
+        # file from another save would load silently and answer with the wrong names.
+        raise WbcnetError(f"{info}: no weights_sha256, so the weights cannot be checked against this metadata "
+                          f"(edited by hand, or not written by wbcnet); refused. If you trust both files, add "
+                          f"\"weights_sha256\": \"<the sha256sum of {path.name}>\" to it")
+    if sha256_file(path) != meta.weights_sha256:
         raise WbcnetError(f"{path}: the weights do not match their metadata's checksum (corrupted on disk, or "
                           f"an interrupted write left weights and {info.name} from different saves)")
     tensors = load_tensors(path)

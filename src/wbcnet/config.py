@@ -178,4 +178,60 @@ def field_default(f):
     return f.default_factory() if f.default is MISSING else f.default
 
 
-__all__ = ["TrainConfig", "AugmentConfig", "flag_fields", "field_default"]
+# Flags whose name is not the field's, kept from earlier versions of the CLI.
+FLAG_NAMES = {"val_data": "--val", "test_data": "--test"}
+
+
+def flag_name(name: str) -> str:
+    """The `wbcnet train` flag of a TrainConfig field: img_size -> --img-size."""
+    return FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
+
+
+def add_train_flags(p) -> None:
+    """One flag per TrainConfig field that offers one, with its type, choices and default; a flag
+    not given stays None (the YAML's value, or the field's default, holds)."""
+    import argparse
+
+    for f in flag_fields():
+        default = field_default(f)
+        help = f"{f.metadata['help']} (default: {'none' if default is None else default})"
+        kind = str(f.type)
+        if f.metadata.get("append"):
+            p.add_argument(flag_name(f.name), dest=f.name, action="append", default=None, metavar="[NAME=]PATH",
+                           help=help)
+        elif kind.startswith("bool"):
+            p.add_argument(flag_name(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                           help=help)
+        elif kind.startswith("list"):
+            p.add_argument(flag_name(f.name), dest=f.name, default=None, help=help,
+                           type=lambda v: [c.strip() for c in v.split(",") if c.strip()])
+        else:
+            convert = int if kind.startswith("int") else float if kind.startswith("float") else str
+            p.add_argument(flag_name(f.name), dest=f.name, type=convert, choices=f.metadata.get("choices"),
+                           default=None, help=help)
+
+
+def given_flags(args) -> dict:
+    """The TrainConfig fields that flags set (`--no-cache`: cache_dir None)."""
+    given = {f.name: getattr(args, f.name) for f in flag_fields() if getattr(args, f.name, None) is not None}
+    if getattr(args, "no_cache", False):
+        given["cache_dir"] = None
+    return given
+
+
+def config_from_args(args) -> TrainConfig:
+    """`--config` YAML (if any) with the flags given on top, checked."""
+    from .data.sources import parse_sources
+
+    cfg = TrainConfig.from_yaml(args.config) if args.config else TrainConfig()
+    for name, value in given_flags(args).items():
+        setattr(cfg, name, value)
+    if isinstance(cfg.data, list):  # from --data flags: a plain path, or {name: path} for several labs
+        named = [d for d in cfg.data if "=" in d]
+        cfg.data = cfg.data[0] if len(cfg.data) == 1 and not named else \
+            {s.name: s.path for s in parse_sources(cfg.data)}
+    return cfg.validate()
+
+
+__all__ = ["TrainConfig", "AugmentConfig", "flag_fields", "field_default", "flag_name", "add_train_flags",
+           "given_flags", "config_from_args"]

@@ -73,6 +73,17 @@ def prepare_output_dir(folder, overwrite: bool = False, what: str = "output fold
     return ensure_writable_dir(folder, what)
 
 
+def disk_full(e: BaseException) -> bool:
+    """Whether `e` is the disk (or the user's quota) running out of space."""
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_message(e: OSError, what: str = "") -> str:
+    """One line for a full disk: where it happened and what to do."""
+    where = f"{e.filename}: " if e.filename else ""
+    return f"{where}no space left on the device{' writing ' + what if what else ''}; free some space and run again"
+
+
 def _reason(e: OSError) -> str:
     if e.errno == errno.EROFS:
         return "read-only file system"

@@ -20,15 +20,18 @@ from .results import CellResult
 
 def expand_inputs(inputs: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
     """Files, folders (searched recursively) and globs -> (image paths, skipped (path, reason))."""
+    from .data.scan import walk_files
+
     paths, skipped = [], []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            for f in sorted(p.rglob("*")):
-                if f.is_file():
-                    (paths.append(str(f)) if is_candidate(f) else
-                     skipped.append((str(f), "hidden file, skipped" if f.name.startswith(".") else
-                                     f"not an image extension ({f.suffix or 'none'}), skipped")))
+            files, odd = walk_files(p)  # symlink loops and broken links are named, like hidden files
+            skipped += odd
+            for f in files:
+                (paths.append(str(f)) if is_candidate(f) else
+                 skipped.append((str(f), "hidden file, skipped" if f.name.startswith(".") else
+                                 f"not an image extension ({f.suffix or 'none'}), skipped")))
         elif p.is_file():
             paths.append(str(p))  # named explicitly: try it whatever its extension
         else:
@@ -77,14 +80,33 @@ def warn_if_unfamiliar(unfamiliar, meta) -> str | None:
 def write_rows(rows: list[dict], classes: list[str], out) -> None:
     """The predictions CSV. `cell_found` is "no" where the model's cell crop found no cell and
     the whole picture was classified instead; `shift_score`/`unfamiliar` where the checkpoint
-    carries the unfamiliar-image check."""
+    carries the unfamiliar-image check. A file is written under a temporary name beside `out` and
+    renamed over it once every row is in: a full disk or an interrupt leaves an earlier file as
+    it was, never a partial one that looks whole."""
+    from .errors import WbcnetError
+    from .files import atomic_write, disk_full
+
     fields = (["path", "predicted", "confidence"] + [f"p_{c}" for c in classes] + ["cell_found"] +
               (["shift_score", "unfamiliar"] if any("unfamiliar" in r for r in rows) else []) + ["error"])
-    fh = open(out, "w", newline="") if out not in (None, "-") else sys.stdout
-    try:
+
+    def write(fh) -> None:
         w = csv.DictWriter(fh, fieldnames=fields, restval="")
         w.writeheader()
         w.writerows(rows)
-    finally:
-        if fh is not sys.stdout:
-            fh.close()
+
+    if out in (None, "-"):
+        write(sys.stdout)
+        return
+    if Path(out).exists() and not Path(out).is_file():  # /dev/stdout, a named pipe: nothing to replace
+        with open(out, "w", newline="") as fh:
+            write(fh)
+        return
+    try:
+        with atomic_write(out) as tmp, open(tmp, "w", newline="") as fh:
+            write(fh)
+    except OSError as e:
+        if not disk_full(e):
+            raise
+        kept = "the earlier file is unchanged" if Path(out).exists() else "nothing was written"
+        raise WbcnetError(f"{out}: no space left on the device for the predictions CSV ({kept}); free some "
+                          f"space and run again") from None

@@ -1,5 +1,9 @@
 """Training: fit() runs a whole job, train_one_epoch() one pass, train_step() one batch.
 
+The parts a run trains with are built from its TrainConfig by training_parts() (build_model,
+build_optimizer, build_loss, build_ema, build_schedule), and split_of() gives the split fit() would
+make: the benchmarks call these rather than copying them. `__all__` is what other code may use.
+
 Every epoch draws its shuffling, augmentation and dropout from generators seeded with
 (seed, epoch), and the learning rate is a pure function of the step, so a run resumed from its
 last checkpoint continues exactly as if it had never stopped.
@@ -39,7 +43,7 @@ from .data.sources import Source, parse_sources, regroup, source_name
 from .data.split import SPLITS, merge_linked_groups, read_split, split_by_source, write_split
 from .distributed import Dist
 from .errors import WbcnetError
-from .files import atomic_write, ensure_writable_dir
+from .files import atomic_write, disk_full, ensure_writable_dir
 from .inference import fit_shift_stats, predict_logits, resolve_device, use_bf16
 from .metrics import macro_f1
 from .models import create_model, default_img_size
@@ -390,17 +394,36 @@ def fit(cfg: TrainConfig | None, resume: str | Path | None = None, on_epoch_end=
         cfg.progress = False
         with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
             return _fit(cfg, run_dir, bool(resume), on_epoch_end, d, evaluate)
-    except BaseException:
+    except BaseException as e:
         # A new run that fails before its first checkpoint leaves no half-made folder behind.
+        removed = False
         if d.main and not resume and run_dir.is_dir() and not (run_dir / "last.safetensors").exists():
             if {p.name for p in run_dir.iterdir()} <= PRELIMINARY_FILES:
                 shutil.rmtree(run_dir, ignore_errors=True)
+                removed = True
+        if disk_full(e):
+            then = ("the run folder was removed; free some space and run the same command again" if removed else
+                    f"free some space and continue with: wbcnet train --resume {run_dir}"
+                    if (run_dir / "last.safetensors").exists() else
+                    f"{run_dir} holds no checkpoint yet: free some space, remove it and run again")
+            raise WbcnetError(f"{e.filename or run_dir}: no space left on the device; {then}") from None
         raise
     finally:
         d.close()
 
 
+# --- the parts of training, built from a TrainConfig: fit() and the benchmarks build them here ------
+
+def build_model(cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
+    """The model a run of `cfg` starts from: seeded with cfg.seed, or cfg.pretrained's weights."""
+    model_args = dict(cfg.model_args)
+    model_args.setdefault("img_size", cfg.img_size)
+    torch.manual_seed(cfg.seed)
+    return create_model(cfg.model, num_classes=num_classes, pretrained=cfg.pretrained, **model_args)
+
+
 def build_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW (or SGD with Nesterov momentum); weight decay on weights, not on biases and norms."""
     decay, no_decay = [], []
     for p in model.parameters():
         (decay if p.ndim > 1 else no_decay).append(p)
@@ -408,6 +431,74 @@ def build_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
     return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def build_loss(cfg: TrainConfig, labels: np.ndarray, num_classes: int, device="cpu") -> torch.nn.Module:
+    """Label-smoothed cross-entropy; with balance=weighted_loss each class weighted by its rarity in `labels`."""
+    weight = class_weights(labels, num_classes) if cfg.balance == "weighted_loss" else None
+    return torch.nn.CrossEntropyLoss(weight=weight.to(device) if weight is not None else None,
+                                     label_smoothing=cfg.label_smoothing)
+
+
+def build_ema(model, cfg: TrainConfig) -> EMA | None:
+    return EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Steps of a run and its learning rate at each: linear warmup, then cosine decay to 0."""
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    base_lr: float
+
+    def lr(self, step: int) -> float:
+        return lr_at(step, self.total_steps, self.warmup_steps, self.base_lr)
+
+
+def build_schedule(cfg: TrainConfig, n_train: int, world: int = 1) -> Schedule:
+    """The schedule of `n_train` training images in batches of cfg.batch_size on each of `world`
+    processes (the ragged last batch dropped); refused if that is not one batch."""
+    steps_per_epoch = n_train // world // cfg.batch_size
+    if steps_per_epoch == 0:
+        if cfg.init_from:  # wbcnet adapt chooses the batch size itself: the cure is more cells
+            raise WbcnetError(f"{n_train} usable labelled cells is less than one batch of {cfg.batch_size}; "
+                              f"label more cells")
+        raise WbcnetError(f"{n_train} training images is less than one batch "
+                          f"(--batch-size {cfg.batch_size}" + (f" on each of {world} processes" if world > 1 else "") +
+                          "); lower the batch size or add images")
+    return Schedule(steps_per_epoch, steps_per_epoch * cfg.epochs, int(cfg.warmup_epochs * steps_per_epoch), cfg.lr)
+
+
+@dataclass
+class TrainParts:
+    """What a run trains with."""
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    criterion: torch.nn.Module
+    ema: EMA | None
+    schedule: Schedule
+
+
+def training_parts(cfg: TrainConfig, num_classes: int, labels: np.ndarray, device="cpu", channels_last: bool = False,
+                   world: int = 1, model: torch.nn.Module | None = None) -> TrainParts:
+    """Model, optimizer, loss (class weights from `labels`, the training labels), EMA and schedule,
+    as fit() builds them for `cfg`. `model`: one built already (fit's, with a parent's weights;
+    a benchmark's); else build_model(cfg). The model is moved to `device` (and channels-last)."""
+    model = build_model(cfg, num_classes) if model is None else model
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, cfg)
+    ema = build_ema(model, cfg)
+    criterion = build_loss(cfg, labels, num_classes, device)
+    return TrainParts(model, optimizer, criterion, ema, build_schedule(cfg, len(labels), world))
+
+
+def split_of(cfg: TrainConfig) -> tuple[list[str], dict[str, list[Sample]]]:
+    """The classes, and the train/val/test samples fit() would split `cfg`'s data into; writes nothing."""
+    classes, samples, _ = scan_sources(cfg)
+    return classes, make_split(cfg, samples, classes)
 
 
 def _fit(cfg: TrainConfig, run_dir: Path, resuming: bool, on_epoch_end, d: Dist, evaluate: bool = True) -> Path:
@@ -428,22 +519,15 @@ def _fit(cfg: TrainConfig, run_dir: Path, resuming: bool, on_epoch_end, d: Dist,
     train, val, test = data["train"], data["val"], data["test"]
     print("images: " + ", ".join(f"{k} {len(v.samples) if v else 0}" for k, v in data.items()))
 
-    model_args = dict(cfg.model_args)
-    model_args.setdefault("img_size", cfg.img_size)
-    torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model, num_classes=len(classes), pretrained=cfg.pretrained, **model_args)
+    model = build_model(cfg, len(classes))
     parent = None
     if cfg.init_from:  # adapt: the parent's weights, and below its normalisation and temperature
         tensors, parent = ckpt.read_checkpoint(cfg.init_from)
         ckpt.load_weights(model, ckpt.part(tensors, "ema") or ckpt.part(tensors, "model"), parent.path)
-    model = model.to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, cfg)
-    ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    weight = class_weights(train.labels, len(classes)) if cfg.balance == "weighted_loss" else None
-    criterion = torch.nn.CrossEntropyLoss(weight=weight.to(device) if weight is not None else None,
-                                          label_smoothing=cfg.label_smoothing)
+    parts = training_parts(cfg, len(classes), train.labels, device, channels_last, d.world, model)
+    model, optimizer, criterion, ema, schedule = parts.model, parts.optimizer, parts.criterion, parts.ema, parts.schedule
+    model_args = dict(cfg.model_args)
+    model_args.setdefault("img_size", cfg.img_size)
 
     mean, std = (parent.mean, parent.std) if parent else channel_stats(train.images)
     trained_on = [{"name": src.name, "path": src.path,
@@ -477,11 +561,7 @@ def _fit(cfg: TrainConfig, run_dir: Path, resuming: bool, on_epoch_end, d: Dist,
             setattr(meta, key, getattr(saved, key))
         print(f"resuming after epoch {start_epoch} (best validation macro-F1 so far {best_f1:.4f})")
 
-    steps_per_epoch = len(train.samples) // d.world // cfg.batch_size
-    if steps_per_epoch == 0:
-        raise WbcnetError(f"{len(train.samples)} training images is less than one batch "
-                          f"(--batch-size {cfg.batch_size}" + (f" on each of {d.world} processes" if d.active else "") +
-                          "); lower the batch size or add images")
+    steps_per_epoch = schedule.steps_per_epoch
     if d.active:
         # Gradients averaged over the ranks at every step; the weights start equal (DDP copies
         # rank 0's) and stay equal, so `model` and the EMA are the same on every rank.
@@ -491,8 +571,7 @@ def _fit(cfg: TrainConfig, run_dir: Path, resuming: bool, on_epoch_end, d: Dist,
         print(f"data-parallel: {d.world} processes, {cfg.batch_size} images a batch each")
     else:
         train_model = model
-    total_steps = steps_per_epoch * cfg.epochs
-    warmup_steps = int(cfg.warmup_epochs * steps_per_epoch)
+    total_steps, warmup_steps = schedule.total_steps, schedule.warmup_steps
     step = start_epoch * steps_per_epoch
     eval_model = ema.module if ema is not None else model
     stopped = start_epoch >= cfg.epochs or (cfg.patience and since_best >= cfg.patience)
@@ -606,3 +685,7 @@ def finish_run(run_dir: Path, val: RunData | None, test: RunData | None, bf16: b
 def mark_done(run_dir: Path) -> None:
     """The run finished: --resume refuses it from now on."""
     (run_dir / "DONE").write_text(json.dumps({"finished": datetime.now().isoformat(timespec="seconds")}))
+
+
+__all__ = ["fit", "train_one_epoch", "train_step", "validate", "RunData", "training_parts", "TrainParts", "Schedule",
+           "build_model", "build_optimizer", "build_loss", "build_ema", "build_schedule", "split_of", "lr_at"]

@@ -7,6 +7,7 @@ names the data set (lab) it came from.
 from __future__ import annotations
 
 import csv
+import errno
 import os
 import re
 from dataclasses import dataclass, field
@@ -45,6 +46,33 @@ def default_group(path: str | Path) -> str:
     return re.sub(r"_\d+$", "", stem) or stem
 
 
+def walk_files(folder: Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Every file under `folder`, searched recursively, in sorted order; and (path, reason) for the
+    entries that are no file and would otherwise vanish without a word: symlink loops, broken
+    symlinks and symlinks to folders (not followed, so that no folder is read twice or forever)."""
+    files, odd = [], []
+    for p in sorted(Path(folder).rglob("*")):
+        if p.is_file():
+            files.append(p)
+        elif p.is_symlink():
+            odd.append((str(p), _link_problem(p)))
+    return files, odd
+
+
+def _link_problem(link: Path) -> str:
+    try:
+        target = link.resolve(strict=True)
+    except RuntimeError:  # Python before 3.13 says "Symlink loop from ..." this way
+        return "symlink loop, skipped"
+    except OSError as e:
+        return "symlink loop, skipped" if e.errno == errno.ELOOP else "broken symlink (no file at its target), skipped"
+    if target.is_dir():
+        if link.parent.resolve() == target or target in link.parent.resolve().parents:
+            return "symlink loop (it points to a folder above it), skipped"
+        return "symlink to a folder, not followed"
+    return "not a regular file, skipped"
+
+
 def _canonical_index(names: list[str], classes: list[str]) -> dict[str, int]:
     lower = {c.lower(): i for i, c in enumerate(classes)}
     return {n: lower[n.lower()] for n in names if n.lower() in lower}
@@ -72,9 +100,9 @@ def scan_folder(root, classes: list[str] | None = None, source: str = "") -> Sca
     for f in folders:
         if f.name not in index:
             continue
-        for p in sorted(f.rglob("*")):
-            if not p.is_file():
-                continue
+        files, odd = walk_files(f)
+        result.skipped.extend(odd)
+        for p in files:
             if is_candidate(p):
                 result.samples.append(Sample(str(p), index[f.name], default_group(p), source))
             elif p.name.startswith("."):
@@ -173,4 +201,4 @@ def scan(path, classes: list[str] | None = None, split: str | None = None, sourc
     return scan_folder(path, classes, source)
 
 
-__all__ = ["Sample", "ScanResult", "scan", "scan_folder", "scan_csv", "default_group", "IMAGE_EXTENSIONS"]
+__all__ = ["Sample", "ScanResult", "scan", "scan_folder", "scan_csv", "default_group", "walk_files", "IMAGE_EXTENSIONS"]
