@@ -60,12 +60,12 @@ def cmd_evaluate(args) -> int:
                 print(f"{r['set']:>12s}  shift score AUROC against the home sets: {r['shift_auroc']:.4f}")
         print(f"-> {out / 'summary.md'}, {out / 'report.html'}")
         return 0
-    result = evaluate_folder(model, meta, sets[0].path, out, run_dir=run_dir, split=args.split, **common)
-    ci = result["ci"].get("accuracy")
-    print(f"n={result['n']}  accuracy {result['accuracy']:.4f}" + (f" (95% CI {ci[0]:.4f}-{ci[1]:.4f})" if ci else "")
-          + f"  balanced accuracy {result['balanced_accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}  "
-          f"ECE {result['ece']:.4f}  -> {out / 'report.html'}")
-    calib = result.get("calibration", {})
+    r = evaluate_folder(model, meta, sets[0].path, out, run_dir=run_dir, split=args.split, **common)
+    ci = r.interval("accuracy")
+    print(f"n={r.n}  accuracy {r.accuracy:.4f}" + (f" (95% CI {ci[0]:.4f}-{ci[1]:.4f})" if ci else "")
+          + f"  balanced accuracy {r.balanced_accuracy:.4f}  macro-F1 {r.macro_f1:.4f}  "
+          f"ECE {r.ece:.4f}  -> {out / 'report.html'}")
+    calib = r.calibration
     if "ece_uncalibrated" in calib:
         print(f"calibration: ECE {calib['ece_uncalibrated']:.4f} at T=1 -> {calib['ece']:.4f} at the checkpoint's "
               f"T={calib['temperature']:.3f} (fitted on its validation split)")
@@ -112,7 +112,7 @@ def cmd_plot_confusion(args) -> int:
 
 def cmd_predict(args) -> int:
     from .files import ensure_writable_file
-    from .predict import predict_paths, write_rows
+    from .predict import predict_cells, write_rows
 
     opts = InferenceOptions.from_args(args)
     if args.out not in (None, "-"):
@@ -124,15 +124,15 @@ def cmd_predict(args) -> int:
         from .export import onnx_backend
 
         backend = onnx_backend(args.onnx or meta.path.with_suffix(".onnx"), meta, opts.batch_size)
-    rows = predict_paths(model, meta, paths, batch_size=opts.batch_size, workers=opts.workers,
-                         min_confidence=opts.min_confidence, backend=backend, progress=not args.no_progress,
-                         tta=opts.tta, shift_check=opts.shift_check)
-    for r in rows:
-        if r["error"]:
-            print(f"unreadable {r['path']}: {r['error']}", file=sys.stderr)
-    write_rows(rows, meta.classes, args.out)
-    ok = sum(1 for r in rows if not r["error"])
-    print(f"{ok} of {len(rows)} images classified" + (f" -> {args.out}" if args.out not in (None, "-") else ""),
+    cells = predict_cells(model, meta, paths, batch_size=opts.batch_size, workers=opts.workers,
+                          min_confidence=opts.min_confidence, backend=backend, progress=not args.no_progress,
+                          tta=opts.tta, shift_check=opts.shift_check)
+    for c in cells:
+        if c.error is not None:
+            print(f"unreadable {c.file}: {c.error}", file=sys.stderr)
+    write_rows([c.to_row(meta.classes, "predict") for c in cells], meta.classes, args.out)
+    ok = sum(1 for c in cells if c.error is None)
+    print(f"{ok} of {len(cells)} images classified" + (f" -> {args.out}" if args.out not in (None, "-") else ""),
           file=sys.stderr)
     return 0 if ok else 1
 
@@ -140,27 +140,31 @@ def cmd_predict(args) -> int:
 def cmd_count(args) -> int:
     from .count import run_count
     from .files import prepare_output_dir
+    from .render.count import CountOutput
 
     opts = InferenceOptions.from_args(args)
     check_count(args.target, args.truth)
     paths = input_paths(args.inputs, "field images")
     out = prepare_output_dir(args.out, args.overwrite, "count folder")
     model, meta = opts.load_model()
-    s, diff = run_count(model, meta, paths, out, min_confidence=opts.min_confidence, target=args.target,
-                        truth_path=args.truth, batch_size=opts.batch_size, workers=opts.workers,
-                        shift_check=opts.shift_check, draw=not args.no_fields, progress=not args.no_progress)
-    for path, reason in s["unreadable"]:
+    with CountOutput(out, meta.classes, draw_fields=not args.no_fields) as output:
+        r = run_count(model, meta, paths, min_confidence=opts.min_confidence, target=args.target,
+                      truth_path=args.truth, batch_size=opts.batch_size, workers=opts.workers,
+                      shift_check=opts.shift_check, progress=not args.no_progress, on_field=output.add_field)
+        output.finish(r)
+    for path, reason in r.unreadable:
         print(f"unreadable {path}: {reason}", file=sys.stderr)
-    print(f"{s['fields'] - len(s['unreadable'])} of {s['fields']} fields read, {s['cells_found']} white cells found: "
-          f"{s['counted']} counted, {s['referred']} referred, {s['edge_skipped']} cut by the edge (not counted)")
-    for name, r in diff["classes"].items():
-        print(f"  {name:<12} {r['count']:>5}  {r['percent']:5.1f}%  [{r['ci_low']:.1f}, {r['ci_high']:.1f}]"
-              f"  referred {r['referred']}")
-    if s["target"]:
-        print(f"target of {s['target']['cells']} cells: " +
-              ("reached" if s["target"]["reached"] else f"NOT reached ({s['counted']} counted; add fields)"))
-    if "truth" in s:
-        t = s["truth"]
+    for text in r.warnings:
+        print(f"warning: {text}", file=sys.stderr)
+    print(f"{len(r.fields) - len(r.unreadable)} of {len(r.fields)} fields read, {r.cells_found} white cells found: "
+          f"{r.counted} counted, {r.referred} referred, {r.edge_skipped} cut by the edge (not counted)")
+    for name, c in r.differential.classes.items():
+        print(f"  {name:<12} {c.count:>5}  {c.percent:5.1f}%  [{c.ci_low:.1f}, {c.ci_high:.1f}]  referred {c.referred}")
+    if r.target is not None:
+        print(f"target of {r.target} cells: " + ("reached" if r.target_reached else
+                                                   f"NOT reached ({r.counted} counted; add fields)"))
+    if r.truth is not None:
+        t = r.truth
         acc = "n/a" if t["type_accuracy"] is None else f"{t['type_accuracy']:.3f} of {t['typed_matches']}"
         counted = "n/a" if t["type_accuracy_counted"] is None else \
             f"{t['type_accuracy_counted']:.3f} of {t['typed_counted']}"
@@ -168,7 +172,7 @@ def cmd_count(args) -> int:
               f"({t['matched']} matched of {t['true_boxes']} true, {t['found_boxes']} found); type accuracy {acc} "
               f"matched cells, {counted} counted ones")
     print(f"wrote {out}/count.html, cells.csv, differential.csv")
-    return 0 if len(s["unreadable"]) < s["fields"] else 1
+    return 0 if len(r.unreadable) < len(r.fields) else 1
 
 def cmd_tune(args) -> int:
     from .config import TrainConfig
