@@ -60,6 +60,7 @@ def test_count_writes_cells_differential_fields_and_truth_scores(counted, capsys
 
     summary = json.loads((out / "count.json").read_text())
     assert summary["target"] == {"cells": 100, "reached": False}
+    assert summary["warnings"] == []  # colour fields: nothing to warn of
     truth = json.loads((out / "truth.json").read_text())
     assert truth["true_boxes"] == 8 and truth["fields_scored"] == 6
     assert truth["recall"] >= 0.85 and truth["precision"] >= 0.85
@@ -234,3 +235,16 @@ def test_each_field_is_decoded_once(tmp_path, monkeypatch):
     assert main(["count", str(FIELDS / "*.jpg"), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
     assert sorted(seen) == sorted(p.name for p in FIELDS.glob("*.jpg"))
     assert len(list((tmp_path / "out" / "fields").iterdir())) == 6
+
+
+def test_a_greyscale_field_is_said_not_to_be_countable(tmp_path, capsys):
+    Image.open(FIELDS / "BloodImage_00000.jpg").convert("L").save(tmp_path / "grey.jpg")
+    shutil.copy(FIELDS / "BloodImage_00003.jpg", tmp_path / "colour.jpg")
+    out = tmp_path / "out"
+    assert main(["count", str(tmp_path / "grey.jpg"), str(tmp_path / "colour.jpg"), "--out", str(out),
+                 "--no-progress", "--no-fields"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: 1 of 2 fields are greyscale (grey.jpg" in err and "stain colour" in err
+    summary = json.loads((out / "count.json").read_text())
+    assert len(summary["warnings"]) == 1 and "greyscale" in summary["warnings"][0]
+    assert "greyscale" in (out / "count.html").read_text()

@@ -51,6 +51,9 @@ _CHUNK = 64
 # side (a chunk of 64 such fields is at most 64 x 1024 x 1024 x 3 bytes = 200 MB), and each
 # cell's box scaled down to this side, cut from the field at full resolution.
 FIELD_PICTURE_SIDE = 1024
+# A field whose channels differ by at most this (99th percentile) is grey: the cell finder goes
+# by stain colour and finds nothing in it.
+_GREY_SPREAD = 6
 CELL_PICTURE_SIDE = 96
 
 
@@ -66,6 +69,7 @@ class FoundCells:
     edge: list[bool] = field(default_factory=list)
     inputs: list[np.ndarray] = field(default_factory=list)
     error: str = ""
+    greyscale: bool = False
     picture: np.ndarray | None = None   # the field, longer side at most FIELD_PICTURE_SIDE
     scale: float = 1.0                   # picture pixels per field pixel
     cell_pictures: list[np.ndarray] = field(default_factory=list)  # each cell's box, at most CELL_PICTURE_SIDE
@@ -85,6 +89,14 @@ def is_cut_by_edge(box: CellBox, width: int, height: int) -> bool:
             box.cx + box.radius > width - 1 - margin or box.cy + box.radius > height - 1 - margin)
 
 
+def is_greyscale(rgb: np.ndarray) -> bool:
+    """No colour to speak of: nearly every pixel's channels within a few levels of each other (a
+    grey picture saved as RGB JPEG keeps a little chroma noise)."""
+    small = rgb[::4, ::4].astype(np.int16)
+    spread = small.max(axis=2) - small.min(axis=2)
+    return bool(np.percentile(spread, 99) <= _GREY_SPREAD)
+
+
 def _shrunk(rgb: np.ndarray, side: int) -> np.ndarray:
     img = Image.fromarray(rgb)
     img.thumbnail((side, side))
@@ -102,6 +114,7 @@ def find_field_cells(path: str, prep, pictures: bool = False) -> FoundCells:
         result.error = e.reason
         return result
     result.height, result.width = rgb.shape[:2]
+    result.greyscale = is_greyscale(rgb)
     for box in find_cells(rgb):
         window = crop_square(rgb, box, _WINDOW_CONTEXT)
         arr, _ = cell_input(window, prep)
@@ -142,7 +155,7 @@ def classify_found(model, meta, found: list[FoundCells], min_confidence: float =
             cells.append(CellResult.from_predictions(f.path, pred, j, referred, classes,
                                                      box=box_corners(box, f.width, f.height), edge=edge))
             j += 1
-        out.append(FieldResult(f.path, f.width, f.height, cells, f.error or None))
+        out.append(FieldResult(f.path, f.width, f.height, cells, f.error or None, f.greyscale))
     return out
 
 
@@ -303,4 +316,16 @@ def run_count(model, meta, paths: list[str], min_confidence: float = 0.0, target
                          min_confidence, shift_check and meta.shift_stats is not None, str(meta.path), target)
     if truth is not None:
         result.truth = {**score_against_truth(fields, truth, classes), "file": str(truth_path)}
+    result.warnings += count_warnings(fields)
     return result
+
+
+def count_warnings(fields: list[FieldResult]) -> list[str]:
+    """What a person should know before trusting the count."""
+    grey = [f for f in fields if f.greyscale]
+    if not grey:
+        return []
+    found = sum(len(f.cells) for f in grey)
+    return [f"{len(grey)} of {len(fields)} fields are greyscale ({Path(grey[0].file).name}"
+            f"{' and others' if len(grey) > 1 else ''}; {found} cells found in them): white cells are found by their "
+            f"stain colour, so a greyscale field can't be counted; give the colour pictures"]

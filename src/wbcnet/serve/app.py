@@ -29,7 +29,7 @@ from fastapi_offline import FastAPIOffline
 from PIL import Image
 
 from .. import __version__
-from ..count import classify_found, differential, find_fields
+from ..count import classify_found, count_warnings, differential, find_fields
 from ..data.cache import default_workers
 from ..data.preprocess import from_meta
 from ..errors import WbcnetError
@@ -240,7 +240,7 @@ def create_app(model, meta, max_upload_mb: float = 20.0, max_files: int = 64, mi
                     if not f.error:
                         f.picture = _image_uri(draw_field(seen.picture, f.cells, classes, seen.scale), fmt="JPEG")
             result = CountResult(fields, differential([c for f in fields for c in f.cells], classes), classes, bar,
-                                 meta.shift_stats is not None)
+                                 meta.shift_stats is not None, warnings=count_warnings(fields))
             return result.to_dict()
 
         return await asyncio.to_thread(finish)

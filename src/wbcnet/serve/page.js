@@ -180,7 +180,8 @@ function showFields(answer) {
     `read, ${answer.cells_found} white cell${answer.cells_found === 1 ? "" : "s"} found: ${d.counted} counted, ` +
     `${d.referred} referred, ` +
     `${d.edge_skipped} cut by the edge (not counted).` +
-    unreadable.map((f) => ` Unreadable: ${f.name} (${f.error}).`).join("");
+    unreadable.map((f) => ` Unreadable: ${f.name} (${f.error}).`).join("") +
+    (answer.warnings || []).map((w) => ` Warning: ${w}.`).join("");
   const body = $("diff-table").tBodies[0];
   body.replaceChildren();
   for (const [cls, r] of Object.entries(d.classes)) {
@@ -245,7 +246,7 @@ function fieldsCsv() {
     if (f.error) rows.push([f.name, "", "", "", "", "", "", ...classes.map(() => ""), "unreadable: " + f.error]);
     for (const c of f.cells) {
       rows.push([f.name, ...c.box, c.class, c.confidence.toFixed(4), ...classes.map((k) => c.probabilities[k].toFixed(4)),
-                 c.edge ? "edge" : c.refer ? "refer" : ""]);
+                 c.flag]);  // the server's flag: edge, refer or empty
     }
   }
   download("wbcnet-cells-in-fields.csv", rows);
