@@ -19,17 +19,13 @@ from .options import (InferenceOptions, check_count, check_serve, check_tune, in
 
 
 def cmd_train(args) -> int:
-    from .config import config_from_args, flag_name, given_flags
+    from .config import config_from_args, ignored_on_resume
     from .train import fit
 
-    if args.resume:
-        ignored = [flag_name(k) for k in given_flags(args)] + (["--config"] if args.config else [])
-        if ignored:
-            print(f"note: --resume continues {args.resume} with its own config.yaml; ignoring {', '.join(ignored)}",
-                  file=sys.stderr)
-        run = fit(None, resume=args.resume)
-    else:
-        run = fit(config_from_args(args))
+    if args.resume and ignored_on_resume(args):
+        print(f"note: --resume continues {args.resume} with its own config.yaml; ignoring "
+              f"{', '.join(ignored_on_resume(args))}", file=sys.stderr)
+    run = fit(None, resume=args.resume) if args.resume else fit(config_from_args(args))
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
         print(f"done: {run}")
     return 0
@@ -71,9 +67,12 @@ def cmd_evaluate(args) -> int:
               f"T={calib['temperature']:.3f} (fitted on its validation split)")
     return 0
 
+
 def cmd_adapt(args) -> int:
     from . import adapt
     from .checkpoint import resolve_checkpoint
+
+    from .files import prepare_output_dir
 
     opts = InferenceOptions.from_args(args)
     parent = resolve_checkpoint(opts.checkpoint)
@@ -83,18 +82,15 @@ def cmd_adapt(args) -> int:
         return 0
     if not args.data:
         raise WbcnetError("give --data (labelled cells of your lab) or --unlabelled (images only)")
-    run = dict(epochs=args.epochs, device=opts.device, threads=opts.threads, workers=opts.workers,
+    run = dict(epochs=args.epochs, seed=args.seed, device=opts.device, threads=opts.threads, workers=opts.workers,
                progress=not args.no_progress)
     if args.shots:
-        from .files import prepare_output_dir
-
         shots = parse_shots(args.shots, args.repeats)
-        adapt.shots_curve(parent, args.data, prepare_output_dir(args.out, args.overwrite), shots, args.repeats,
-                          seed=args.seed, **run)
+        adapt.shots_curve(parent, args.data, prepare_output_dir(args.out, args.overwrite), shots, args.repeats, **run)
         print(f"-> {Path(args.out) / 'learning_curve.md'}, learning_curve.png, learning_curve.csv")
-        return 0
-    out = adapt.adapt(parent, args.data, args.out, lr=args.lr, seed=args.seed, **run)
-    print(f"done: {out} (use it with --checkpoint {out})")
+    else:
+        out = adapt.adapt(parent, args.data, args.out, lr=args.lr, **run)
+        print(f"done: {out} (use it with --checkpoint {out})")
     return 0
 
 
@@ -174,6 +170,7 @@ def cmd_count(args) -> int:
     print(f"wrote {out}/count.html, cells.csv, differential.csv")
     return 0 if len(r.unreadable) < len(r.fields) else 1
 
+
 def cmd_tune(args) -> int:
     from .config import TrainConfig
     from .tune import DEFAULT_SPACE, read_space, tune
@@ -252,16 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"wbcnet {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
-    quiet = argparse.ArgumentParser(add_help=False)  # every command: --debug after the command's name too
-    quiet.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                       help="show the full traceback of an error")
-    common = argparse.ArgumentParser(add_help=False, parents=[quiet])
-    common.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
-
     model = ("checkpoint", "device", "threads")  # every command that runs a model
 
-    def command(name, func, help, *parents, progress=True, **kw):
-        p = sub.add_parser(name, help=help, parents=[common if progress else quiet, *parents], **kw)
+    def command(name, func, help, *parents, progress=True, under=sub):
+        p = under.add_parser(name, help=help, parents=[shared_flags("debug", *["no_progress"] * progress), *parents])
         p.set_defaults(func=func)
         return p
 
@@ -274,14 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="decode into memory only (same as --cache-dir none)")
 
     p = command("evaluate", cmd_evaluate, "evaluate a checkpoint on a labelled folder",
-                shared_flags(*model, "batch_size", "workers", "shift_check", "tta", "overwrite", batch_size=128))
+                shared_flags(*model, "out_dir", "batch_size", "workers", "shift_check", "tta", "overwrite", batch_size=128))
     p.add_argument("--data", required=True, action="append", metavar="[NAME=]PATH",
                    help="ImageFolder or CSV manifest; classes matched by name. Repeat as NAME=PATH for several sets "
                         "(one folder each, plus summary.csv/.md and a summary report.html); with a multi-lab run's "
                         "split.csv, NAME=split.csv keeps that lab's rows")
     p.add_argument("--split", choices=["train", "val", "test"],
                    help="with --data RUN/split.csv: evaluate only that split of the run")
-    p.add_argument("--out", required=True, help="output folder (refused if it holds files, unless --overwrite)")
     p.add_argument("--run", help="run folder whose training curves to draw")
     p.add_argument("--no-explain", action="store_true", help="skip the Grad-CAM/attention grids")
     p.add_argument("--home", help="with several sets: the comma-separated sets of the training labs' own cells, "
@@ -310,17 +300,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="PNG path (default: confusion_matrix.png beside metrics.json)")
 
     p = command("predict", cmd_predict, "classify image files, folders or globs into a CSV",
-                shared_flags(*model, "batch_size", "workers", "min_confidence", "shift_check", "tta"))
-    p.add_argument("inputs", nargs="+", help="files, folders or glob patterns")
+                shared_flags("inputs", *model, "batch_size", "workers", "min_confidence", "shift_check", "tta"))
     p.add_argument("--out", default="-", help="CSV path (default: standard output); an existing file is replaced "
                    "only once every row is written")
     p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
     p.add_argument("--onnx", help="ONNX file for --backend onnxruntime (default: beside the checkpoint)")
 
     p = command("count", cmd_count, "find, classify and count the white cells in whole smear fields",
-                shared_flags(*model, "batch_size", "workers", "min_confidence", "shift_check", "overwrite"))
-    p.add_argument("inputs", nargs="+", help="field images: files, folders or glob patterns")
-    p.add_argument("--out", required=True, help="output folder (refused if it holds files, unless --overwrite)")
+                shared_flags("inputs", *model, "out_dir", "batch_size", "workers", "min_confidence", "shift_check",
+                             "overwrite"))
     p.add_argument("--target", type=int, metavar="N", help="the number of cells the differential needs (e.g. 100 "
                    "or 200): say whether it was reached")
     p.add_argument("--truth", metavar="CSV", help="hand-drawn boxes, file,x0,y0,x1,y1[,label]: score the count "
@@ -359,10 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=17)
 
     data_sub = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
-    p = data_sub.add_parser("audit", help="class balance, unreadable files, sizes, duplicates and near-duplicates "
-                            "(rotation/flip robust), colour shortcuts",
-                            parents=[common, shared_flags("workers", "overwrite")])
-    p.set_defaults(func=cmd_data_audit)
+    p = command("audit", cmd_data_audit, "class balance, unreadable files, sizes, duplicates and near-duplicates "
+                "(rotation/flip robust), colour shortcuts", shared_flags("workers", "overwrite"), under=data_sub)
     p.add_argument("data", help="ImageFolder or CSV manifest")
     p.add_argument("--against", help="a second set: report the duplicates shared between the two")
     p.add_argument("--out", help="folder for audit.json and audit.html (default wbcnet-audit-<time>)")

@@ -219,6 +219,11 @@ def given_flags(args) -> dict:
     return given
 
 
+def ignored_on_resume(args) -> list[str]:
+    """The flags (and --config) that `wbcnet train --resume` ignores: a run continues with its own config."""
+    return [flag_name(k) for k in given_flags(args)] + (["--config"] if args.config else [])
+
+
 def config_from_args(args) -> TrainConfig:
     """`--config` YAML (if any) with the flags given on top, checked."""
     from .data.sources import parse_sources
@@ -234,4 +239,4 @@ def config_from_args(args) -> TrainConfig:
 
 
 __all__ = ["TrainConfig", "AugmentConfig", "flag_fields", "field_default", "flag_name", "add_train_flags",
-           "given_flags", "config_from_args"]
+           "given_flags", "ignored_on_resume", "config_from_args"]

@@ -95,6 +95,11 @@ class InferenceOptions:
 
 # Every flag that several commands share (most of them the model-running ones'): defined here once.
 SHARED_FLAGS = {
+    "debug": (["--debug"], dict(action="store_true", default=argparse.SUPPRESS,  # after the command's name too
+                                help="show the full traceback of an error")),
+    "no_progress": (["--no-progress"], dict(action="store_true", help="no progress bars (logs, CI)")),
+    "inputs": (["inputs"], dict(nargs="+", help="image files, folders or glob patterns")),
+    "out_dir": (["--out"], dict(required=True, help="output folder (refused if it holds files, unless --overwrite)")),
     "checkpoint": (["--checkpoint"], dict(help="run folder or .safetensors (default: the shipped model)")),
     "device": (["--device"], dict(default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")),
     "threads": (["--threads"], dict(type=int, help="torch threads (default: torch's choice, all cores); on a "
