@@ -235,6 +235,23 @@ def test_count_gives_what_wbcnet_count_gives(server, shipped):
         assert Image.open(io.BytesIO(base64.b64decode(f["picture"].split(",", 1)[1]))).size == (640, 480)
 
 
+
+def test_count_searches_fields_off_the_model_thread(server, monkeypatch):
+    """Reading and searching fields must not hold the model's thread (cell requests would wait)."""
+    import wbcnet.serve.app as app_module
+
+    threads = []
+    real = app_module.find_fields
+
+    def watched(*a, **kw):
+        threads.append(threading.current_thread().name)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(app_module, "find_fields", watched)
+    status, body = post(server + "/v1/count", as_files(sorted(FIELDS.glob("*.jpg"))[:2]))
+    assert status == 200 and body["cells_found"] >= 1
+    assert threads and "wbcnet-model" not in threads
+
 def test_only_loopback_without_allow_remote(capsys):
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5") and not is_loopback("lab-pc")
