@@ -86,12 +86,44 @@ def test_a_bad_option_is_one_line_before_the_model_loads(tmp_path, capsys):
     assert err == "wbcnet predict: error: --batch-size 0: must be a whole number, 1 or more"
 
 
-def test_threads_set_torchs_threads():
+def test_threads_set_torchs_threads_for_threads_started_after_too():
+    """serve's model thread starts after the options are applied: it runs with their threads."""
+    import threading
+
     import torch
 
-    before = torch.get_num_threads()
+    before, seen = torch.get_num_threads(), []
     try:
         InferenceOptions(threads=1).apply_threads()
-        assert torch.get_num_threads() == 1
+        worker = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        worker.start()
+        worker.join()
+        assert torch.get_num_threads() == 1 and seen == [1]
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["adapt", "--out", "O"], "give --data"),
+    (["adapt", "--out", "O", "--data", "D", "--shots", "5,x"], "--shots 5,x"),
+    (["adapt", "--out", "O", "--data", "D", "--repeats", "0"], "--repeats 0"),
+    (["tune", "--config", "c.yaml", "--trials", "0"], "--trials 0"),
+    (["tune", "--config", "c.yaml", "--trials", "2", "--timeout", "-1"], "--timeout -1"),
+    (["serve", "--max-files", "0"], "--max-upload-mb and --max-files"),
+    (["count", "f.jpg", "--out", "O", "--target", "0"], "--target 0"),
+])
+def test_command_options_are_checked_before_any_work(argv, needle, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err, err
+
+
+def test_command_option_flags_come_from_their_dataclasses():
+    from wbcnet.options import AdaptOptions, ServeOptions, TuneOptions, from_flags
+
+    parse = build_parser().parse_args
+    assert from_flags(ServeOptions, parse(["serve"])) == ServeOptions()
+    assert from_flags(TuneOptions, parse(["tune", "--config", "c.yaml", "--trials", "3"])) == \
+        TuneOptions(config="c.yaml", trials=3)
+    a = from_flags(AdaptOptions, parse(["adapt", "--out", "O", "--data", "D", "--shots", "10,5,10"]))
+    assert a == AdaptOptions(data="D", out="O", shots="10,5,10") and a.shot_counts() == [5, 10]

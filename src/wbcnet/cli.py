@@ -14,8 +14,8 @@ from pathlib import Path
 
 from .errors import WbcnetError
 from .files import disk_full, disk_full_message
-from .options import (InferenceOptions, check_count, check_serve, check_tune, input_paths, metrics_json_of,
-                      parse_shots, shared_flags)
+from .options import (AdaptOptions, InferenceOptions, ServeOptions, TuneOptions, add_flags, check_count, from_flags,
+                      input_paths, metrics_json_of, needs, shared_flags)
 
 
 def cmd_train(args) -> int:
@@ -74,22 +74,19 @@ def cmd_adapt(args) -> int:
 
     from .files import prepare_output_dir
 
-    opts = InferenceOptions.from_args(args)
+    opts, a = InferenceOptions.from_args(args), from_flags(AdaptOptions, args)
     parent = resolve_checkpoint(opts.checkpoint)
-    if args.unlabelled:
+    if a.unlabelled:
         opts.apply_threads()
-        adapt.adapt_unlabelled(parent, args.unlabelled, args.out, progress=not args.no_progress)
+        adapt.adapt_unlabelled(parent, a.unlabelled, a.out, progress=not args.no_progress)
         return 0
-    if not args.data:
-        raise WbcnetError("give --data (labelled cells of your lab) or --unlabelled (images only)")
-    run = dict(epochs=args.epochs, seed=args.seed, device=opts.device, threads=opts.threads, workers=opts.workers,
+    run = dict(epochs=a.epochs, seed=a.seed, device=opts.device, threads=opts.threads, workers=opts.workers,
                progress=not args.no_progress)
-    if args.shots:
-        shots = parse_shots(args.shots, args.repeats)
-        adapt.shots_curve(parent, args.data, prepare_output_dir(args.out, args.overwrite), shots, args.repeats, **run)
-        print(f"-> {Path(args.out) / 'learning_curve.md'}, learning_curve.png, learning_curve.csv")
+    if a.shots:
+        adapt.shots_curve(parent, a.data, prepare_output_dir(a.out, args.overwrite), a.shot_counts(), a.repeats, **run)
+        print(f"-> {Path(a.out) / 'learning_curve.md'}, learning_curve.png, learning_curve.csv")
     else:
-        out = adapt.adapt(parent, args.data, args.out, lr=args.lr, **run)
+        out = adapt.adapt(parent, a.data, a.out, lr=a.lr, **run)
         print(f"done: {out} (use it with --checkpoint {out})")
     return 0
 
@@ -175,12 +172,11 @@ def cmd_tune(args) -> int:
     from .config import TrainConfig
     from .tune import DEFAULT_SPACE, read_space, tune
 
-    check_tune(args.trials, args.epochs, args.timeout)
-    base = TrainConfig.from_yaml(args.config)
-    space = read_space(args.space or DEFAULT_SPACE)
-    out = Path(args.out or f"tune-{args.study}")
-    s = tune(base, space, args.storage, args.study, args.trials, out, epochs=args.epochs, timeout=args.timeout,
-             pruner=args.pruner, seed=args.seed)
+    needs("tune", "optuna", install="Optuna: pip install -e '.[tune]' (or pip install optuna)")
+    t = from_flags(TuneOptions, args)
+    out = Path(t.out or f"tune-{t.study}")
+    s = tune(TrainConfig.from_yaml(t.config), read_space(t.space or DEFAULT_SPACE), t.storage, t.study, t.trials, out,
+             epochs=t.epochs, timeout=t.timeout, pruner=t.pruner, seed=t.seed)
     best = s["best"]
     print(f"study {s['study']}: " + ", ".join(f"{n} {k}" for k, n in s["states"].items() if n))
     if best:
@@ -190,14 +186,15 @@ def cmd_tune(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    opts = InferenceOptions.from_args(args)
-    check_serve(args.max_upload_mb, args.max_files)
+    needs("serve", "fastapi", "uvicorn", "python_multipart|multipart",
+          install="FastAPI, uvicorn and python-multipart, which wbcnet installs: pip install -e .")
+    opts, o = InferenceOptions.from_args(args), from_flags(ServeOptions, args)
     from .serve.app import listen, serve
 
-    sock = listen(args.host, args.port, args.allow_remote)  # a busy port or a refused host fails before the model loads
+    sock = listen(o.host, o.port, o.allow_remote)  # a busy port or a refused host fails before the model loads
     model, meta = opts.load_model()  # --threads: the model thread's torch threads too
     try:
-        serve(model, meta, sock, args.max_upload_mb, args.max_files, opts.min_confidence)
+        serve(model, meta, sock, o.max_upload_mb, o.max_files, opts.min_confidence)
     except KeyboardInterrupt:  # uvicorn shuts down cleanly, then passes Ctrl+C on: the way to stop, not a failure
         pass
     print("wbcnet serve: stopped", file=sys.stderr)
@@ -265,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="decode into memory only (same as --cache-dir none)")
 
     p = command("evaluate", cmd_evaluate, "evaluate a checkpoint on a labelled folder",
-                shared_flags(*model, "out_dir", "batch_size", "workers", "shift_check", "tta", "overwrite", batch_size=128))
+                shared_flags(*model, "out_dir", "batch_size", "workers", "shift_check", "tta", "overwrite",
+                             batch_size=128))
     p.add_argument("--data", required=True, action="append", metavar="[NAME=]PATH",
                    help="ImageFolder or CSV manifest; classes matched by name. Repeat as NAME=PATH for several sets "
                         "(one folder each, plus summary.csv/.md and a summary report.html); with a multi-lab run's "
@@ -282,17 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("adapt", cmd_adapt, "fit a model to your lab's cells: a few labelled ones, or unlabelled images",
                 shared_flags(*model, "workers", "overwrite"))
-    p.add_argument("--data", help="your labelled cells (ImageFolder or CSV manifest), e.g. 5-50 per class")
-    p.add_argument("--unlabelled", metavar="DIR", help="your lab's images without labels: re-estimate the "
-                   "normalisation statistics of a BatchNorm model (AdaBN)")
-    p.add_argument("--out", required=True, help="new run folder (with --shots: a folder for the learning curve, "
-                   "emptied first with --overwrite)")
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--shots", help="comma-separated cells per class, e.g. 5,10,25,50: adapt on that many random "
-                   "cells of --data, score on the rest, and draw the learning curve")
-    p.add_argument("--repeats", type=int, default=5, help="draws per --shots value (default 5)")
+    add_flags(p, AdaptOptions)
 
     p = command("plot-confusion", cmd_plot_confusion, "redraw a confusion matrix from metrics.json or a run folder",
                 progress=False)
@@ -317,28 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("tune", cmd_tune, "search hyperparameters with Optuna: short trials, pruned early, resumable",
                 progress=False)
-    p.add_argument("--config", required=True, help="base training config (YAML), e.g. configs/multilab.yaml")
-    p.add_argument("--trials", type=int, required=True, help="finished trials the study should hold (a resumed "
-                   "study counts the ones it has)")
-    p.add_argument("--storage", default="sqlite:///tune.db", help="Optuna storage URL: sqlite:///FILE for one machine, "
-                   "postgresql://USER:PASS@HOST/DB for several (default sqlite:///tune.db)")
-    p.add_argument("--study", default="wbcnet", help="study name in the storage (default wbcnet)")
-    p.add_argument("--space", help="search space YAML (default: the package's assets/tune_space.yaml)")
-    p.add_argument("--epochs", type=int, default=6, help="epochs per trial (default 6)")
-    p.add_argument("--timeout", type=float, metavar="S", help="stop starting trials after S seconds")
-    p.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median")
-    p.add_argument("--seed", type=int, default=0, help="the sampler's seed; give each process of a shared study its own")
-    p.add_argument("--out", help="folder for best.yaml, trials.csv, tune.html and the trials' runs (default tune-STUDY)")
+    add_flags(p, TuneOptions)
 
     p = command("serve", cmd_serve, "a web page and REST API for classifying cells and counting fields",
                 shared_flags(*model, "min_confidence"), progress=False)
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--allow-remote", action="store_true", help="allow a --host other than a loopback address, so "
-                   "that other machines can reach the server (it has no login)")
-    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body, MB (default 20; "
-                   "larger gets 413)")
-    p.add_argument("--max-files", type=int, default=64, help="most files per request (default 64)")
+    add_flags(p, ServeOptions)
 
     p = command("export", cmd_export, "export a checkpoint to ONNX, checked against PyTorch",
                 shared_flags("checkpoint"), progress=False)

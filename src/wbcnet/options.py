@@ -5,8 +5,9 @@
   applies the threads and device and loads the checkpoint.
 - `shared_flags()`: the argparse parent that defines those flags (and --overwrite), each once, for
   every command that takes them.
-- The checks on the rest of a command's input: input paths, --shots, tune's and count's numbers,
-  serve's limits.
+- `AdaptOptions`, `TuneOptions`, `ServeOptions`: those commands' own options, checked when made;
+  `add_flags()` builds their flags from the fields (as config.add_train_flags does TrainConfig's).
+- The checks on the rest of a command's input: input paths, count's numbers.
 
 Imports neither torch nor numpy, so that `wbcnet --help` and argument errors answer at once.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .errors import WbcnetError
@@ -140,21 +141,6 @@ def input_paths(inputs: list[str], what: str) -> list[str]:
     return paths
 
 
-def parse_shots(text: str, repeats: int) -> list[int]:
-    """adapt --shots 5,10,25 -> [5, 10, 25]."""
-    from .adapt import MIN_CELLS_PER_CLASS
-
-    try:
-        shots = sorted({int(k) for k in text.split(",")})
-    except ValueError:
-        raise WbcnetError(f"--shots {text}: give whole numbers of cells per class, e.g. 5,10,25") from None
-    if repeats < 1:
-        raise WbcnetError(f"--repeats {repeats}: must be at least 1")
-    if min(shots) < MIN_CELLS_PER_CLASS:
-        raise WbcnetError(f"--shots {text}: adapt needs at least {MIN_CELLS_PER_CLASS} cells of each class")
-    return shots
-
-
 def check_count(target: int | None, truth: str | None) -> None:
     if target is not None and target < 1:
         raise WbcnetError(f"--target {target}: must be a number of cells, 1 or more")
@@ -162,27 +148,105 @@ def check_count(target: int | None, truth: str | None) -> None:
         raise WbcnetError(f"--truth {truth}: no such file")
 
 
-def check_tune(trials: int, epochs: int, timeout: float | None) -> None:
+def flag(default=None, help: str = "", **kw):
+    """A dataclass field that is a flag: its help and any other add_argument keywords."""
+    return field(default=default, metadata={"help": help, "kw": kw})
+
+
+def add_flags(parser, cls) -> None:
+    """One flag per field of the dataclass `cls` (made with flag()): --field-name, default the field's."""
+    for f in fields(cls):
+        kw = dict(f.metadata["kw"])
+        if f.default is False:
+            kw.setdefault("action", "store_true")
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=f.default,
+                            help=f.metadata["help"], **kw)
+
+
+def from_flags(cls, args: argparse.Namespace):
+    """The dataclass `cls` from its flags (add_flags), checked as it is made."""
+    return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+
+def needs(command: str, *modules: str, install: str) -> None:
+    """Refuse a command whose optional packages are missing, saying how to install them."""
     from importlib.util import find_spec
 
-    if not find_spec("optuna"):
-        raise WbcnetError("wbcnet tune needs Optuna: pip install -e '.[tune]' (or pip install optuna)")
-    if trials < 1:
-        raise WbcnetError(f"--trials {trials}: must be 1 or more")
-    if epochs < 1:
-        raise WbcnetError(f"--epochs {epochs}: must be 1 or more")
-    if timeout is not None and timeout <= 0:
-        raise WbcnetError(f"--timeout {timeout}: must be a number of seconds above 0")
+    if not all(any(find_spec(m) for m in name.split("|")) for name in modules):
+        raise WbcnetError(f"wbcnet {command} needs {install}")
 
 
-def check_serve(max_upload_mb: float, max_files: int) -> None:
-    from importlib.util import find_spec
+@dataclass(frozen=True)
+class AdaptOptions:
+    data: str | None = flag(help="your labelled cells (ImageFolder or CSV manifest), e.g. 5-50 per class")
+    unlabelled: str | None = flag(help="your lab's images without labels: re-estimate the normalisation statistics "
+                                  "of a BatchNorm model (AdaBN)", metavar="DIR")
+    out: str = flag(help="new run folder (with --shots: a folder for the learning curve, emptied first with "
+                    "--overwrite)", required=True)
+    epochs: int = flag(12, type=int)
+    lr: float = flag(3e-4, type=float)
+    seed: int = flag(0, type=int)
+    shots: str | None = flag(help="comma-separated cells per class, e.g. 5,10,25,50: adapt on that many random cells "
+                             "of --data, score on the rest, and draw the learning curve")
+    repeats: int = flag(5, type=int, help="draws per --shots value (default 5)")
 
-    if not (find_spec("fastapi") and find_spec("uvicorn") and (find_spec("python_multipart") or find_spec("multipart"))):
-        raise WbcnetError("wbcnet serve needs FastAPI, uvicorn and python-multipart, which wbcnet installs: "
-                          "pip install -e .")
-    if max_upload_mb <= 0 or max_files < 1:
-        raise WbcnetError("--max-upload-mb and --max-files must be above 0")
+    def __post_init__(self):
+        if not (self.data or self.unlabelled):
+            raise WbcnetError("give --data (labelled cells of your lab) or --unlabelled (images only)")
+        at_least_one("--epochs", self.epochs)
+        at_least_one("--repeats", self.repeats)
+        if self.shots is not None:
+            self.shot_counts()
+
+    def shot_counts(self) -> list[int]:
+        """--shots 5,10,25 -> [5, 10, 25]."""
+        from .adapt import MIN_CELLS_PER_CLASS
+
+        try:
+            shots = sorted({int(k) for k in self.shots.split(",")})
+        except ValueError:
+            raise WbcnetError(f"--shots {self.shots}: give whole numbers of cells per class, e.g. 5,10,25") from None
+        if min(shots) < MIN_CELLS_PER_CLASS:
+            raise WbcnetError(f"--shots {self.shots}: adapt needs at least {MIN_CELLS_PER_CLASS} cells of each class")
+        return shots
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    config: str = flag(help="base training config (YAML), e.g. configs/multilab.yaml", required=True)
+    trials: int = flag(help="finished trials the study should hold (a resumed study counts the ones it has)",
+                       type=int, required=True)
+    storage: str = flag("sqlite:///tune.db", help="Optuna storage URL: sqlite:///FILE for one machine, "
+                        "postgresql://USER:PASS@HOST/DB for several (default sqlite:///tune.db)")
+    study: str = flag("wbcnet", help="study name in the storage (default wbcnet)")
+    space: str | None = flag(help="search space YAML (default: the package's assets/tune_space.yaml)")
+    epochs: int = flag(6, type=int, help="epochs per trial (default 6)")
+    timeout: float | None = flag(type=float, metavar="S", help="stop starting trials after S seconds")
+    pruner: str = flag("median", choices=["median", "hyperband", "none"])
+    seed: int = flag(0, type=int, help="the sampler's seed; give each process of a shared study its own")
+    out: str | None = flag(help="folder for best.yaml, trials.csv, tune.html and the trials' runs (default tune-STUDY)")
+
+    def __post_init__(self):
+        if self.trials < 1:
+            raise WbcnetError(f"--trials {self.trials}: must be 1 or more")
+        if self.epochs < 1:
+            raise WbcnetError(f"--epochs {self.epochs}: must be 1 or more")
+        if self.timeout is not None and self.timeout <= 0:
+            raise WbcnetError(f"--timeout {self.timeout}: must be a number of seconds above 0")
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    host: str = flag("127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    port: int = flag(8000, type=int, help="port (default 8000)")
+    allow_remote: bool = flag(False, help="allow a --host other than a loopback address, so that other machines can "
+                              "reach the server (it has no login)")
+    max_upload_mb: float = flag(20.0, type=float, help="largest request body, MB (default 20; larger gets 413)")
+    max_files: int = flag(64, type=int, help="most files per request (default 64)")
+
+    def __post_init__(self):
+        if self.max_upload_mb <= 0 or self.max_files < 1:
+            raise WbcnetError("--max-upload-mb and --max-files must be above 0")
 
 
 def metrics_json_of(source) -> Path:
