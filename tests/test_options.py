@@ -127,3 +127,7 @@ def test_command_option_flags_come_from_their_dataclasses():
         TuneOptions(config="c.yaml", trials=3)
     a = from_flags(AdaptOptions, parse(["adapt", "--out", "O", "--data", "D", "--shots", "10,5,10"]))
     assert a == AdaptOptions(data="D", out="O", shots="10,5,10") and a.shot_counts() == [5, 10]
+
+
+def test_cli_only_parses_and_calls():
+    assert len((REPO / "src" / "wbcnet" / "cli.py").read_text().splitlines()) < 300

@@ -1,12 +1,11 @@
-"""`wbcnet` command line: argument parsing only, one function per subcommand.
-
-User errors (WbcnetError) are printed as one line with exit code 2 (`--debug` shows the
-traceback); anything else is a bug in wbcnet and keeps its traceback. Parsing imports neither
-torch nor numpy: each command imports what it runs. Flags shared by the commands that run a model
-come from options.shared_flags, the train flags from config.add_train_flags."""
+"""`wbcnet` command line: argument parsing only, one function per subcommand; the flags and their
+checks are options.py's (the train flags config.py's). User errors (WbcnetError, a full disk) are
+one line with exit code 2 (`--debug` shows the traceback); anything else is a bug in wbcnet and
+keeps its traceback. Parsing imports neither torch nor numpy: each command imports what it runs."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from datetime import datetime
@@ -14,8 +13,9 @@ from pathlib import Path
 
 from .errors import WbcnetError
 from .files import disk_full, disk_full_message
-from .options import (AdaptOptions, InferenceOptions, ServeOptions, TuneOptions, add_flags, check_count, from_flags,
-                      input_paths, metrics_json_of, needs, shared_flags)
+from .options import (AdaptOptions, AuditOptions, CountOptions, DemoOptions, EvaluateOptions, ExportOptions,
+                      InferenceOptions, PlotOptions, PredictOptions, ServeOptions, TrainOptions, TuneOptions, add_flags,
+                      from_flags, input_paths, needs, shared_flags)
 
 
 def cmd_train(args) -> int:
@@ -71,7 +71,6 @@ def cmd_evaluate(args) -> int:
 def cmd_adapt(args) -> int:
     from . import adapt
     from .checkpoint import resolve_checkpoint
-
     from .files import prepare_output_dir
 
     opts, a = InferenceOptions.from_args(args), from_flags(AdaptOptions, args)
@@ -92,13 +91,10 @@ def cmd_adapt(args) -> int:
 
 
 def cmd_plot_confusion(args) -> int:
-    import json
-
     from .plots import plot_confusion
 
-    metrics_json = metrics_json_of(args.source)
-    out = Path(args.out) if args.out else metrics_json.parent / "confusion_matrix.png"
-    plot_confusion(json.loads(metrics_json.read_text()), out)
+    metrics, out = from_flags(PlotOptions, args).read()
+    plot_confusion(metrics, out)
     print(f"wrote {out}")
     return 0
 
@@ -135,8 +131,7 @@ def cmd_count(args) -> int:
     from .files import prepare_output_dir
     from .render.count import CountOutput
 
-    opts = InferenceOptions.from_args(args)
-    check_count(args.target, args.truth)
+    opts, _ = InferenceOptions.from_args(args), from_flags(CountOptions, args)  # checked before any field is read
     paths = input_paths(args.inputs, "field images")
     out = prepare_output_dir(args.out, args.overwrite, "count folder")
     model, meta = opts.load_model()
@@ -193,10 +188,8 @@ def cmd_serve(args) -> int:
 
     sock = listen(o.host, o.port, o.allow_remote)  # a busy port or a refused host fails before the model loads
     model, meta = opts.load_model()  # --threads: the model thread's torch threads too
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn stops cleanly, then passes Ctrl+C on: not a failure
         serve(model, meta, sock, o.max_upload_mb, o.max_files, opts.min_confidence)
-    except KeyboardInterrupt:  # uvicorn shuts down cleanly, then passes Ctrl+C on: the way to stop, not a failure
-        pass
     print("wbcnet serve: stopped", file=sys.stderr)
     return 0
 
@@ -248,87 +241,38 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     model = ("checkpoint", "device", "threads")  # every command that runs a model
 
-    def command(name, func, help, *parents, progress=True, under=sub):
-        p = under.add_parser(name, help=help, parents=[shared_flags("debug", *["no_progress"] * progress), *parents])
+    def command(name, func, help, *shared, options=None, progress=True, under=sub, batch_size=64):
+        flags = shared_flags("debug", *["no_progress"] * progress, *shared, batch_size=batch_size)
+        p = under.add_parser(name, help=help, parents=[flags])
+        if options is not None:
+            add_flags(p, options)
         p.set_defaults(func=func)
         return p
 
-    # --progress/--no-progress comes from the config
-    p = command("train", cmd_train, "train a model on an ImageFolder or CSV manifest", progress=False)
-    p.add_argument("--config", help="YAML config (flags given override it)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint "
-                   "(with its own config; other flags are ignored)")
-    add_train_flags(p)
-    p.add_argument("--no-cache", action="store_true", help="decode into memory only (same as --cache-dir none)")
-
-    p = command("evaluate", cmd_evaluate, "evaluate a checkpoint on a labelled folder",
-                shared_flags(*model, "out_dir", "batch_size", "workers", "shift_check", "tta", "overwrite",
-                             batch_size=128))
-    p.add_argument("--data", required=True, action="append", metavar="[NAME=]PATH",
-                   help="ImageFolder or CSV manifest; classes matched by name. Repeat as NAME=PATH for several sets "
-                        "(one folder each, plus summary.csv/.md and a summary report.html); with a multi-lab run's "
-                        "split.csv, NAME=split.csv keeps that lab's rows")
-    p.add_argument("--split", choices=["train", "val", "test"],
-                   help="with --data RUN/split.csv: evaluate only that split of the run")
-    p.add_argument("--run", help="run folder whose training curves to draw")
-    p.add_argument("--no-explain", action="store_true", help="skip the Grad-CAM/attention grids")
-    p.add_argument("--home", help="with several sets: the comma-separated sets of the training labs' own cells, "
-                   "against which the shift score's AUROC is measured (default: sets named after a training lab, "
-                   "or LAB_test)")
-    p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
-                   help="bootstrap resamples for the 95%% confidence intervals (default 1000; 0: none)")
-
-    p = command("adapt", cmd_adapt, "fit a model to your lab's cells: a few labelled ones, or unlabelled images",
-                shared_flags(*model, "workers", "overwrite"))
-    add_flags(p, AdaptOptions)
-
-    p = command("plot-confusion", cmd_plot_confusion, "redraw a confusion matrix from metrics.json or a run folder",
-                progress=False)
-    p.add_argument("source", help="metrics.json, an evaluation folder or a run folder")
-    p.add_argument("--out", help="PNG path (default: confusion_matrix.png beside metrics.json)")
-
-    p = command("predict", cmd_predict, "classify image files, folders or globs into a CSV",
-                shared_flags("inputs", *model, "batch_size", "workers", "min_confidence", "shift_check", "tta"))
-    p.add_argument("--out", default="-", help="CSV path (default: standard output); an existing file is replaced "
-                   "only once every row is written")
-    p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
-    p.add_argument("--onnx", help="ONNX file for --backend onnxruntime (default: beside the checkpoint)")
-
-    p = command("count", cmd_count, "find, classify and count the white cells in whole smear fields",
-                shared_flags("inputs", *model, "out_dir", "batch_size", "workers", "min_confidence", "shift_check",
-                             "overwrite"))
-    p.add_argument("--target", type=int, metavar="N", help="the number of cells the differential needs (e.g. 100 "
-                   "or 200): say whether it was reached")
-    p.add_argument("--truth", metavar="CSV", help="hand-drawn boxes, file,x0,y0,x1,y1[,label]: score the count "
-                   "against them (detection recall/precision, type accuracy, differential error)")
-    p.add_argument("--no-fields", action="store_true", help="don't draw every field into fields/")
-
-    p = command("tune", cmd_tune, "search hyperparameters with Optuna: short trials, pruned early, resumable",
-                progress=False)
-    add_flags(p, TuneOptions)
-
-    p = command("serve", cmd_serve, "a web page and REST API for classifying cells and counting fields",
-                shared_flags(*model, "min_confidence"), progress=False)
-    add_flags(p, ServeOptions)
-
-    p = command("export", cmd_export, "export a checkpoint to ONNX, checked against PyTorch",
-                shared_flags("checkpoint"), progress=False)
-    p.add_argument("--format", choices=["onnx"], default="onnx")
-    p.add_argument("--out", help="ONNX path (default: beside the checkpoint, same name, .onnx)")
-    p.add_argument("--opset", type=int, default=17)
-
+    add_train_flags(command("train", cmd_train, "train a model on an ImageFolder or CSV manifest", options=TrainOptions,
+                            progress=False))  # --progress/--no-progress is a TrainConfig field
+    command("evaluate", cmd_evaluate, "evaluate a checkpoint on a labelled folder", *model, "out_dir", "batch_size",
+            "workers", "shift_check", "tta", "overwrite", options=EvaluateOptions, batch_size=128)
+    command("adapt", cmd_adapt, "fit a model to your lab's cells: a few labelled ones, or unlabelled images", *model,
+            "workers", "overwrite", options=AdaptOptions)
+    command("plot-confusion", cmd_plot_confusion, "redraw a confusion matrix from metrics.json or a run folder",
+            options=PlotOptions, progress=False)
+    command("predict", cmd_predict, "classify image files, folders or globs into a CSV", "inputs", *model,
+            "batch_size", "workers", "min_confidence", "shift_check", "tta", options=PredictOptions)
+    command("count", cmd_count, "find, classify and count the white cells in whole smear fields", "inputs", *model,
+            "out_dir", "batch_size", "workers", "min_confidence", "shift_check", "overwrite", options=CountOptions)
+    command("tune", cmd_tune, "search hyperparameters with Optuna: short trials, pruned early, resumable",
+            options=TuneOptions, progress=False)
+    command("serve", cmd_serve, "a web page and REST API for classifying cells and counting fields", *model,
+            "min_confidence", options=ServeOptions, progress=False)
+    command("export", cmd_export, "export a checkpoint to ONNX, checked against PyTorch", "checkpoint",
+            options=ExportOptions, progress=False)
     data_sub = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
-    p = command("audit", cmd_data_audit, "class balance, unreadable files, sizes, duplicates and near-duplicates "
-                "(rotation/flip robust), colour shortcuts", shared_flags("workers", "overwrite"), under=data_sub)
-    p.add_argument("data", help="ImageFolder or CSV manifest")
-    p.add_argument("--against", help="a second set: report the duplicates shared between the two")
-    p.add_argument("--out", help="folder for audit.json and audit.html (default wbcnet-audit-<time>)")
-
+    command("audit", cmd_data_audit, "class balance, unreadable files, sizes, duplicates and near-duplicates "
+            "(rotation/flip robust), colour shortcuts", "workers", "overwrite", options=AuditOptions, under=data_sub)
     command("models", cmd_models, "list the models", progress=False)
-    p = command("demo", cmd_demo, "train, evaluate and plot on the bundled sample cells (about 1-2 minutes)")
-    p.add_argument("--out", help="new folder for the results (default wbcnet-demo-<time>)")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--seed", type=int, default=0)
+    command("demo", cmd_demo, "train, evaluate and plot on the bundled sample cells (about 1-2 minutes)",
+            options=DemoOptions)
     return parser
 
 
@@ -336,18 +280,14 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except WbcnetError as e:
-        if args.debug:
-            raise
-        print(f"wbcnet {args.command}: error: {e}", file=sys.stderr)
-        return 2
     except BrokenPipeError:  # `wbcnet predict ... | head`: the reader left; that is not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except OSError as e:  # a full disk is the user's to fix, whichever command found it
-        if args.debug or not disk_full(e):
+    except (WbcnetError, OSError) as e:  # a user's mistake, or a full disk (the user's to fix, whoever found it)
+        if args.debug or not (isinstance(e, WbcnetError) or disk_full(e)):
             raise
-        print(f"wbcnet {args.command}: error: {disk_full_message(e)}", file=sys.stderr)
+        print(f"wbcnet {args.command}: error: {e if isinstance(e, WbcnetError) else disk_full_message(e)}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted" + ("; resume with: wbcnet train --resume <run folder>" if args.command == "train" else ""),

@@ -5,8 +5,10 @@
   applies the threads and device and loads the checkpoint.
 - `shared_flags()`: the argparse parent that defines those flags (and --overwrite), each once, for
   every command that takes them.
-- `AdaptOptions`, `TuneOptions`, `ServeOptions`: those commands' own options, checked when made;
-  `add_flags()` builds their flags from the fields (as config.add_train_flags does TrainConfig's).
+- `EvaluateOptions`, `PredictOptions`, `CountOptions`, `AdaptOptions`, `TuneOptions`,
+  `ServeOptions`, ...: each command's own options, checked when made; `add_flags()` builds their
+  flags from the fields (as config.add_train_flags does TrainConfig's), with the same names on
+  the parsed arguments.
 - The checks on the rest of a command's input: input paths, count's numbers.
 
 Imports neither torch nor numpy, so that `wbcnet --help` and argument errors answer at once.
@@ -154,13 +156,17 @@ def flag(default=None, help: str = "", **kw):
 
 
 def add_flags(parser, cls) -> None:
-    """One flag per field of the dataclass `cls` (made with flag()): --field-name, default the field's."""
+    """One flag per field of the dataclass `cls` (made with flag()): --field-name (a positional
+    argument with positional=True), default the field's."""
     for f in fields(cls):
         kw = dict(f.metadata["kw"])
         if f.default is False:
             kw.setdefault("action", "store_true")
-        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=f.default,
-                            help=f.metadata["help"], **kw)
+        if kw.pop("positional", False):
+            parser.add_argument(f.name, help=f.metadata["help"], **kw)
+        else:
+            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=f.default,
+                                help=f.metadata["help"], **kw)
 
 
 def from_flags(cls, args: argparse.Namespace):
@@ -169,11 +175,90 @@ def from_flags(cls, args: argparse.Namespace):
 
 
 def needs(command: str, *modules: str, install: str) -> None:
-    """Refuse a command whose optional packages are missing, saying how to install them."""
+    """Refuse a command whose optional packages are missing (`a|b`: either), saying how to install them."""
     from importlib.util import find_spec
 
     if not all(any(find_spec(m) for m in name.split("|")) for name in modules):
         raise WbcnetError(f"wbcnet {command} needs {install}")
+
+
+@dataclass(frozen=True)
+class TrainOptions:  # the rest of train's flags are TrainConfig's (config.add_train_flags)
+    config: str | None = flag(help="YAML config (flags given override it)")
+    resume: str | None = flag(help="continue an interrupted run from its last checkpoint (with its own config; other "
+                              "flags are ignored)", metavar="RUN_DIR")
+    no_cache: bool = flag(False, help="decode into memory only (same as --cache-dir none)")
+
+
+@dataclass(frozen=True)
+class PlotOptions:
+    source: str = flag(help="metrics.json, an evaluation folder or a run folder", positional=True)
+    out: str | None = flag(help="PNG path (default: confusion_matrix.png beside metrics.json)")
+
+    def read(self) -> tuple[dict, Path]:
+        """(the metrics.json that `source` names or holds, the PNG to draw it into)."""
+        import json
+
+        found = metrics_json_of(self.source)
+        return json.loads(found.read_text()), Path(self.out) if self.out else found.parent / "confusion_matrix.png"
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    data: list[str] = flag(help="ImageFolder or CSV manifest; classes matched by name. Repeat as NAME=PATH for several "
+                           "sets (one folder each, plus summary.csv/.md and a summary report.html); with a multi-lab "
+                           "run's split.csv, NAME=split.csv keeps that lab's rows", required=True, action="append",
+                           metavar="[NAME=]PATH")
+    split: str | None = flag(help="with --data RUN/split.csv: evaluate only that split of the run",
+                             choices=["train", "val", "test"])
+    run: str | None = flag(help="run folder whose training curves to draw")
+    no_explain: bool = flag(False, help="skip the Grad-CAM/attention grids")
+    home: str | None = flag(help="with several sets: the comma-separated sets of the training labs' own cells, against "
+                            "which the shift score's AUROC is measured (default: sets named after a training lab, or "
+                            "LAB_test)")
+    bootstrap: int = flag(1000, type=int, metavar="N",
+                          help="bootstrap resamples for the 95%% confidence intervals (default 1000; 0: none)")
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    out: str = flag("-", help="CSV path (default: standard output); an existing file is replaced only once every row "
+                    "is written")
+    backend: str = flag("torch", choices=["torch", "onnxruntime"])
+    onnx: str | None = flag(help="ONNX file for --backend onnxruntime (default: beside the checkpoint)")
+
+
+@dataclass(frozen=True)
+class CountOptions:
+    target: int | None = flag(type=int, metavar="N", help="the number of cells the differential needs (e.g. 100 or "
+                              "200): say whether it was reached")
+    truth: str | None = flag(metavar="CSV", help="hand-drawn boxes, file,x0,y0,x1,y1[,label]: score the count against "
+                             "them (detection recall/precision, type accuracy, differential error)")
+    no_fields: bool = flag(False, help="don't draw every field into fields/")
+
+    def __post_init__(self):
+        check_count(self.target, self.truth)
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    format: str = flag("onnx", choices=["onnx"])
+    out: str | None = flag(help="ONNX path (default: beside the checkpoint, same name, .onnx)")
+    opset: int = flag(17, type=int)
+
+
+@dataclass(frozen=True)
+class AuditOptions:
+    data: str = flag(help="ImageFolder or CSV manifest", positional=True)
+    against: str | None = flag(help="a second set: report the duplicates shared between the two")
+    out: str | None = flag(help="folder for audit.json and audit.html (default wbcnet-audit-<time>)")
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    out: str | None = flag(help="new folder for the results (default wbcnet-demo-<time>)")
+    epochs: int = flag(30, type=int)
+    seed: int = flag(0, type=int)
 
 
 @dataclass(frozen=True)
