@@ -9,6 +9,7 @@ from datetime import datetime
 from pathlib import Path
 
 from .. import __version__
+from ..files import write_text_atomic
 from ..htmlpage import escape as _e
 from ..htmlpage import page, png_uri, table
 
@@ -153,5 +154,5 @@ def render_report(metrics: dict, figures: dict[str, Path | None], title: str | N
 
 def write_report(out, metrics: dict, figures: dict[str, Path | None], title: str | None = None) -> Path:
     path = Path(out) / "report.html"
-    path.write_text(render_report(metrics, figures, title), encoding="utf-8")
+    write_text_atomic(path, render_report(metrics, figures, title))
     return path
