@@ -153,11 +153,10 @@ def cmd_count(args) -> int:
                                                    f"NOT reached ({r.counted} counted; add fields)"))
     if r.truth is not None:
         t = r.truth
-        acc = "n/a" if t["type_accuracy"] is None else f"{t['type_accuracy']:.3f} of {t['typed_matches']}"
-        counted = "n/a" if t["type_accuracy_counted"] is None else \
-            f"{t['type_accuracy_counted']:.3f} of {t['typed_counted']}"
-        print(f"against {args.truth}: recall {t['recall']:.3f}, precision {t['precision']:.3f} "
-              f"({t['matched']} matched of {t['true_boxes']} true, {t['found_boxes']} found); type accuracy {acc} "
+        acc = "n/a" if t.type_accuracy is None else f"{t.type_accuracy:.3f} of {t.typed_matches}"
+        counted = "n/a" if t.type_accuracy_counted is None else f"{t.type_accuracy_counted:.3f} of {t.typed_counted}"
+        print(f"against {args.truth}: recall {t.recall:.3f}, precision {t.precision:.3f} "
+              f"({t.matched} matched of {t.true_boxes} true, {t.found_boxes} found); type accuracy {acc} "
               f"matched cells, {counted} counted ones")
     print(f"wrote {out}/count.html, cells.csv, differential.csv")
     return 0 if len(r.unreadable) < len(r.fields) else 1

@@ -34,7 +34,7 @@ from .data.locate import CellBox, crop_square, find_cells
 from .data.preprocess import cell_input, from_meta
 from .errors import WbcnetError
 from .inference import run_model
-from .results import CellResult, ClassCount, CountResult, Differential, FieldResult
+from .results import CellResult, ClassCount, ClassError, CountResult, Differential, FieldResult, TruthScore
 
 # A found cell is cut out at this many radii around it before the checkpoint's preprocessing
 # finds it again in the window and crops to its own context, exactly as predict does on a crop.
@@ -258,7 +258,7 @@ def match_boxes(found: list, true: list, min_iou: float = 0.3) -> list[tuple[int
     return [(int(i), int(j)) for i, j in zip(rows, cols) if allowed[i, j]]
 
 
-def score_against_truth(fields: list[FieldResult], truth: dict, classes: list[str]) -> dict:
+def score_against_truth(fields: list[FieldResult], truth: dict, classes: list[str], file: str = "") -> TruthScore:
     """Detection recall/precision, the type accuracy of matched cells, and the differential error
     (found % minus true %), over the fields the truth file lists (others are not scored: a field
     missing from it may hold cells nobody boxed)."""
@@ -289,19 +289,17 @@ def score_against_truth(fields: list[FieldResult], truth: dict, classes: list[st
     for name in classes:
         t = 100.0 * true_labels.count(name) / max(len(true_labels), 1)
         f_ = 100.0 * found_labels.count(name) / max(len(found_labels), 1)
-        error[name] = {"found_percent": f_, "true_percent": t, "error": f_ - t}
-    return {
-        "fields_scored": len(scored), "fields_not_in_truth": sum(1 for f in fields if not f.error) - len(scored),
-        "true_boxes": n_true, "found_boxes": n_found, "matched": n_matched,
-        "recall": recall, "precision": precision,
-        "typed_matches": typed, "type_accuracy": right / typed if typed else None,
-        "type_accuracy_ci": [acc_low, acc_high], "confusion_matrix": confusion.tolist(),
+        error[name] = ClassError(f_, t, f_ - t)
+    return TruthScore(
+        fields_scored=len(scored), fields_not_in_truth=sum(1 for f in fields if not f.error) - len(scored),
+        true_boxes=n_true, found_boxes=n_found, matched=n_matched, recall=recall, precision=precision,
+        typed_matches=typed, type_accuracy=right / typed if typed else None, type_accuracy_ci=(acc_low, acc_high),
+        confusion_matrix=confusion.tolist(),
         # The cells the differential counts: whole (not cut by the edge) and not referred.
-        "typed_counted": typed_counted,
-        "type_accuracy_counted": right_counted / typed_counted if typed_counted else None,
-        "differential_error": error, "true_labelled": len(true_labels), "found_counted": len(found_labels),
-        "match_rule": "IoU >= 0.3 or the found centre inside the true box, one-to-one",
-    }
+        typed_counted=typed_counted,
+        type_accuracy_counted=right_counted / typed_counted if typed_counted else None,
+        differential_error=error, true_labelled=len(true_labels), found_counted=len(found_labels),
+        match_rule="IoU >= 0.3 or the found centre inside the true box, one-to-one", file=file)
 
 
 def run_count(model, meta, paths: list[str], min_confidence: float = 0.0, target: int | None = None,
@@ -315,7 +313,7 @@ def run_count(model, meta, paths: list[str], min_confidence: float = 0.0, target
     result = CountResult(fields, differential([c for f in fields for c in f.cells], classes), classes,
                          min_confidence, shift_check and meta.shift_stats is not None, str(meta.path), target)
     if truth is not None:
-        result.truth = {**score_against_truth(fields, truth, classes), "file": str(truth_path)}
+        result.truth = score_against_truth(fields, truth, classes, str(truth_path))
     result.warnings += count_warnings(fields)
     return result
 

@@ -205,6 +205,39 @@ class Differential(Record):
 
 
 @dataclass
+class ClassError(Record):
+    """One class's share among the found (counted) cells against its share among the true ones."""
+
+    found_percent: float = _f("share of the class among the counted found cells, in %")
+    true_percent: float = _f("share among the labelled true boxes, in %")
+    error: float = _f("found - true, in percentage points")
+
+
+@dataclass
+class TruthScore(Record):
+    """A count scored against hand-drawn boxes (--truth): detection, type accuracy, differential error."""
+
+    fields_scored: int = _f("fields the truth file lists (others are not scored)")
+    fields_not_in_truth: int = _f("readable fields the truth file does not list")
+    true_boxes: int = _f("hand-drawn boxes in the scored fields")
+    found_boxes: int = _f("cells found in the scored fields")
+    matched: int = _f("found boxes matched to a true one, one to one")
+    recall: float = _f("matched / true boxes")
+    precision: float = _f("matched / found boxes")
+    typed_matches: int = _f("matches whose true box has a class label")
+    type_accuracy: float | None = _f("share of those the model classified right (null: none typed)")
+    type_accuracy_ci: tuple[float, float] = _f("95% Wilson interval of the type accuracy")
+    confusion_matrix: list[list[int]] = _f("typed matches: rows true, columns found class")
+    typed_counted: int = _f("typed matches that the differential counts (whole, not referred)")
+    type_accuracy_counted: float | None = _f("the type accuracy of those")
+    differential_error: dict[str, ClassError] = _f("per class, found % against true %")
+    true_labelled: int = _f("true boxes with a class label")
+    found_counted: int = _f("found cells counted in the differential")
+    match_rule: str = _f("when a found box matches a true one")
+    file: str = _f("the truth file", "")
+
+
+@dataclass
 class CountResult(Record):
     """A count of whole fields: every field with its cells, the differential and the settings."""
 
@@ -215,7 +248,7 @@ class CountResult(Record):
     shift_check: bool = _f("the unfamiliar-cell check ran", False)
     checkpoint: str | None = _f("the checkpoint's file", None, json=False)
     target: int | None = _f("the number of counted cells asked for (--target)", None)
-    truth: dict[str, Any] | None = _f("scores against hand-drawn boxes (--truth)", None, omit_none=True)
+    truth: TruthScore | None = _f("scores against hand-drawn boxes (--truth)", None, omit_none=True)
     warnings: list[str] = _f("things a person should know about this count", factory=list)
 
     COMPUTED = {"cells_found": (int, "white cells found in all fields"),
@@ -267,7 +300,7 @@ class CountResult(Record):
                "target": None if self.target is None else {"cells": self.target, "reached": self.target_reached},
                "warnings": list(self.warnings)}
         if self.truth is not None:
-            out["truth"] = _plain(self.truth)
+            out["truth"] = self.truth.to_dict()
         return out
 
 

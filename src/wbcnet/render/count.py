@@ -142,7 +142,7 @@ class CountOutput:
             write_cells_csv(self.work / "cells.csv", result)
             write_differential(self.work, result.differential)
             if result.truth is not None:
-                write_json(self.work / "truth.json", result.truth)
+                write_json(self.work / "truth.json", result.truth.to_dict())
             chart = plot_differential(result.differential.to_dict(), self.work / "differential.png",
                                       class_colours(self.classes))
             html = render_count_report(result, chart, self.shown, self.gallery(), self.referred)

@@ -70,21 +70,21 @@ def render_count_report(result: CountResult, chart: Path, shown: list, gallery: 
     parts.append(f'<figure><img src="{png_uri(chart)}" alt="differential bar chart"></figure>')
     if r.truth is not None:
         t = r.truth
-        acc = "n/a" if t["type_accuracy"] is None else \
-            f"{t['type_accuracy']:.3f} [{t['type_accuracy_ci'][0]:.3f}, {t['type_accuracy_ci'][1]:.3f}]"
+        acc = "n/a" if t.type_accuracy is None else \
+            f"{t.type_accuracy:.3f} [{t.type_accuracy_ci[0]:.3f}, {t.type_accuracy_ci[1]:.3f}]"
         parts.append(
-            f"<h2>Against the hand-drawn boxes</h2><p>{escape(t['file'])}: {t['fields_scored']} fields scored "
-            f"({t['fields_not_in_truth']} not in the file, not scored). A found box matches a true one when "
-            f"{escape(t['match_rule'])}.</p>" +
-            table(["measure", "value"], [["detection recall", f"{t['recall']:.3f} ({t['matched']} of {t['true_boxes']})"],
-                                         ["detection precision", f"{t['precision']:.3f} ({t['matched']} of {t['found_boxes']})"],
-                                         ["type accuracy of matched cells", f"{acc} ({t['typed_matches']} typed)"],
+            f"<h2>Against the hand-drawn boxes</h2><p>{escape(t.file)}: {t.fields_scored} fields scored "
+            f"({t.fields_not_in_truth} not in the file, not scored). A found box matches a true one when "
+            f"{escape(t.match_rule)}.</p>" +
+            table(["measure", "value"], [["detection recall", f"{t.recall:.3f} ({t.matched} of {t.true_boxes})"],
+                                         ["detection precision", f"{t.precision:.3f} ({t.matched} of {t.found_boxes})"],
+                                         ["type accuracy of matched cells", f"{acc} ({t.typed_matches} typed)"],
                                          ["... of those counted (whole, not referred)",
-                                          "n/a" if t["type_accuracy_counted"] is None else
-                                          f"{t['type_accuracy_counted']:.3f} ({t['typed_counted']} typed)"]]) +
+                                          "n/a" if t.type_accuracy_counted is None else
+                                          f"{t.type_accuracy_counted:.3f} ({t.typed_counted} typed)"]]) +
             table(["class", "found %", "true %", "found - true"],
-                  [[escape(c), f"{e['found_percent']:.1f}", f"{e['true_percent']:.1f}", f"{e['error']:+.1f}"]
-                   for c, e in t["differential_error"].items()]))
+                  [[escape(c), f"{e.found_percent:.1f}", f"{e.true_percent:.1f}", f"{e.error:+.1f}"]
+                   for c, e in t.differential_error.items()]))
     if shown:
         figs = [f'<img src="{jpeg_uri(img, 480)}" alt="{escape(Path(f).name)}" title="{escape(Path(f).name)}" '
                 f'style="margin:2px">' for f, img in shown]
