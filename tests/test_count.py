@@ -174,18 +174,31 @@ def test_find_cells_keeps_working_at_a_lower_magnification():
     assert len(found) <= len(expected) + 1
 
 
+def mounted_tmpfs(folder: Path, size: str):
+    folder.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 300 kB tmpfs (root only): a count of the six fields fills it."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(disk)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {done.stderr.decode().strip()}")
-    try:
-        yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
+    yield from mounted_tmpfs(tmp_path / "disk", "300k")
+
+
+def test_a_count_into_a_mount_point_of_another_file_system(tmp_path):
+    """--out is a file system of its own: the finished folder can't be renamed onto it, so its
+    files are moved in, count.json last, and nothing is left beside it."""
+    for out in mounted_tmpfs(tmp_path / "mnt", "8m"):
+        assert main(["count", str(FIELDS / "BloodImage_00000.jpg"), "--out", str(out), "--no-progress"]) == 0
+        assert {"cells.csv", "differential.csv", "differential.json", "count.json", "count.html", "fields"} <= \
+            {p.name for p in out.iterdir()}
+        assert [p.name for p in tmp_path.iterdir()] == ["mnt"]
 
 
 def test_a_full_disk_is_one_line_and_leaves_no_finished_looking_count(small_disk, capsys):

@@ -57,7 +57,8 @@ class CountOutput:
 
     def __init__(self, out, classes: list[str], draw_fields: bool = True):
         self.out, self.classes, self.draw_fields = Path(out), list(classes), draw_fields
-        self.work = self.out.parent / f".{self.out.name}.unfinished-{os.getpid()}"
+        whole = self.out.resolve()
+        self.work = whole.parent / f".{whole.name}.unfinished-{os.getpid()}"
         self._taken: set[str] = set()
         self.shown: list = []  # (file, drawn PIL image) of the first fields with cells
         self._best: dict[str, list] = {c: [] for c in self.classes}  # per class a heap of its most confident cells
@@ -152,12 +153,12 @@ class CountOutput:
         return self.out / "count.json"
 
     def _move_into_place(self) -> None:
-        if self.work.parent != self.out:
+        if self.work.parent != self.out.resolve():
             try:
                 os.replace(self.work, self.out)  # onto the empty OUT, in one step
                 return
-            except OSError:
+            except OSError:  # OUT is a mount point, or another file system
                 pass
         for entry in sorted(self.work.iterdir(), key=lambda p: p.name == "count.json"):
-            os.replace(entry, self.out / entry.name)
-        self.work.rmdir()
+            shutil.move(str(entry), str(self.out / entry.name))
+        shutil.rmtree(self.work)
