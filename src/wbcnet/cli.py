@@ -62,9 +62,9 @@ def cmd_evaluate(args) -> int:
           + f"  balanced accuracy {r.balanced_accuracy:.4f}  macro-F1 {r.macro_f1:.4f}  "
           f"ECE {r.ece:.4f}  -> {out / 'report.html'}")
     calib = r.calibration
-    if "ece_uncalibrated" in calib:
-        print(f"calibration: ECE {calib['ece_uncalibrated']:.4f} at T=1 -> {calib['ece']:.4f} at the checkpoint's "
-              f"T={calib['temperature']:.3f} (fitted on its validation split)")
+    if calib.ece_uncalibrated is not None:
+        print(f"calibration: ECE {calib.ece_uncalibrated:.4f} at T=1 -> {calib.ece:.4f} at the checkpoint's "
+              f"T={calib.temperature:.3f} (fitted on its validation split)")
     return 0
 
 

@@ -21,7 +21,7 @@ from .data.preprocess import from_meta
 from .data.scan import Sample, scan
 from .errors import WbcnetError
 from .inference import run_model
-from .results import CellResult, EvalResult
+from .results import Calibration, CellResult, EvalResult, ShiftSummary
 
 
 def compute_evaluation(paths: list[str], y_true: np.ndarray, probs: np.ndarray, classes: list[str],
@@ -34,13 +34,13 @@ def compute_evaluation(paths: list[str], y_true: np.ndarray, probs: np.ndarray, 
     y_true = np.asarray(y_true)
     y_pred, confidence = probs.argmax(1), probs.max(1)
     bins = cal.reliability_bins(probs, y_true)
-    calibration = {"n_bins": cal.N_BINS, "temperature": float(temperature), "ece": bins["ece"]}
+    calibration = Calibration(cal.N_BINS, float(temperature), bins["ece"])
     panels = [(f"with the checkpoint's temperature, T = {temperature:.3g}" if temperature != 1.0
                else "no temperature scaling (T = 1)", bins)]
     if logits is not None and len(y_true):
         raw = cal.reliability_bins(cal.softmax(logits), y_true)
-        calibration.update(nll=cal.nll(logits, y_true, temperature), ece_uncalibrated=raw["ece"],
-                           nll_uncalibrated=cal.nll(logits, y_true))
+        calibration.nll, calibration.ece_uncalibrated = cal.nll(logits, y_true, temperature), raw["ece"]
+        calibration.nll_uncalibrated = cal.nll(logits, y_true)
         if temperature != 1.0:
             panels.insert(0, ("without temperature scaling (T = 1)", raw))
     curve = analysis.coverage_curve(y_true, y_pred, confidence)
@@ -107,7 +107,7 @@ def evaluate_samples(model, meta, samples: list[Sample], out, title=None, run_di
     return result
 
 
-def shift_summary(meta, y_true: np.ndarray, pred) -> dict:
+def shift_summary(meta, y_true: np.ndarray, pred) -> ShiftSummary:
     """The unfamiliar-image check on labelled cells: how many are flagged, how accurate the rest
     are, and the risk-coverage of referring unfamiliar or unconfident cells."""
     from .shift import referral_table, unfamiliar_warning
@@ -115,12 +115,12 @@ def shift_summary(meta, y_true: np.ndarray, pred) -> dict:
     flagged = pred.unfamiliar
     correct = pred.predicted == y_true
     share = float(flagged.mean()) if len(flagged) else 0.0
-    return {"threshold": meta.shift_stats.threshold, "share_unfamiliar": round(share, 4),
-            "n_unfamiliar": int(flagged.sum()),
-            "accuracy_familiar": round(float(correct[~flagged].mean()), 4) if (~flagged).any() else None,
-            "accuracy_unfamiliar": round(float(correct[flagged].mean()), 4) if flagged.any() else None,
-            "referral": referral_table(correct, pred.confidence, flagged),
-            "warning": unfamiliar_warning(flagged, [s.get("name", "?") for s in meta.sources])}
+    return ShiftSummary(
+        threshold=meta.shift_stats.threshold, share_unfamiliar=round(share, 4), n_unfamiliar=int(flagged.sum()),
+        accuracy_familiar=round(float(correct[~flagged].mean()), 4) if (~flagged).any() else None,
+        accuracy_unfamiliar=round(float(correct[flagged].mean()), 4) if flagged.any() else None,
+        referral=referral_table(correct, pred.confidence, flagged),
+        warning=unfamiliar_warning(flagged, [s.get("name", "?") for s in meta.sources]))
 
 
 def evaluate_folder(model, meta, data, out, run_dir=None, split: str | None = None, source_name: str = "",

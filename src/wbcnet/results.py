@@ -68,6 +68,23 @@ class Record:
             out[key] = _plain(getattr(self, key))
         return out
 
+    def __getitem__(self, key: str):
+        """A JSON key's value (`result["macro_f1"]`), for callers written when results were dicts;
+        new code reads the attributes."""
+        for f in dataclasses.fields(self):
+            if f.metadata.get("json", True) and f.metadata.get("key", f.name) == key:
+                return getattr(self, f.name)
+        if key in self.COMPUTED:
+            return getattr(self, key)
+        raise KeyError(key)
+
+    def get(self, key: str, default=None):
+        try:
+            value = self[key]
+        except KeyError:
+            return default
+        return default if value is None else value
+
 
 # --- one cell ---------------------------------------------------------------------------------
 
@@ -307,6 +324,32 @@ class CountResult(Record):
 # --- an evaluation ----------------------------------------------------------------------------
 
 @dataclass
+class Calibration(Record):
+    """How well confidence matches accuracy on an evaluation's cells."""
+
+    n_bins: int = _f("confidence bins of the reliability diagram and ECE")
+    temperature: float = _f("the checkpoint's temperature (the logits are divided by it)")
+    ece: float = _f("expected calibration error with the temperature")
+    nll: float | None = _f("negative log-likelihood with the temperature", None, omit_none=True)
+    ece_uncalibrated: float | None = _f("ECE at T = 1", None, omit_none=True)
+    nll_uncalibrated: float | None = _f("negative log-likelihood at T = 1", None, omit_none=True)
+
+
+@dataclass
+class ShiftSummary(Record):
+    """The unfamiliar-cell check on an evaluation's labelled cells."""
+
+    threshold: float = _f("shift scores above it are unfamiliar")
+    share_unfamiliar: float = _f("share of the cells flagged unfamiliar")
+    n_unfamiliar: int = _f("cells flagged unfamiliar")
+    accuracy_familiar: float | None = _f("accuracy of the other cells (null: none)")
+    accuracy_unfamiliar: float | None = _f("accuracy of the flagged cells (null: none)")
+    referral: list[dict[str, Any]] = _f("per minimum confidence: share of cells kept and their accuracy, when "
+                                        "unfamiliar or unconfident cells are referred")
+    warning: str | None = _f("said when many cells are unfamiliar")
+
+
+@dataclass
 class EvalResult(Record):
     """An evaluation on labelled cells: what metrics.json holds, and each cell's shift score."""
 
@@ -324,11 +367,11 @@ class EvalResult(Record):
     source: str | None = _f("the folder the images share", None)
     preprocess: dict[str, Any] = _f("the checkpoint's preprocessing", factory=dict)
     cell_not_found: int | None = _f("cells where the cell crop found no cell", None, omit_none=True)
-    shift: dict[str, Any] | None = _f("the unfamiliar-cell check on these cells", None, omit_none=True)
+    shift: ShiftSummary | None = _f("the unfamiliar-cell check on these cells", None, omit_none=True)
     ci: dict[str, Any] = _f("95% percentile-bootstrap intervals", factory=dict)
     top_confusions: list[dict[str, Any]] = _f("the most frequent (true, predicted) mistakes", factory=list)
     ece: float = _f("expected calibration error (top label)", float("nan"))
-    calibration: dict[str, Any] = _f("calibration with and without the temperature", factory=dict)
+    calibration: Calibration | None = _f("calibration with and without the temperature", None)
     selective: list[dict[str, Any]] = _f("accuracy at 100/95/90/80/70/50% coverage", factory=list)
     # Not in metrics.json: what the evaluation's files and pictures are drawn from.
     shift_scores: Any = _f("each cell's shift score (numpy, for the shift AUROC across sets)", None, json=False)
@@ -351,25 +394,11 @@ class EvalResult(Record):
             v = self.interval(key)
             return f"{v[0]:.4f}-{v[1]:.4f}" if v else ""
 
-        shift = self.shift or {}
+        shift = self.shift
         return {"set": name, "n": self.n, "accuracy": round(self.accuracy, 4), "accuracy_ci": text("accuracy"),
                 "balanced_accuracy": round(self.balanced_accuracy, 4),
                 "balanced_accuracy_ci": text("balanced_accuracy"), "macro_f1": round(self.macro_f1, 4),
                 "macro_f1_ci": text("macro_f1"), "ece": round(self.ece, 4),
-                "share_unfamiliar": shift.get("share_unfamiliar", ""),
-                "accuracy_familiar": shift.get("accuracy_familiar", ""), "shift_auroc": ""}
-
-    def __getitem__(self, key: str):
-        """metrics.json's keys, for callers written when an evaluation was a dict
-        (`result["macro_f1"]`); new code reads the attributes."""
-        names = {f.metadata.get("key", f.name): f.name for f in dataclasses.fields(self) if f.metadata.get("json", True)}
-        if key not in names:
-            raise KeyError(key)
-        return getattr(self, names[key])
-
-    def get(self, key: str, default=None):
-        try:
-            value = self[key]
-        except KeyError:
-            return default
-        return default if value is None else value
+                "share_unfamiliar": "" if shift is None else shift.share_unfamiliar,
+                "accuracy_familiar": "" if shift is None else shift.accuracy_familiar,
+                "shift_auroc": ""}

@@ -43,7 +43,7 @@ def write_evaluation(out, result: EvalResult, title: str | None = None, run_dir=
         figs["error_gallery"] = explain.plot_error_gallery(images, y_true, y_pred, confidence, classes,
                                                            out / "error_gallery.png")
     figs.update(figures or {})
-    write_report(out, metrics, figs, title)
+    write_report(out, result, figs, title)
     return figs
 
 
