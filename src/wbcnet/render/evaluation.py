@@ -78,7 +78,3 @@ def write_summary(out, rows: list[dict], title: str = "Evaluation on several set
 
 def _share(v) -> str:
     return f"{v:.1%}" if isinstance(v, float) else str(v)
-
-
-def _share(v) -> str:
-    return f"{v:.1%}" if isinstance(v, float) else str(v)
