@@ -7,7 +7,10 @@ centre lies inside it or IoU >= 0.3, one to one). Lower magnifications are simul
 same fields: k x k fields shrunk by 1/k and tiled into one picture of 640 px (more, smaller
 cells per field, as a lower-power objective shows) and of 640 * k px (the same at a camera of
 k times the resolution). Speed is the whole command (read, find, crop, classify, write
-cells.csv and the differential; fields/ drawing and count.html left out), fields per second.
+cells.csv and the differential; fields/ drawing and count.html left out), fields per second,
+on BCCD's 640x480 fields and on 1440x900 fields (2x2 BCCD fields at 720x450, JPEG quality 90:
+the size of the held-back lab's fields), each beside PIL's decode and resize of the same files
+to the finder's working size alone, measured in the same run on the same CPU.
 """
 from __future__ import annotations
 
@@ -53,6 +56,50 @@ def detection(names, images, truth, k, side) -> dict:
             "matched": matched, "s": time.perf_counter() - t0}
 
 
+def cpu_name() -> str:
+    """The CPU's model name, its core count and whether it has bf16 (AVX-512 BF16 or AMX)."""
+    import os
+
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")), "unknown")
+    flags = next((l.split(":", 1)[1].split() for l in info.splitlines() if l.startswith("flags")), [])
+    bf16 = "avx512_bf16" in flags or "amx_bf16" in flags
+    return f"{model}, {os.cpu_count()} cores, bf16 {'yes' if bf16 else 'no'}"
+
+
+def write_big_fields(names, images: Path, folder: Path, n: int) -> list[Path]:
+    """n JPEG fields of 1440x900, each 2x2 BCCD fields at 720x450."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(n):
+        canvas = Image.new("RGB", (1440, 900))
+        for j in range(4):
+            name = names[(4 * i + j) % len(names)]
+            canvas.paste(Image.open(images / name).convert("RGB").resize((720, 450)), ((j % 2) * 720, (j // 2) * 450))
+        out.append(folder / f"field_{i:04d}.jpg")
+        canvas.save(out[-1], quality=90)
+    return out
+
+
+def decode_reference(paths: list[Path], side: int = 320) -> float:
+    """Pictures per second of PIL's decode + resize to the finder's working size, one thread."""
+    t0 = time.perf_counter()
+    for p in paths:
+        with Image.open(p) as img:
+            img.draft("RGB", (img.width // 2, img.height // 2))
+            img = img.convert("RGB")
+            img.thumbnail((side, side), Image.Resampling.BILINEAR)
+    return len(paths) / (time.perf_counter() - t0)
+
+
+def timed_count(folder: Path, out: Path, truth: Path | None = None) -> float:
+    """Wall seconds of the whole `wbcnet count` command, start-up included."""
+    t0 = time.perf_counter()
+    cmd = ["wbcnet", "count", str(folder), "--out", str(out), "--no-fields", "--no-progress"]
+    subprocess.run(cmd + (["--truth", str(truth)] if truth else []), check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fields", default=str(ROOT.parent / "shared" / "datasets" / "bccd-fields"))
@@ -73,18 +120,23 @@ def main(argv=None) -> int:
                      f"{r['precision']:.3f} ({r['found']} found) | {n_pictures / r['s']:.0f} |")
         print(lines[-1], flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        subprocess.run(["wbcnet", "count", str(fields / "images"), "--out", f"{tmp}/c", "--no-fields", "--no-progress",
-                        "--truth", str(fields / "wbc_boxes.csv")], check=True, capture_output=True)
-        wall = time.perf_counter() - t0
-        n = sum(1 for _ in (fields / "images").glob("*.jpg"))
-        summary = (Path(tmp) / "c" / "truth.json").read_text()
-    t = json.loads(summary)
-    lines += ["", f"`wbcnet count {fields}/images --truth {fields}/wbc_boxes.csv --no-fields` with the shipped model: "
-              f"{n} fields in {wall:.1f} s including Python and torch start-up, **{n / wall:.0f} fields/s**; "
+        jpgs = sorted((fields / "images").glob("*.jpg"))
+        wall = timed_count(fields / "images", Path(tmp) / "c", fields / "wbc_boxes.csv")
+        ref = decode_reference(jpgs)
+        t = json.loads((Path(tmp) / "c" / "truth.json").read_text())
+        big = write_big_fields(names, fields / "images", Path(tmp) / "big", 200)
+        big_wall = timed_count(big[0].parent, Path(tmp) / "b")
+        big_ref = decode_reference(big)
+    n = len(jpgs)
+    lines += ["", f"CPU: {cpu_name()}.", "",
+              f"`wbcnet count {fields}/images --truth {fields}/wbc_boxes.csv --no-fields` with the shipped model: "
+              f"{n} fields in {wall:.1f} s including Python and torch start-up, **{n / wall:.0f} fields/s** "
+              f"(PIL decode + resize alone: {ref:.0f} fields/s); "
               f"recall {t['recall']:.3f}, precision {t['precision']:.3f}, type accuracy of matched cells "
               f"{t['type_accuracy']:.3f} [{t['type_accuracy_ci'][0]:.3f}, {t['type_accuracy_ci'][1]:.3f}] "
-              f"({t['typed_matches']} typed), {t['type_accuracy_counted']:.3f} of the {t['typed_counted']} counted."]
+              f"({t['typed_matches']} typed), {t['type_accuracy_counted']:.3f} of the {t['typed_counted']} counted.",
+              "", f"`wbcnet count` on {len(big)} fields of 1440x900 (2x2 BCCD fields each): {big_wall:.1f} s, "
+              f"**{len(big) / big_wall:.1f} fields/s** including start-up (PIL decode + resize alone: {big_ref:.0f} fields/s)."]
     print(lines[-1])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")

@@ -1,0 +1,291 @@
+"""The learned cell finder: a small fully convolutional network that marks white cells.
+
+CenterNet's idea at a small size: for a picture of any size it predicts, on a grid of stride 4,
+a heatmap that peaks at each white cell's centre, the cell's radius there, and the sub-cell
+offset of the centre. Peaks of the heatmap are cells; a greedy suppression removes a cell found
+twice.
+
+Why a network: the threshold finder (data/locate_classic.py) learnt its thresholds from the
+three labs we can see, and on a pale lab it never saw (nucleus contrast a fifth of Raabin-WBC's)
+it found 4 of 508 white cells. This network sees every picture through `normalise` (optical
+density, centred and scaled per picture), so a pale picture is stretched to the contrast of a
+dark one before the first layer, and it was trained on pictures degraded well past the labs we
+have (finder/train.py).
+
+Scale: a picture is reduced to a working copy whose long side is at most `field_side` (fields)
+or `cell_side` (single-cell pictures), and the network was trained on cells 14 to 110 working
+pixels across (BCCD's white cells are ~85 in its fields' working copy, a
+Raabin-WBC cell ~35 and a tight crop's ~90 in theirs), which covers 0.3x to 2x of every lab's magnification we know of.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from ..errors import WbcnetError
+from ..weights import load_tensors, save_tensors, sha256_file
+
+STRIDE = 4
+from .paths import SHIPPED
+
+
+@dataclass(frozen=True)
+class FinderConfig:
+    """What a finder's weights need to be used: the network's widths and how pictures reach it.
+    Saved as the JSON beside the weights."""
+
+    widths: tuple[int, ...] = (16, 32, 48, 64, 96)
+    neck: int = 32
+    # Longest side of the working copy of a whole field, and of a single-cell picture.
+    field_side: int = 320
+    cell_side: int = 96
+    # A field's red cells are made this many working pixels across (see Finder.find_cells): the
+    # middle of the trained range of white cells (14-110 px, geometric middle 39) is ~1.5 red cells.
+    rbc_work: float = 26.0
+    # A heatmap peak above this is a cell (fields); the single-cell pass takes the best peak
+    # near the middle above `cell_threshold`.
+    threshold: float = 0.3
+    cell_threshold: float = 0.1
+    name: str = "finder"
+    trained_on: tuple[str, ...] = ()
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FinderConfig":
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        for k in ("widths", "trained_on"):
+            if k in known:
+                known[k] = tuple(known[k])
+        return cls(**known)
+
+
+def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+def normalise(rgb: torch.Tensor) -> torch.Tensor:
+    """Nx3xHxW float RGB in [0, 1] -> optical density, per picture centred on each channel's mean
+    and scaled by its overall spread: a pale lab's picture and a dark one's arrive alike."""
+    od = -torch.log(rgb.clamp(min=0) + 1 / 256)
+    od = od - od.mean(dim=(2, 3), keepdim=True)
+    return od / (od.flatten(1).std(dim=1).view(-1, 1, 1, 1) + 0.02)
+
+
+class FinderNet(nn.Module):
+    """Five stride-2 stages (16 to 96 channels), a top-down neck back to stride 4, three heads."""
+
+    def __init__(self, widths=(16, 32, 48, 64, 96), neck: int = 32):
+        super().__init__()
+        chans = [3, *widths]
+        self.stages = nn.ModuleList()
+        for i in range(len(widths)):
+            layers = [_conv(chans[i], chans[i + 1], 2)]
+            if i > 0:
+                layers.append(_conv(chans[i + 1], chans[i + 1]))
+            self.stages.append(nn.Sequential(*layers))
+        # Lateral 1x1s from stride 4 up: the top-down sum brings the deep stages' field of view
+        # (~200 px, a large cell's context) down to the fine grid.
+        self.lateral = nn.ModuleList(nn.Conv2d(w, neck, 1) for w in widths[1:])
+        self.smooth = _conv(neck, neck)
+        self.heat = nn.Sequential(_conv(neck, neck), nn.Conv2d(neck, 1, 1))
+        self.size = nn.Sequential(_conv(neck, neck), nn.Conv2d(neck, 3, 1))  # log radius, dy, dx
+        nn.init.constant_(self.heat[-1].bias, -2.2)  # a prior of ~0.1: focal loss starts calm
+
+    def forward(self, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """rgb: Nx3xHxW in [0, 1] (H, W multiples of 32 best). Returns heat logits Nx1xH/4xW/4 and
+        Nx3xH/4xW/4 (log radius in working pixels, centre offset in grid cells)."""
+        x = normalise(rgb)
+        feats = []
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        top = self.lateral[-1](feats[-1])
+        for lat, f in zip(reversed(self.lateral[:-1]), reversed(feats[1:-1])):
+            top = lat(f) + F.interpolate(top, size=f.shape[-2:], mode="nearest")
+        top = self.smooth(top)
+        return self.heat(top), self.size(top)
+
+
+@dataclass(frozen=True)
+class Found:
+    """One white cell found in a working copy (working pixels) with its heatmap score."""
+
+    cx: float
+    cy: float
+    radius: float
+    score: float
+
+
+def decode(heat_logits: torch.Tensor, size: torch.Tensor, threshold: float, max_cells: int = 100) -> list[list[Found]]:
+    """Peaks of each picture's heatmap above `threshold` -> cells (working pixels), duplicates
+    (a weaker peak whose centre lies inside a stronger cell's circle) removed."""
+    heat = torch.sigmoid(heat_logits)
+    peaks = (heat == F.max_pool2d(heat, 3, 1, 1)) & (heat > threshold)
+    out = []
+    for i in range(heat.shape[0]):
+        ys, xs = torch.nonzero(peaks[i, 0], as_tuple=True)
+        if ys.numel() == 0:
+            out.append([])
+            continue
+        scores = heat[i, 0, ys, xs]
+        r = torch.exp(size[i, 0, ys, xs])
+        cy = (ys.float() + 0.5 + size[i, 1, ys, xs]) * STRIDE - 0.5
+        cx = (xs.float() + 0.5 + size[i, 2, ys, xs]) * STRIDE - 0.5
+        keep = _suppress(cx, cy, r, scores)[:max_cells]
+        out.append([Found(float(cx[k]), float(cy[k]), float(r[k]), float(scores[k])) for k in keep])
+    return out
+
+
+def _suppress(cx, cy, r, scores) -> list[int]:
+    """Greedy non-maximum suppression of circles: strongest first, a peak is dropped when its
+    centre lies within 0.7 radii of a kept cell's. (torchvision.ops.nms would do it for boxes,
+    but importing torchvision costs 2.6 s of start-up here, more than a whole one-file predict.)"""
+    order = torch.argsort(scores, descending=True).tolist()
+    kept: list[int] = []
+    for i in order:
+        if all(float(torch.hypot(cx[i] - cx[j], cy[i] - cy[j])) > 0.7 * max(float(r[j]), float(r[i])) for j in kept):
+            kept.append(i)
+    return kept
+
+
+class Finder:
+    """A trained FinderNet with its config: finds cells in numpy pictures of any size.
+
+    Working copies are made with PIL's box reduce (a whole factor) and then a resize to a
+    multiple of 32, so a picture's cells arrive at the scale the network was trained on.
+    """
+
+    def __init__(self, net: FinderNet, config: FinderConfig, sha256: str = ""):
+        self.net = net.eval()
+        self.config = config
+        self.sha256 = sha256
+
+    # -- pictures to working copies ----------------------------------------------------------
+
+    @staticmethod
+    def working_copy(rgb: np.ndarray, side: int) -> tuple[np.ndarray, float, float]:
+        """`rgb` reduced so its long side is at most `side` (never enlarged), then to a multiple of
+        32 a side.
+        Returns (copy, scale_y, scale_x): original pixels per working pixel."""
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise ValueError(f"expected an HxWx3 uint8 image, got {rgb.shape} {rgb.dtype}")
+        h, w = rgb.shape[:2]
+        scale = min(1.0, side / max(h, w))
+        th, tw = max(32, int(round(h * scale / 32)) * 32), max(32, int(round(w * scale / 32)) * 32)
+        img = Image.fromarray(np.ascontiguousarray(rgb))
+        factor = int(min(h / th, w / tw))
+        if factor >= 2:
+            img = img.reduce(factor)  # box average first: far cheaper than a big Lanczos kernel
+        if img.size != (tw, th):
+            img = img.resize((tw, th), Image.Resampling.BILINEAR)
+        return np.asarray(img), h / th, w / tw
+
+    @torch.no_grad()
+    def _run(self, batch: np.ndarray, threshold: float) -> list[list[Found]]:
+        x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float().div_(255)
+        heat, size = self.net(x)
+        return decode(heat, size, threshold)
+
+    # -- the two questions wbcnet asks -------------------------------------------------------
+
+    def find_cells(self, rgb: np.ndarray, threshold: float | None = None) -> list[tuple[float, float, float, float]]:
+        """Every white cell in a whole field: (cx, cy, radius, score) in `rgb`'s pixels, best first.
+
+        The field is brought to the scale the network knows best by its own ruler, the red cells:
+        their diameter becomes `rbc_work` working pixels (white cells then ~30-60), whatever the
+        magnification and camera. Where the red cells can't be measured (too few, too pale), the
+        field's long side becomes `field_side`.
+        """
+        from ..data.locate_classic import red_cell_diameter
+
+        rbc = red_cell_diameter(rgb)
+        h, w = rgb.shape[:2]
+        side = self.config.field_side if rbc is None else max(h, w) * self.config.rbc_work / rbc
+        small, sy, sx = self.working_copy(rgb, int(round(min(side, 4 * self.config.field_side))))
+        found = self._run(small[None], self.config.threshold if threshold is None else threshold)[0]
+        s = (sy + sx) / 2
+        return [((f.cx + 0.5) * sx - 0.5, (f.cy + 0.5) * sy - 0.5, f.radius * s, f.score) for f in found]
+
+    def find_central(self, pictures: list[np.ndarray]) -> list[tuple[float, float, float, float] | None]:
+        """The white cell nearest the middle of each single-cell picture, or None where no peak
+        passes `cell_threshold`. Pictures of one size are run as one batch."""
+        out: list = [None] * len(pictures)
+        groups: dict[tuple, list[int]] = {}
+        smalls = []
+        for i, rgb in enumerate(pictures):
+            small, sy, sx = self.working_copy(rgb, self.config.cell_side)
+            smalls.append((small, sy, sx))
+            groups.setdefault(small.shape, []).append(i)
+        for idx in groups.values():
+            found = self._run(np.stack([smalls[i][0] for i in idx]), self.config.cell_threshold)
+            for i, cells in zip(idx, found):
+                small, sy, sx = smalls[i]
+                best = _central(cells, small.shape[0], small.shape[1])
+                if best is not None:
+                    s = (sy + sx) / 2
+                    out[i] = ((best.cx + 0.5) * sx - 0.5, (best.cy + 0.5) * sy - 0.5, best.radius * s, best.score)
+        return out
+
+
+def _central(cells: list[Found], h: int, w: int) -> Found | None:
+    """The cell a single-cell picture is of: a confident cell near the middle beats a stronger
+    neighbour cut by the edge. Score weighted by a wide Gaussian of distance from the middle."""
+    if not cells:
+        return None
+    spread = 2 * (0.35 * max(h, w)) ** 2
+
+    def weight(f: Found) -> float:
+        return f.score * np.exp(-((f.cx - (w - 1) / 2) ** 2 + (f.cy - (h - 1) / 2) ** 2) / spread)
+
+    return max(cells, key=weight)
+
+
+# -- weights on disk ---------------------------------------------------------------------------
+
+def save_finder(net: FinderNet, config: FinderConfig, stem) -> Path:
+    """`stem`.safetensors + `stem`.json (config and the weights' SHA-256), each written atomically,
+    the JSON last, so a half-written finder is never taken for a whole one."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    weights, meta = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+    tmp = weights.with_name(weights.name + ".tmp")
+    save_tensors(net.state_dict(), tmp)
+    tmp.replace(weights)
+    doc = {"kind": "wbcnet-finder", **asdict(config), "weights_sha256": sha256_file(weights)}
+    tmp = meta.with_name(meta.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.replace(meta)
+    return weights
+
+
+def load_finder(path=None) -> Finder:
+    """A finder from `path` (.safetensors or its .json; default: the one shipped in the package).
+    The weights' SHA-256 must match the JSON's."""
+    path = Path(path) if path is not None else SHIPPED
+    weights, meta = path.with_suffix(".safetensors"), path.with_suffix(".json")
+    for p in (weights, meta):
+        if not p.is_file():
+            raise WbcnetError(f"{p}: finder file not found")
+    try:
+        doc = json.loads(meta.read_text())
+    except (OSError, ValueError) as e:
+        raise WbcnetError(f"{meta}: not a readable finder JSON ({e})") from None
+    if not isinstance(doc, dict) or doc.get("kind") != "wbcnet-finder" or "weights_sha256" not in doc:
+        raise WbcnetError(f"{meta}: not a wbcnet finder description (kind and weights_sha256 needed)")
+    sha = sha256_file(weights)
+    if sha != doc["weights_sha256"]:
+        raise WbcnetError(f"{weights}: weights do not match the SHA-256 in {meta.name} (damaged or replaced)")
+    config = FinderConfig.from_dict(doc)
+    net = FinderNet(config.widths, config.neck)
+    try:
+        net.load_state_dict(load_tensors(weights))
+    except RuntimeError as e:
+        raise WbcnetError(f"{weights}: weights do not fit the finder network ({str(e).splitlines()[0]})") from None
+    return Finder(net, config, sha)
