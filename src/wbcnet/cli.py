@@ -15,7 +15,7 @@ from .errors import WbcnetError
 from .files import disk_full, disk_full_message
 from .options import (AdaptOptions, AuditOptions, CountOptions, DemoOptions, EvaluateOptions, ExportOptions,
                       InferenceOptions, PlotOptions, PredictOptions, ServeOptions, TrainOptions, TuneOptions, add_flags,
-                      from_flags, input_paths, needs, shared_flags)
+                      from_flags, input_paths, shared_flags)
 
 
 def cmd_train(args) -> int:
@@ -166,8 +166,7 @@ def cmd_tune(args) -> int:
     from .config import TrainConfig
     from .tune import DEFAULT_SPACE, read_space, tune
 
-    needs("tune", "optuna", install="Optuna: pip install -e '.[tune]' (or pip install optuna)")
-    t = from_flags(TuneOptions, args)
+    t = from_flags(TuneOptions, args)  # Optuna needed, and said first
     out = Path(t.out or f"tune-{t.study}")
     s = tune(TrainConfig.from_yaml(t.config), read_space(t.space or DEFAULT_SPACE), t.storage, t.study, t.trials, out,
              epochs=t.epochs, timeout=t.timeout, pruner=t.pruner, seed=t.seed)
@@ -180,9 +179,7 @@ def cmd_tune(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    needs("serve", "fastapi", "uvicorn", "python_multipart|multipart",
-          install="FastAPI, uvicorn and python-multipart, which wbcnet installs: pip install -e .")
-    opts, o = InferenceOptions.from_args(args), from_flags(ServeOptions, args)
+    opts, o = InferenceOptions.from_args(args), from_flags(ServeOptions, args)  # FastAPI and uvicorn there
     from .serve.app import listen, serve
 
     sock = listen(o.host, o.port, o.allow_remote)  # a busy port or a refused host fails before the model loads
@@ -205,9 +202,8 @@ def cmd_data_audit(args) -> int:
     from .files import prepare_output_dir
 
     out = prepare_output_dir(args.out or f"wbcnet-audit-{datetime.now():%Y%m%d-%H%M%S}", args.overwrite)
-    result = run_audit(args.data, against=args.against, out_dir=out, workers=args.workers,
-                       progress=not args.no_progress)
-    print(format_table(result))
+    audit = run_audit(args.data, against=args.against, out_dir=out, workers=args.workers, progress=not args.no_progress)
+    print(format_table(audit))
     print(f"\naudit.json and audit.html in {out}")
     return 0
 

@@ -312,6 +312,7 @@ class TuneOptions:
     out: str | None = flag(help="folder for best.yaml, trials.csv, tune.html and the trials' runs (default tune-STUDY)")
 
     def __post_init__(self):
+        needs("tune", "optuna", install="Optuna: pip install -e '.[tune]' (or pip install optuna)")
         if self.trials < 1:
             raise WbcnetError(f"--trials {self.trials}: must be 1 or more")
         if self.epochs < 1:
@@ -330,6 +331,8 @@ class ServeOptions:
     max_files: int = flag(64, type=int, help="most files per request (default 64)")
 
     def __post_init__(self):
+        needs("serve", "fastapi", "uvicorn", "python_multipart|multipart",
+              install="FastAPI, uvicorn and python-multipart, which wbcnet installs: pip install -e .")
         if self.max_upload_mb <= 0 or self.max_files < 1:
             raise WbcnetError("--max-upload-mb and --max-files must be above 0")
 
