@@ -250,14 +250,46 @@ def test_each_field_is_decoded_once(tmp_path, monkeypatch):
     assert len(list((tmp_path / "out" / "fields").iterdir())) == 6
 
 
-def test_a_greyscale_field_is_said_not_to_be_countable(tmp_path, capsys):
+def test_a_greyscale_field_is_said_to_be_unreliable(tmp_path, capsys):
     Image.open(FIELDS / "BloodImage_00000.jpg").convert("L").save(tmp_path / "grey.jpg")
     shutil.copy(FIELDS / "BloodImage_00003.jpg", tmp_path / "colour.jpg")
     out = tmp_path / "out"
     assert main(["count", str(tmp_path / "grey.jpg"), str(tmp_path / "colour.jpg"), "--out", str(out),
                  "--no-progress", "--no-fields"]) == 0
     err = capsys.readouterr().err
-    assert "warning: 1 of 2 fields are greyscale (grey.jpg" in err and "stain colour" in err
+    assert "warning: 1 of 2 fields are greyscale (grey.jpg" in err and "colour pictures" in err
     summary = json.loads((out / "count.json").read_text())
-    assert len(summary["warnings"]) == 1 and "greyscale" in summary["warnings"][0]
+    assert [w for w in summary["warnings"] if "greyscale" in w]
     assert "greyscale" in (out / "count.html").read_text()
+
+
+def test_a_folder_of_blank_fields_warns_and_exits_non_zero(tmp_path, capsys):
+    # Unstained fields (no white cell, nothing stained): the count must say it found nothing,
+    # in its output and count.json, and not exit 0 as if an empty differential were a count.
+    rgb = np.asarray(Image.open(FIELDS / "BloodImage_00000.jpg").convert("RGB"))
+    plasma = np.median(rgb.reshape(-1, 3), axis=0).astype(np.uint8)
+    folder = tmp_path / "blank"
+    folder.mkdir()
+    for i in range(6):
+        Image.fromarray(np.broadcast_to(plasma, (480, 640, 3)).copy()).save(folder / f"blank_{i}.jpg", quality=90)
+    Image.fromarray(np.full((480, 640, 3), 255, np.uint8)).save(folder / "white.png")
+    out = tmp_path / "out"
+    assert main(["count", str(folder), "--out", str(out), "--no-progress"]) == 3
+    err = capsys.readouterr().err
+    assert "warning: no white cell was found in any of the 7 readable fields" in err
+    summary = json.loads((out / "count.json").read_text())
+    assert summary["cells_found"] == 0 and any("no white cell" in w for w in summary["warnings"])
+    assert "no white cell was found" in (out / "count.html").read_text()
+
+
+def test_few_cells_for_many_fields_is_said():
+    from wbcnet.count import count_warnings
+    from wbcnet.results import FieldResult
+
+    fields = [FieldResult(f"f{i}.jpg", 640, 480) for i in range(20)]
+    assert count_warnings(fields)[0].startswith("no white cell was found in any of the 20")
+    fields[0].cells = [object()]  # one cell in twenty fields
+    assert count_warnings(fields)[0].startswith("only 1 white cells were found in 20 fields")
+    for f in fields[:10]:
+        f.cells = [object()]
+    assert count_warnings(fields) == []

@@ -1,4 +1,6 @@
-"""wbcnet.data.locate: find the white cell in crops from three labs' framings, crop it to one scale.
+"""The threshold finder (wbcnet.data.locate_classic, `finder="classic"`): find the white cell in
+crops from three labs' framings, crop it to one scale. The learned finder, the default, is
+tested in test_finder.py.
 
 The framings are real: Raabin-WBC from the bundled sample (small cell among red cells), PBC and
 BCCD crops under tests/data/framings (see CREDITS.md there; BCCD's are tight and blurry).
@@ -11,7 +13,8 @@ import pytest
 from PIL import Image
 
 from conftest import SHARED, sample_paths
-from wbcnet.data.locate import DEFAULT_CONTEXT, CellBox, crop_square, find_cell, find_cells
+from wbcnet.data.locate import DEFAULT_CONTEXT, CellBox, crop_square
+from wbcnet.data.locate_classic import find_cell, find_cells
 
 FRAMINGS = Path(__file__).resolve().parent / "data" / "framings"
 CLASSES = ["Basophil", "Eosinophil", "Lymphocyte", "Monocyte", "Neutrophil"]

@@ -131,10 +131,12 @@ def cmd_count(args) -> int:
     from .files import prepare_output_dir
     from .render.count import CountOutput
 
-    opts, _ = InferenceOptions.from_args(args), from_flags(CountOptions, args)  # checked before any field is read
+    opts, count_opts = InferenceOptions.from_args(args), from_flags(CountOptions, args)  # checked before any field is read
     paths = input_paths(args.inputs, "field images")
     out = prepare_output_dir(args.out, args.overwrite, "count folder")
     model, meta = opts.load_model()
+    if count_opts.finder:
+        meta.preprocess = {**(meta.preprocess or {}), "finder": count_opts.finder}
     with CountOutput(out, meta.classes, draw_fields=not args.no_fields) as output:
         r = run_count(model, meta, paths, min_confidence=opts.min_confidence, target=args.target,
                       truth_path=args.truth, batch_size=opts.batch_size, workers=opts.workers,
@@ -159,7 +161,9 @@ def cmd_count(args) -> int:
               f"({t.matched} matched of {t.true_boxes} true, {t.found_boxes} found); type accuracy {acc} "
               f"matched cells, {counted} counted ones")
     print(f"wrote {out}/count.html, cells.csv, differential.csv")
-    return 0 if len(r.unreadable) < len(r.fields) else 1
+    if len(r.unreadable) == len(r.fields):
+        return 1
+    return 3 if r.cells_found == 0 else 0  # fields read, but not one white cell: not a count
 
 
 def cmd_tune(args) -> int:

@@ -235,6 +235,8 @@ class CountOptions:
     truth: str | None = flag(metavar="CSV", help="hand-drawn boxes, file,x0,y0,x1,y1[,label]: score the count against "
                              "them (detection recall/precision, type accuracy, differential error)")
     no_fields: bool = flag(False, help="don't draw every field into fields/")
+    finder: str | None = flag(choices=["learned", "classic"], help="find (and crop) the cells with the learned "
+                              "finder or the thresholds of wbcnet before it (default: the checkpoint's, learned)")
 
     def __post_init__(self):
         check_count(self.target, self.truth)

@@ -187,8 +187,8 @@ class FieldResult(Record):
     height: int = _f("in pixels", 0)
     cells: list[CellResult] = _f("the white cells found, in the order found", factory=list)
     error: str | None = _f("why the field could not be read", None)
-    greyscale: bool = _f("the field has no colour: white cells are found by their stain colour, so none can be "
-                         "found in it", False)
+    greyscale: bool = _f("the field has no colour: the finder and classifier learnt from colour pictures, so cells are "
+                         "missed or mistyped in it", False)
     picture: str | None = _f("the field drawn with its boxes: its file name in fields/ (wbcnet count), or a JPEG "
                              "data URI (the API, with drawn=true)", None)
 

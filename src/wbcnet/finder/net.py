@@ -46,6 +46,7 @@ class FinderConfig:
     # Longest side of the working copy of a whole field, and of a single-cell picture.
     field_side: int = 320
     cell_side: int = 96
+    cell_margin: float = 0.2
     # A field's red cells are made this many working pixels across (see Finder.find_cells): the
     # middle of the trained range of white cells (14-110 px, geometric middle 39) is ~1.5 red cells.
     rbc_work: float = 26.0
@@ -189,7 +190,7 @@ class Finder:
 
     @torch.no_grad()
     def _run(self, batch: np.ndarray, threshold: float) -> list[list[Found]]:
-        x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float().div_(255)
+        x = torch.from_numpy(np.array(batch)).permute(0, 3, 1, 2).float().div_(255)
         heat, size = self.net(x)
         return decode(heat, size, threshold)
 
@@ -215,22 +216,34 @@ class Finder:
 
     def find_central(self, pictures: list[np.ndarray]) -> list[tuple[float, float, float, float] | None]:
         """The white cell nearest the middle of each single-cell picture, or None where no peak
-        passes `cell_threshold`. Pictures of one size are run as one batch."""
+        passes `cell_threshold`. Pictures of one size are run as one batch.
+
+        Each picture gets a rim of its own plasma colour, `cell_margin` of its side all round,
+        before it is reduced: a lab's tight crop whose cell fills it (BCCD's) then shows the cell
+        whole, with plasma around it, at a size the network was trained on.
+        """
+        from ..data.cellbox import plasma_colour
+
         out: list = [None] * len(pictures)
         groups: dict[tuple, list[int]] = {}
         smalls = []
         for i, rgb in enumerate(pictures):
-            small, sy, sx = self.working_copy(rgb, self.config.cell_side)
-            smalls.append((small, sy, sx))
+            h, w = rgb.shape[:2]
+            m = int(round(self.config.cell_margin * max(h, w)))
+            framed = np.empty((h + 2 * m, w + 2 * m, 3), np.uint8)
+            framed[...] = plasma_colour(rgb)
+            framed[m:m + h, m:m + w] = rgb
+            small, sy, sx = self.working_copy(framed, self.config.cell_side)
+            smalls.append((small, sy, sx, m))
             groups.setdefault(small.shape, []).append(i)
         for idx in groups.values():
             found = self._run(np.stack([smalls[i][0] for i in idx]), self.config.cell_threshold)
             for i, cells in zip(idx, found):
-                small, sy, sx = smalls[i]
+                small, sy, sx, m = smalls[i]
                 best = _central(cells, small.shape[0], small.shape[1])
                 if best is not None:
                     s = (sy + sx) / 2
-                    out[i] = ((best.cx + 0.5) * sx - 0.5, (best.cy + 0.5) * sy - 0.5, best.radius * s, best.score)
+                    out[i] = ((best.cx + 0.5) * sx - 0.5 - m, (best.cy + 0.5) * sy - 0.5 - m, best.radius * s, best.score)
         return out
 
 
