@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .errors import WbcnetError
 from .files import disk_full, disk_full_message
+from .finder.cli import add_parser as add_finder_commands
 from .options import (AdaptOptions, AuditOptions, CountOptions, DemoOptions, EvaluateOptions, ExportOptions,
                       InferenceOptions, PlotOptions, PredictOptions, ServeOptions, TrainOptions, TuneOptions, add_flags,
                       from_flags, input_paths, shared_flags)
@@ -135,8 +136,7 @@ def cmd_count(args) -> int:
     paths = input_paths(args.inputs, "field images")
     out = prepare_output_dir(args.out, args.overwrite, "count folder")
     model, meta = opts.load_model()
-    if count_opts.finder:
-        meta.preprocess = {**(meta.preprocess or {}), "finder": count_opts.finder}
+    meta.preprocess = {**(meta.preprocess or {}), **({"finder": count_opts.finder} if count_opts.finder else {})}
     with CountOutput(out, meta.classes, draw_fields=not args.no_fields) as output:
         r = run_count(model, meta, paths, min_confidence=opts.min_confidence, target=args.target,
                       truth_path=args.truth, batch_size=opts.batch_size, workers=opts.workers,
@@ -272,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     command("models", cmd_models, "list the models", progress=False)
     command("demo", cmd_demo, "train, evaluate and plot on the bundled sample cells (about 1-2 minutes)",
             options=DemoOptions)
+    add_finder_commands(sub, [shared_flags("debug", "no_progress")])  # wbcnet finder train / evaluate
     return parser
 
 
