@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     data = [f"raabin={d / 'raabin-wbc-train'}", f"pbc={d / 'pbc-5class'}"]
     fields = f"bccd={d / 'bccd-fields' / 'images'}:{d / 'bccd-fields' / 'wbc_boxes.csv'}"
     runs = {"all": [], **{f"no-{lab}": [lab] for lab in reversed(LABS)}}
-    wbcnet = [sys.executable, "-m", "wbcnet.finder.cli", "finder"]
+    wbcnet = [sys.executable, "-m", "wbcnet", "finder"]
     for name, leave_out in runs.items():
         stem = args.out / name
         if stem.with_suffix(".json").is_file() or args.only_eval:

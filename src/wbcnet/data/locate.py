@@ -9,12 +9,11 @@ Both use the learned finder (finder/net.py, weights shipped in assets/finder.*) 
 is kept as the baseline and to label training pictures; see the README for where each is better.
 
 The finder in use is one per process and one per weights file (`get_finder`), loaded on first
-use; a forked decode worker inherits it and runs it on one thread.
+use; a forked decode worker inherits it. It runs on one thread wherever it is called.
 """
 from __future__ import annotations
 
 import json
-import os
 from functools import lru_cache
 
 import numpy as np
@@ -51,23 +50,6 @@ def finder_id(finder: str = "learned") -> str:
     return f"learned:{sha[:12]}"
 
 
-def _in_child_process() -> bool:
-    return os.getpid() != _PARENT_PID
-
-
-_PARENT_PID = os.getpid()
-
-
-def _one_thread_in_children() -> None:
-    # A forked decode worker must not start torch's thread pool, which the fork left unusable,
-    # and two workers on two cores gain nothing from threads of their own.
-    if _in_child_process():
-        import torch
-
-        if torch.get_num_threads() != 1:
-            torch.set_num_threads(1)
-
-
 def find_cell(rgb: np.ndarray, finder: str = "learned") -> CellBox | None:
     """The white cell nearest the middle of a single-cell picture (HxWx3 uint8, any size), in
     its pixels; None when nothing in it looks like a white cell."""
@@ -76,7 +58,6 @@ def find_cell(rgb: np.ndarray, finder: str = "learned") -> CellBox | None:
 
         return classic(rgb)
     _check(finder)
-    _one_thread_in_children()
     found = get_finder().find_central([rgb])[0]
     return None if found is None else CellBox(*found)
 
@@ -89,7 +70,6 @@ def find_cells(field_rgb: np.ndarray, finder: str = "learned") -> list[CellBox]:
 
         return classic(field_rgb)
     _check(finder)
-    _one_thread_in_children()
     return [CellBox(*f) for f in get_finder().find_cells(field_rgb)]
 
 
