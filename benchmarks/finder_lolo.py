@@ -63,13 +63,16 @@ def main(argv=None) -> int:
 
 def table(rows: list[dict]) -> str:
     by = {r["finder"]: r for r in rows}
-    cols = [c for c in rows[0] if isinstance(rows[0][c], dict)]
-    out = ["| finder | trained on | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    cols = list(dict.fromkeys(c for r in rows for c in r if isinstance(r[c], dict)))
+    out = ["Fields: recall / precision against the hand-drawn boxes. Pictures: share with a cell found / with "
+           "the found centre in the picture's middle half.", "",
+           "| finder | trained on | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     for r in rows:
         cells = []
         for c in cols:
             v = r.get(c, {})
-            cells.append(f"{v['recall']:.3f} / {v['precision']:.3f}" if "recall" in v else f"{v['central']:.3f}")
+            cells.append("—" if not v else f"{v['recall']:.3f} / {v['precision']:.3f}" if "recall" in v
+                         else f"{v['found']:.3f} / {v['central']:.3f}")
         out.append(f"| {r['finder']} | {', '.join(r.get('trained_on', [])) or 'thresholds'} | " + " | ".join(cells) + " |")
     out += ["", "Each lab scored by the finder that never saw it (leave-one-lab-out):", "",
             "| lab | what | finder | value |", "|---|---|---|---|"]
@@ -78,10 +81,10 @@ def table(rows: list[dict]) -> str:
         if r is None:
             continue
         for c in cols:
-            if c.startswith(lab):
+            if c.startswith(lab) and c in r:
                 v = r[c]
                 val = (f"recall {v['recall']:.3f}, precision {v['precision']:.3f}" if "recall" in v
-                       else f"cell found in the middle of {v['central']:.3f} ({v['n']} pictures)")
+                       else f"a cell found in {v['found']:.3f}, in the middle half in {v['central']:.3f} ({v['n']} pictures)")
                 out.append(f"| {lab} | {c} | no-{lab} | {val} |")
     return "\n".join(out) + "\n"
 
