@@ -5,7 +5,6 @@ fields; and a tiny training run."""
 import csv
 import json
 import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -105,18 +104,22 @@ def test_a_pale_copy_of_a_crop_still_gives_its_cell():
         assert box is not None and abs(box.cx - w / 2) <= w / 4 and abs(box.cy - h / 2) <= h / 4, path
 
 
-def _find_in_child(path):
-    box = find_cell(load(path))
-    return None if box is None else (box.cx, box.cy)
+def test_many_pictures_are_cropped_by_the_learned_finder_in_threads():
+    # torch in a process forked from one whose OpenMP threads had run hangs, so the learned
+    # finder's crops are made in threads (the threshold finder's in forked processes).
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
+    from wbcnet.data.cache import _pool, decode_images
+    from wbcnet.data.preprocess import Preprocess
 
-def test_forked_decode_workers_can_run_the_finder():
-    # predict and train crop in forked processes; the parent has run the finder (and torch) first.
-    paths = framing_paths("raabin")[:4]
-    parent = [_find_in_child(p) for p in paths]
-    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork")) as pool:
-        children = list(pool.map(_find_in_child, paths, timeout=60))
-    assert np.allclose(np.array(parent, float), np.array(children, float), atol=1e-3)
+    learned, classic = Preprocess(112, crop="cell"), Preprocess(112, crop="cell", finder="classic")
+    with _pool(2, 300, learned) as pool:
+        assert isinstance(pool, ThreadPoolExecutor)
+    with _pool(2, 300, classic) as pool:
+        assert isinstance(pool, ProcessPoolExecutor) or "fork" not in multiprocessing.get_all_start_methods()
+    paths = [str(p) for p in sorted(SAMPLE.glob("*/*.jpg"))][:260]
+    decoded = decode_images(paths, learned, workers=2, progress=False)
+    assert decoded.images.shape == (260, 3, 112, 112) and decoded.found.all()
 
 
 def test_damaged_or_unchecked_finder_weights_are_refused(tmp_path):

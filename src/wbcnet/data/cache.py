@@ -24,11 +24,12 @@ from .preprocess import Preprocess, load_input
 
 CACHE_VERSION = 2  # bump when load_rgb's resizing or the cell crop changes
 # Pillow's decode and resize release the GIL, so threads share the cores well for whole pictures;
-# the cell finder's many small numpy steps hold it, so with crop="cell" forked processes decode
-# faster once there are enough images to pay for starting them: 1,000 Raabin cells with the cell
-# crop, 2 workers, 445-503 img/s with threads, 955-981 with processes; `wbcnet predict` on 2,000
-# 575 px JPEGs 8.0 s -> 6.5 s. WBCNET_DECODE=threads keeps threads (to compare, or where forking
-# is unwelcome).
+# the threshold finder's many small numpy steps hold it, so with crop="cell" and finder="classic"
+# forked processes decode faster once there are enough images to pay for starting them: 1,000
+# Raabin cells with the cell crop, 2 workers, 445-503 img/s with threads, 955-981 with processes.
+# The learned finder is torch, which lets go of the GIL, and torch in a process forked from one
+# whose OpenMP threads had run hangs (wbcnet evaluate did, at 0% CPU): it decodes in threads.
+# WBCNET_DECODE=threads keeps threads for the classic finder too.
 _PROCESSES_FROM = 256
 
 
@@ -92,8 +93,8 @@ def decode_images(paths: list[str], prep: Preprocess | int, workers: int | None 
 
 
 def _pool(workers: int, n: int, prep: Preprocess):
-    if (workers > 1 and n >= _PROCESSES_FROM and prep.crop == "cell" and os.environ.get("WBCNET_DECODE") != "threads"
-            and "fork" in multiprocessing.get_all_start_methods()):
+    if (workers > 1 and n >= _PROCESSES_FROM and prep.crop == "cell" and prep.finder == "classic"
+            and os.environ.get("WBCNET_DECODE") != "threads" and "fork" in multiprocessing.get_all_start_methods()):
         return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
     return ThreadPoolExecutor(workers)
 

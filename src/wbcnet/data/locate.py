@@ -9,7 +9,7 @@ Both use the learned finder (finder/net.py, weights shipped in assets/finder.*) 
 is kept as the baseline and to label training pictures; see the README for where each is better.
 
 The finder in use is one per process and one per weights file (`get_finder`), loaded on first
-use; a forked decode worker inherits it. It runs on one thread wherever it is called.
+use. It runs on one thread wherever it is called (decode threads share the cores).
 """
 from __future__ import annotations
 
