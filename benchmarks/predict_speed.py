@@ -97,6 +97,21 @@ def main(argv=None) -> int:
                        check=True, capture_output=True)
         whole = len(paths) / (time.perf_counter() - t0)
         row(f"`wbcnet predict DIR --out CSV` on {len(paths)} pictures, start-up included", whole)
+        # The same command with the threshold finder of earlier versions: the shipped model's copy
+        # whose preprocessing names it (its crops in forked processes, as before).
+        import json
+        import shutil
+
+        assets = ROOT / "src" / "wbcnet" / "assets"
+        shutil.copy(assets / "model.safetensors", Path(tmp) / "classic.safetensors")
+        doc = json.loads((assets / "model.json").read_text())
+        doc["preprocess"] = {**doc.get("preprocess", {}), "finder": "classic"}
+        (Path(tmp) / "classic.json").write_text(json.dumps(doc))
+        t0 = time.perf_counter()
+        subprocess.run(["wbcnet", "predict", str(Path(tmp) / "cells"), "--out", str(Path(tmp) / "c.csv"), "--no-progress",
+                        "--checkpoint", str(Path(tmp) / "classic.safetensors")], check=True, capture_output=True)
+        classic = len(paths) / (time.perf_counter() - t0)
+        row("the same command with the threshold finder (`finder: classic` in the checkpoint)", classic)
         t0 = time.perf_counter()
         subprocess.run(["wbcnet", "predict", str(paths[0]), "--out", str(Path(tmp) / "one.csv"), "--no-progress"],
                        check=True, capture_output=True)

@@ -188,7 +188,7 @@ class Finder:
             img = img.resize((tw, th), Image.Resampling.BILINEAR)
         return np.asarray(img), h / th, w / tw
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _run(self, batch: np.ndarray, threshold: float) -> list[list[Found]]:
         x = torch.from_numpy(np.array(batch)).permute(0, 3, 1, 2).float().div_(255)
         # One thread: the network is small, and it is called from decode threads and processes
@@ -311,4 +311,16 @@ def load_finder(path=None) -> Finder:
         net.load_state_dict(load_tensors(weights))
     except RuntimeError as e:
         raise WbcnetError(f"{weights}: weights do not fit the finder network ({str(e).splitlines()[0]})") from None
-    return Finder(net, config, sha)
+    return Finder(_fused(net.eval()), config, sha)
+
+
+def _fused(net: FinderNet) -> FinderNet:
+    """Each convolution with its BatchNorm folded in, for inference: a third fewer calls on
+    pictures this small, where the call, not the arithmetic, is the cost."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for module in net.modules():
+        if isinstance(module, nn.Sequential) and len(module) == 3 and isinstance(module[1], nn.BatchNorm2d):
+            module[0] = fuse_conv_bn_eval(module[0], module[1])
+            module[1] = nn.Identity()
+    return net
