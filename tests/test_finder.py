@@ -123,11 +123,13 @@ def test_many_pictures_are_cropped_by_the_learned_finder_in_threads():
 
 
 def test_damaged_or_unchecked_finder_weights_are_refused(tmp_path):
-    shipped = load_finder()
-    from wbcnet.finder.net import save_finder
+    import shutil
+
+    from wbcnet.finder.paths import SHIPPED, SHIPPED_JSON
 
     stem = tmp_path / "f"
-    save_finder(shipped.net, shipped.config, stem)
+    shutil.copy(SHIPPED, stem.with_suffix(".safetensors"))
+    shutil.copy(SHIPPED_JSON, stem.with_suffix(".json"))
     load_finder(stem)  # a clean copy loads
     data = bytearray((tmp_path / "f.safetensors").read_bytes())
     data[-1] ^= 0xFF

@@ -284,7 +284,9 @@ def test_wbcnet_serve_command_serves_the_page_until_ctrl_c():
                     page, policy = r.read().decode(), r.headers["Content-Security-Policy"]
                 break
             except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    proc.kill()  # before reading its output: communicate() on a live server never returns
+                    pytest.fail(f"wbcnet serve did not come up: {proc.communicate(timeout=10)[1][-2000:]}")
                 time.sleep(0.2)
         assert "<title>wbcnet</title>" in page and "default-src 'none'" in policy
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/page.js", timeout=5) as r:
