@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from wbcnet.data.locate import DEFAULT_CONTEXT, crop_square, find_cell
+from wbcnet.data.locate import DEFAULT_CONTEXT, crop_square
+from wbcnet.data.locate_classic import find_cell  # the figure shows the threshold finder (README)
 from wbcnet.plots import pyplot
 
 REPO = Path(__file__).resolve().parent.parent
