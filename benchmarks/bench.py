@@ -162,6 +162,14 @@ def cpu_flags() -> tuple[str, set[str]]:
     return model, flags
 
 
+def cpu_summary() -> str:
+    """The CPU's model name, its core count and whether it has bf16 (AVX-512 BF16 or AMX), for a
+    results line."""
+    model, flags = cpu_flags()
+    bf16 = "avx512_bf16" in flags or "amx_bf16" in flags
+    return f"{model}, {os.cpu_count()} cores, bf16 {'yes' if bf16 else 'no'}"
+
+
 def git_state() -> str:
     """The commit checkpoints record (checkpoint.git_commit), and whether the package's sources
     differ from it: the numbers measure the working tree, not necessarily that commit."""

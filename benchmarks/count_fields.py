@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from benchmarks.bench import git_state
+from benchmarks.bench import cpu_summary, git_state
 from wbcnet.count import match_boxes, read_truth
 from wbcnet.data.locate import find_cells
 
@@ -54,17 +54,6 @@ def detection(names, images, truth, k, side) -> dict:
         true, found, matched = true + len(boxes), found + len(cells), matched + len(match_boxes(cells, boxes))
     return {"recall": matched / true, "precision": matched / max(found, 1), "true": true, "found": found,
             "matched": matched, "s": time.perf_counter() - t0}
-
-
-def cpu_name() -> str:
-    """The CPU's model name, its core count and whether it has bf16 (AVX-512 BF16 or AMX)."""
-    import os
-
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")), "unknown")
-    flags = next((l.split(":", 1)[1].split() for l in info.splitlines() if l.startswith("flags")), [])
-    bf16 = "avx512_bf16" in flags or "amx_bf16" in flags
-    return f"{model}, {os.cpu_count()} cores, bf16 {'yes' if bf16 else 'no'}"
 
 
 def write_big_fields(names, images: Path, folder: Path, n: int) -> list[Path]:
@@ -128,7 +117,7 @@ def main(argv=None) -> int:
         big_wall = timed_count(big[0].parent, Path(tmp) / "b")
         big_ref = decode_reference(big)
     n = len(jpgs)
-    lines += ["", f"CPU: {cpu_name()}.", "",
+    lines += ["", f"CPU: {cpu_summary()}.", "",
               f"`wbcnet count {fields}/images --truth {fields}/wbc_boxes.csv --no-fields` with the shipped model: "
               f"{n} fields in {wall:.1f} s including Python and torch start-up, **{n / wall:.0f} fields/s** "
               f"(PIL decode + resize alone: {ref:.0f} fields/s); "

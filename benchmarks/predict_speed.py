@@ -52,8 +52,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from benchmarks.bench import git_state
-    from benchmarks.count_fields import cpu_name
+    from benchmarks.bench import cpu_summary, git_state
     from wbcnet.checkpoint import load_model
     from wbcnet.data.imageio import load_rgb
     from wbcnet.data.locate import find_cell
@@ -64,7 +63,7 @@ def main(argv=None) -> int:
     prep = from_meta(meta)
     lines = ["# wbcnet predict beside its parts", "",
              f"Made by `python -m benchmarks.predict_speed --n {args.n}` at commit {git_state()}, "
-             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. CPU: {cpu_name()}; torch "
+             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. CPU: {cpu_summary()}; torch "
              f"{torch.__version__}, {torch.get_num_threads()} threads, capability {torch.backends.cpu.get_cpu_capability()}.", "",
              "| what | pictures/s |", "|---|---|"]
 

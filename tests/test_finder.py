@@ -15,7 +15,8 @@ from conftest import SAMPLE
 from test_locate import framing_paths
 from wbcnet.data.locate import find_cell, find_cells
 from wbcnet.errors import WbcnetError
-from wbcnet.finder.evaluate import STRESSES, match, stress
+from wbcnet.count import match_boxes
+from wbcnet.finder.evaluate import STRESSES, stress
 from wbcnet.finder.net import load_finder
 
 FIELDS = Path(__file__).resolve().parent / "data" / "fields"
@@ -41,7 +42,7 @@ def detection(pairs) -> tuple[float, float]:
     true = found = matched = 0
     for rgb, truth in pairs:
         mine = found_boxes(rgb)
-        true, found, matched = true + len(truth), found + len(mine), matched + match(mine, truth)
+        true, found, matched = true + len(truth), found + len(mine), matched + len(match_boxes(list(mine), list(truth)))
     return matched / true, matched / max(found, 1)
 
 

@@ -58,8 +58,7 @@ def find_cell(rgb: np.ndarray, finder: str = "learned") -> CellBox | None:
 
         return classic(rgb)
     _check(finder)
-    found = get_finder().find_central([rgb])[0]
-    return None if found is None else CellBox(*found)
+    return get_finder().find_central([rgb])[0]
 
 
 def find_cells(field_rgb: np.ndarray, finder: str = "learned") -> list[CellBox]:
@@ -70,7 +69,7 @@ def find_cells(field_rgb: np.ndarray, finder: str = "learned") -> list[CellBox]:
 
         return classic(field_rgb)
     _check(finder)
-    return [CellBox(*f) for f in get_finder().find_cells(field_rgb)]
+    return get_finder().find_cells(field_rgb)
 
 
 def _check(finder: str) -> None:

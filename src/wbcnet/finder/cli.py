@@ -102,8 +102,6 @@ def cmd_train(args) -> int:
 
 def _finder_functions(name: str, path: str):
     """(find_cell, find_cells) for a finder named on the command line."""
-    from ..data.cellbox import CellBox
-
     if path == "classic":
         from ..data import locate_classic
 
@@ -111,19 +109,15 @@ def _finder_functions(name: str, path: str):
     from .net import load_finder
 
     finder = load_finder(None if path == "shipped" else path)
-
-    def find_cell(rgb):
-        found = finder.find_central([rgb])[0]
-        return None if found is None else CellBox(*found)
-
-    return find_cell, (lambda rgb: [CellBox(*f) for f in finder.find_cells(rgb)])
+    return (lambda rgb: finder.find_central([rgb])[0]), finder.find_cells
 
 
 def cmd_evaluate(args) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from .data import _decode, load_fields
+    from ..data.imageio import is_candidate, load_rgb
+    from .data import load_fields
     from .evaluate import STRESSES, score_fields, score_pictures
 
     if not args.finder:
@@ -131,12 +125,12 @@ def cmd_evaluate(args) -> int:
     rng = np.random.default_rng(args.seed)
     pictures = {}
     for lab, root in args.data:
-        paths = sorted(p for p in Path(root).glob("*/*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        paths = sorted(p for p in Path(root).glob("*/*") if is_candidate(p))
         if not paths:
             raise WbcnetError(f"{root}: no pictures found")
         if len(paths) > args.limit:
             paths = [paths[i] for i in sorted(rng.choice(len(paths), args.limit, replace=False))]
-        pictures[lab] = [_decode(p, None) for p in paths]
+        pictures[lab] = [load_rgb(p) for p in paths]
     fields = [load_fields(images, boxes, lab) for lab, images, boxes in args.fields]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -144,8 +138,10 @@ def cmd_evaluate(args) -> int:
     for name, path in args.finder:
         find_cell, find_cells = _finder_functions(name, path)
         row = {"finder": name, "path": path}
-        if path not in ("classic", "shipped"):
-            meta = json.loads(Path(path).with_suffix(".json").read_text())
+        if path != "classic":
+            from .paths import SHIPPED_JSON
+
+            meta = json.loads((SHIPPED_JSON if path == "shipped" else Path(path).with_suffix(".json")).read_text())
             row["trained_on"] = meta.get("trained_on", [])
         for src in fields:
             t = time.perf_counter()

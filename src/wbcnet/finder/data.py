@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from ..data.imageio import is_candidate, load_rgb
 from ..errors import WbcnetError
 
 # Single-cell pictures are kept at this side (Raabin-WBC and PBC come at 224).
@@ -32,7 +32,7 @@ PICTURE_SIDE = 224
 _MAX_OFF_CENTRE = 0.2
 _RADIUS_RANGE = (0.08, 0.45)
 # Hand-drawn BCCD boxes are loose: the cell's radius is about this share of the box's half-size.
-_BOX_TO_RADIUS = 0.9
+BOX_TO_RADIUS = 0.9
 
 
 @dataclass
@@ -55,29 +55,21 @@ def _cache_file(cache_dir: Path, what: str) -> Path:
     return cache_dir / (hashlib.sha1(what.encode()).hexdigest()[:16] + ".npz")
 
 
-def _decode(path: Path, side: int | None) -> np.ndarray:
-    with Image.open(path) as img:
-        img = img.convert("RGB")
-        if side is not None and img.size != (side, side):
-            img = img.resize((side, side), Image.Resampling.BILINEAR)
-        return np.asarray(img)
-
-
 def load_cell_pictures(root, lab: str, limit: int | None, seed: int, cache_dir, workers: int = 2,
                        progress: bool = True) -> Source:
-    """Up to `limit` single-cell pictures of an ImageFolder (a seeded, class-stratified draw),
+    """Up to `limit` single-cell pictures of an ImageFolder (a seeded draw),
     each with its cell's circle from the threshold finder; pictures where it is unsure are
     left out."""
     from ..data.locate_classic import find_cell, find_cells
 
     root = Path(root)
-    paths = sorted(p for p in root.glob("*/*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"))
+    paths = sorted(p for p in root.glob("*/*") if is_candidate(p))
     if not paths:
         raise WbcnetError(f"{root}: no pictures found (an ImageFolder of single-cell pictures is expected)")
     rng = np.random.default_rng(seed)
     if limit is not None and limit < len(paths):
         paths = [paths[i] for i in sorted(rng.choice(len(paths), limit, replace=False))]
-    cache = _cache_file(Path(cache_dir), f"cells {root.resolve()} {len(paths)} {seed} v1")
+    cache = _cache_file(Path(cache_dir), f"cells {root.resolve()} {len(paths)} {seed} v2")
     if cache.is_file():
         z = np.load(cache, allow_pickle=False)
         keep = z["keep"]
@@ -90,7 +82,7 @@ def load_cell_pictures(root, lab: str, limit: int | None, seed: int, cache_dir, 
     from tqdm import tqdm
 
     def label(path):
-        rgb = _decode(path, PICTURE_SIDE)
+        rgb = load_rgb(path, PICTURE_SIDE)
         box = find_cell(rgb)
         s = rgb.shape[0]
         if (box is None or np.hypot(box.cx - s / 2, box.cy - s / 2) > _MAX_OFF_CENTRE * s
@@ -127,12 +119,12 @@ def load_fields(images_dir, boxes_csv, lab: str = "bccd") -> Source:
         with open(boxes_csv, newline="") as fh:
             for row in csv.DictReader(fh):
                 x0, y0, x1, y1 = (float(row[k]) for k in ("x0", "y0", "x1", "y1"))
-                r = _BOX_TO_RADIUS * ((x1 - x0) + (y1 - y0)) / 4
+                r = BOX_TO_RADIUS * ((x1 - x0) + (y1 - y0)) / 4
                 boxes.setdefault(row["file"], []).append(((x0 + x1) / 2, (y0 + y1) / 2, r))
     except (OSError, KeyError, ValueError) as e:
         raise WbcnetError(f"{boxes_csv}: not a box list with file,x0,y0,x1,y1 columns ({e})") from None
-    paths = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    images = [_decode(p, None) for p in paths]
+    paths = sorted(p for p in images_dir.iterdir() if is_candidate(p))
+    images = [load_rgb(p) for p in paths]
     cells = [np.array(boxes.get(p.name, []), np.float32).reshape(-1, 3) for p in paths]
     return Source(lab, "fields", images, cells, [np.zeros((0, 3), np.float32) for _ in paths], [str(p) for p in paths])
 

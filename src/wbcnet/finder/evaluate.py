@@ -1,8 +1,8 @@
 """Score a cell finder: on whole fields against hand-drawn boxes, on degraded copies of them (the
 stress set), and on single-cell pictures (is a cell found, and is it the one in the middle).
 
-A found cell matches a true box when their boxes overlap by IoU >= 0.3 or the found centre lies
-inside the true box, one to one, most confident first (count.score_against_truth's rule).
+A found cell matches a true box as `wbcnet count --truth` matches them (count.match_boxes: IoU >=
+0.3 or the found centre inside the true box, one to one).
 """
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .data import Source
+from ..count import match_boxes
+from .data import BOX_TO_RADIUS, Source
 
 # The stress set (issue 18): BCCD's fields degraded to the extremes measured on labs we cannot see.
 STRESSES = ("contrast x0.2", "50 grey levels", "blur 2 px", "0.5x magnification", "vignetting 40%", "colour cast")
@@ -55,27 +56,6 @@ def stress(rgb: np.ndarray, kind: str, boxes: np.ndarray, others: list | None = 
     return np.clip(x + 0.5, 0, 255).astype(np.uint8), boxes
 
 
-def match(found: np.ndarray, truth: np.ndarray) -> int:
-    """How many found boxes (K x 4, most confident first) match true boxes, one to one."""
-    used = np.zeros(len(truth), bool)
-    n = 0
-    for f in found:
-        if not len(truth):
-            break
-        ix = np.clip(np.minimum(f[2], truth[:, 2]) - np.maximum(f[0], truth[:, 0]), 0, None)
-        iy = np.clip(np.minimum(f[3], truth[:, 3]) - np.maximum(f[1], truth[:, 1]), 0, None)
-        inter = ix * iy
-        union = (f[2] - f[0]) * (f[3] - f[1]) + (truth[:, 2] - truth[:, 0]) * (truth[:, 3] - truth[:, 1]) - inter
-        cx, cy = (f[0] + f[2]) / 2, (f[1] + f[3]) / 2
-        inside = (truth[:, 0] <= cx) & (cx <= truth[:, 2]) & (truth[:, 1] <= cy) & (cy <= truth[:, 3])
-        ok = ((inter / np.maximum(union, 1e-9) >= 0.3) | inside) & ~used
-        if ok.any():
-            j = int(np.argmax(np.where(ok, inter / np.maximum(union, 1e-9), -1)))
-            used[j] = True
-            n += 1
-    return n
-
-
 @dataclass
 class Detection:
     true: int = 0
@@ -98,7 +78,7 @@ def _boxes(cells, width: int, height: int) -> np.ndarray:
 
 def truth_boxes(src: Source, i: int) -> np.ndarray:
     c = src.cells[i]
-    r = c[:, 2] / 0.9  # back to the hand-drawn box's half-size (data._BOX_TO_RADIUS)
+    r = c[:, 2] / BOX_TO_RADIUS  # back to the hand-drawn box's half-size
     return np.column_stack([c[:, 0] - r, c[:, 1] - r, c[:, 0] + r, c[:, 1] + r]).reshape(-1, 4)
 
 
@@ -116,7 +96,7 @@ def score_fields(find_cells, fields: Source, kind: str | None = None, seed: int 
         found = _boxes(find_cells(rgb), rgb.shape[1], rgb.shape[0])
         d.true += len(truth)
         d.found += len(found)
-        d.matched += match(found, truth)
+        d.matched += len(match_boxes(list(found), list(truth)))
     return d
 
 

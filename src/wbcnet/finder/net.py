@@ -12,10 +12,10 @@ density, centred and scaled per picture), so a pale picture is stretched to the 
 dark one before the first layer, and it was trained on pictures degraded well past the labs we
 have (finder/train.py).
 
-Scale: a picture is reduced to a working copy whose long side is at most `field_side` (fields)
-or `cell_side` (single-cell pictures), and the network was trained on cells 14 to 110 working
-pixels across (BCCD's white cells are ~85 in its fields' working copy, a
-Raabin-WBC cell ~35 and a tight crop's ~90 in theirs), which covers 0.3x to 2x of every lab's magnification we know of.
+Scale: the network was trained on cells 14 to 110 working pixels across. A field is scaled so
+its red cells are `rbc_work` pixels across (white cells then ~30-60), or, where they can't be
+measured, to a long side of `field_side`; a single-cell picture, framed in its plasma, to a long
+side of `cell_side` (a Raabin-WBC cell is then ~25 px, a tight crop's ~65).
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from ..data.cellbox import CellBox, plasma_colour
 from ..errors import WbcnetError
 from ..weights import load_tensors, save_tensors, sha256_file
 
@@ -206,8 +207,8 @@ class Finder:
 
     # -- the two questions wbcnet asks -------------------------------------------------------
 
-    def find_cells(self, rgb: np.ndarray, threshold: float | None = None) -> list[tuple[float, float, float, float]]:
-        """Every white cell in a whole field: (cx, cy, radius, score) in `rgb`'s pixels, best first.
+    def find_cells(self, rgb: np.ndarray, threshold: float | None = None) -> list[CellBox]:
+        """Every white cell in a whole field, in `rgb`'s pixels, best first.
 
         The field is brought to the scale the network knows best by its own ruler, the red cells:
         their diameter becomes `rbc_work` working pixels (white cells then ~30-60), whatever the
@@ -221,10 +222,9 @@ class Finder:
         side = self.config.field_side if rbc is None else max(h, w) * self.config.rbc_work / rbc
         small, sy, sx = self.working_copy(rgb, int(round(min(side, 4 * self.config.field_side))))
         found = self._run(small[None], self.config.threshold if threshold is None else threshold)[0]
-        s = (sy + sx) / 2
-        return [((f.cx + 0.5) * sx - 0.5, (f.cy + 0.5) * sy - 0.5, f.radius * s, f.score) for f in found]
+        return [_in_picture(f, sy, sx) for f in found]
 
-    def find_central(self, pictures: list[np.ndarray]) -> list[tuple[float, float, float, float] | None]:
+    def find_central(self, pictures: list[np.ndarray]) -> list[CellBox | None]:
         """The white cell nearest the middle of each single-cell picture, or None where no peak
         passes `cell_threshold`. Pictures of one size are run as one batch.
 
@@ -232,8 +232,6 @@ class Finder:
         before it is reduced: a lab's tight crop whose cell fills it (BCCD's) then shows the cell
         whole, with plasma around it, at a size the network was trained on.
         """
-        from ..data.cellbox import plasma_colour
-
         out: list = [None] * len(pictures)
         groups: dict[tuple, list[int]] = {}
         smalls = []
@@ -252,9 +250,14 @@ class Finder:
                 small, sy, sx, m = smalls[i]
                 best = _central(cells, small.shape[0], small.shape[1])
                 if best is not None:
-                    s = (sy + sx) / 2
-                    out[i] = ((best.cx + 0.5) * sx - 0.5 - m, (best.cy + 0.5) * sy - 0.5 - m, best.radius * s, best.score)
+                    out[i] = _in_picture(best, sy, sx, offset=m)
         return out
+
+
+def _in_picture(f: Found, sy: float, sx: float, offset: int = 0) -> CellBox:
+    """A cell found in a working copy, in the pixels of the picture it was made from (working
+    pixel i covers original pixels [i * s, (i + 1) * s)), less the frame `offset` added around it."""
+    return CellBox((f.cx + 0.5) * sx - 0.5 - offset, (f.cy + 0.5) * sy - 0.5 - offset, f.radius * (sy + sx) / 2, f.score)
 
 
 def _central(cells: list[Found], h: int, w: int) -> Found | None:

@@ -19,7 +19,6 @@ and the centre's offset there. Cells the labels are unsure of are left out of th
 from __future__ import annotations
 
 import io
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
