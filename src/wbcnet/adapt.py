@@ -95,6 +95,158 @@ def adapt(parent_path, data, out, **kw) -> Path:
     return fit(cfg)
 
 
+# How long self-training runs. "tiny" is for tests and the page's demo on the bundled sample.
+BUDGETS = {"tiny": dict(steps=4, unlabelled_batch=12, labelled_batch=10, warmup_steps=1),
+           "normal": dict(steps=500), "long": dict(steps=1500)}
+# Fewer unlabelled cells than this teach nothing a labelled few don't.
+MIN_UNLABELLED = 8
+# More are drawn at random from: 20,000 cells take ~2 min to read and are plenty for 500 steps.
+MAX_UNLABELLED = 20_000
+
+
+def adapt_lab(parent_path, out, *, labelled=None, unlabelled=None, kind: str = "auto", budget: str = "normal",
+              seed: int = 0, on_progress=None, progress: bool = False, epochs: int = 12, lr: float = 3e-4,
+              device: str = "cpu", threads: int | None = None, workers: int | None = None,
+              semi: dict | None = None) -> Path:
+    """Adapt the parent to a lab with its labelled cells (`labelled`: ImageFolder, CSV manifest or a
+    filled suggestion sheet), its unlabelled pictures (`unlabelled`: cells or whole fields), or both
+    (semi.py). Writes an ordinary checkpoint at out/best. `semi`: SemiConfig fields over the budget's."""
+    from .semi import SemiConfig
+
+    if labelled is None and unlabelled is None:
+        raise WbcnetError("adapt needs labelled cells (--data), unlabelled ones (--unlabelled), or both")
+    if budget not in BUDGETS:
+        raise WbcnetError(f"budget {budget}: not one of {', '.join(BUDGETS)}")
+    say = on_progress or (lambda frac, msg: None)
+    if unlabelled is None:
+        say(0.0, "adapting on the labelled cells")
+        run = adapt(parent_path, labelled, out, epochs=epochs, lr=lr, seed=seed, progress=progress, device=device,
+                    threads=threads, workers=workers)
+        say(1.0, "done")
+        return run
+    import torch
+
+    from .checkpoint import load_model
+    from .data.preprocess import from_meta
+    from .lab import read_lab_cells
+
+    if threads:
+        torch.set_num_threads(threads)
+    _, parent = ckpt.read_checkpoint(parent_path)
+    out = Path(out)
+    if (out / "best.safetensors").exists():
+        raise WbcnetError(f"{out}: holds a model already; pick a new --out")
+    say(0.0, "reading the lab's unlabelled cells")
+    cells = read_lab_cells(unlabelled, from_meta(parent), kind, limit=MAX_UNLABELLED, seed=seed, progress=progress,
+                           on_progress=lambda f, m: say(0.15 * f, m))
+    print(f"unlabelled: {cells.summary()}")
+    if len(cells) < MIN_UNLABELLED:
+        raise WbcnetError(f"{unlabelled}: {len(cells)} white cells found; adapting on unlabelled cells needs at "
+                          f"least {MIN_UNLABELLED}")
+    images = labels = None
+    start = parent.path
+    if labelled is not None:
+        images, labels = labelled_cells(parent.path, labelled)
+        counts = np.bincount(labels, minlength=len(parent.classes))
+        if len(labels) >= MIN_CELLS and counts[counts > 0].min() >= MIN_CELLS_PER_CLASS:
+            # Enough to fine-tune on first: the teacher then starts from a model that knows the lab.
+            say(0.15, "adapting on the labelled cells")
+            start = adapt(parent_path, labelled, out, epochs=epochs, lr=lr, seed=seed, progress=progress,
+                          device=device, threads=threads, workers=workers)
+        else:  # a handful (the page's first labels): they join the self-training batches directly
+            print(f"{len(labels)} labelled cells: too few to fine-tune on alone; they join self-training")
+    model, meta = load_model(start)
+    model.to(device)
+    cfg = SemiConfig(**{**BUDGETS[budget], "lr": lr, "seed": seed, **(semi or {})})
+    base = _train_config_of(parent)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, desc="self-training", unit="step", leave=False, dynamic_ncols=True)
+
+    def on_step(st):
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{st.loss:.3f}", sure=f"{st.mask_rate:.2f}")
+        if st.step % 5 == 0 or st.step == cfg.steps:
+            say(0.25 + 0.7 * st.step / cfg.steps, f"self-training: step {st.step} of {cfg.steps}, "
+                                                  f"teacher sure of {st.mask_rate:.0%} of the cells")
+
+    from .semi import self_train
+
+    say(0.25, "self-training on the lab's cells")
+    teacher = self_train(model, meta.mean, meta.std, meta.temperature, cells.images, base.augment, cfg,
+                         images, labels, on_step=on_step)
+    if bar is not None:
+        bar.close()
+    say(0.95, "fitting the unfamiliar-image check to the lab")
+    meta.shift_stats = lab_shift_stats(teacher, meta, cells.images, images, labels, seed)
+    meta.shift = None
+    meta.adapted_from = {**(meta.adapted_from or {"checkpoint": str(parent.path),
+                                                   "weights_sha256": parent.weights_sha256,
+                                                   "sources": parent.sources}),
+                         "method": "fixmatch-mean-teacher" + ("" if labelled is not None else " (no labels)"),
+                         "labelled": {"cells": 0 if labels is None else len(labels), "inputs": str(labelled)},
+                         "unlabelled": {"cells": len(cells), "pictures": cells.n_pictures, "fields": cells.n_fields,
+                                        "skipped": len(cells.errors), "inputs": str(unlabelled)},
+                         "self_training": {k: getattr(cfg, k) for k in ("steps", "threshold", "diversity_weight",
+                                                                        "unlabelled_weight", "lr", "seed")}}
+    meta.sources = list(meta.sources) + [{"name": "unlabelled", "path": str(unlabelled),
+                                          "images": {"unlabelled": len(cells)}}]
+    meta.config, meta.train_state = dict(meta.config or parent.config or {}), None
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt.save_checkpoint(out / "best", teacher, meta)
+    # stage 1's files describe the model before self-training: last.* (to resume it) would mislead.
+    for stale in ("last.safetensors", "last.json"):
+        (out / stale).unlink(missing_ok=True)
+    say(1.0, "done")
+    print(f"self-trained {cfg.steps} steps on {len(cells)} unlabelled cells"
+          + (f" and {len(labels)} labelled" if labels is not None else "") + f" -> {out / 'best'}")
+    return out
+
+
+def _train_config_of(parent) -> TrainConfig:
+    try:
+        return TrainConfig.from_dict(parent.config, f"{parent.path} config")
+    except (WbcnetError, TypeError):
+        return TrainConfig()
+
+
+def labelled_cells(checkpoint, data) -> tuple[np.ndarray, np.ndarray]:
+    """The labelled cells of `data` as the checkpoint's inputs, and their class indices."""
+    from .data.cache import decode_images
+    from .data.preprocess import from_meta
+    from .data.scan import scan
+
+    _, meta = ckpt.read_checkpoint(checkpoint)
+    found = scan(data, meta.classes)
+    if found.unknown_folders:
+        raise WbcnetError(f"{data}: class(es) {', '.join(Path(u).name for u in found.unknown_folders)} are not the "
+                          f"model's ({', '.join(meta.classes)})")
+    if not found.samples:
+        raise WbcnetError(f"{data}: no labelled cells")
+    decoded = decode_images([s.path for s in found.samples], from_meta(meta), progress=False)
+    return decoded.images, np.array([found.samples[i].label for i in decoded.index])
+
+
+def lab_shift_stats(model, meta, lab_images, images=None, labels=None, seed: int = 0):
+    """The unfamiliar-image check refitted to the lab: class means from its labelled cells and
+    its unlabelled cells under their predicted classes (every other one), the threshold from the
+    other half: so the lab's own cells are familiar, and a cell unlike them is not."""
+    from .inference import predict_logits
+    from .shift import fit_shift
+
+    logits, feats = predict_logits(model, lab_images, meta.mean, meta.std, 256, with_features=True)
+    order = np.random.default_rng(seed).permutation(len(feats))
+    fit_rows, threshold_rows = order[::2], order[1::2]
+    f, y = feats[fit_rows], logits[fit_rows].argmax(1)
+    if images is not None and len(images):
+        _, lf = predict_logits(model, images, meta.mean, meta.std, 256, with_features=True)
+        f, y = np.concatenate([lf, f]), np.concatenate([labels, y])
+    return fit_shift(f, y, feats[threshold_rows])
+
+
 def adapt_unlabelled(parent_path, images_dir, out, batch_size: int = 64, progress: bool = True) -> Path:
     """AdaBN: BatchNorm statistics re-estimated on a lab's unlabelled images."""
     import torch

@@ -116,7 +116,7 @@ def scan_folder(root, classes: list[str] | None = None, source: str = "") -> Sca
 
 def read_manifest(manifest) -> list[dict]:
     """The rows of a CSV manifest, checked: a header with path and label, at least one row, and
-    a path and a label in every row. A UTF-8 byte-order mark (Excel writes one) is ignored."""
+    a path and a label in every row (in a suggestion sheet, rows without a label are skipped). A UTF-8 byte-order mark (Excel writes one) is ignored."""
     manifest = Path(manifest)
     try:
         with open(manifest, newline="", encoding="utf-8-sig") as fh:
@@ -133,6 +133,10 @@ def read_manifest(manifest) -> list[dict]:
                           f"(found: {', '.join(header) or 'nothing'})")
     if not rows:
         raise WbcnetError(f"{manifest}: no rows under the header")
+    if "rank" in header:  # a suggestion sheet (lab.suggest): a cell with no label is not labelled yet
+        rows = [r for r in rows if (r.get("label") or "").strip()]
+        if not rows:
+            raise WbcnetError(f"{manifest}: no cell has a label yet (fill in the label column)")
     for line, r in enumerate(rows, start=2):
         if not (r.get("path") or "").strip():
             raise WbcnetError(f"{manifest}, line {line}: no path")
