@@ -270,11 +270,13 @@ def test_only_loopback_without_allow_remote(capsys):
     assert "cannot listen on 127.0.0.1" in capsys.readouterr().err
 
 
-def test_wbcnet_serve_command_serves_the_page_until_ctrl_c():
+def test_wbcnet_serve_command_serves_the_page_until_ctrl_c(tmp_path):
     with listen("127.0.0.1", 0) as probe:
         port = probe.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, "-m", "wbcnet", "serve", "--port", str(port)], env=env,
+    data = tmp_path / "lab data"
+    proc = subprocess.Popen([sys.executable, "-m", "wbcnet", "serve", "--port", str(port), "--data-dir", str(data)],
+                            env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
@@ -295,6 +297,7 @@ def test_wbcnet_serve_command_serves_the_page_until_ctrl_c():
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == 0 and f"http://127.0.0.1:{port}/" in err
+        assert (data / "labs").is_dir() and (data / "models").is_dir()  # made on start, where it was told
     finally:
         if proc.poll() is None:
             proc.kill()

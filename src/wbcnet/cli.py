@@ -189,7 +189,7 @@ def cmd_serve(args) -> int:
     sock = listen(o.host, o.port, o.allow_remote)  # a busy port or a refused host fails before the model loads
     model, meta = opts.load_model()  # --threads: the model thread's torch threads too
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn stops cleanly, then passes Ctrl+C on: not a failure
-        serve(model, meta, sock, o.max_upload_mb, o.max_files, opts.min_confidence)
+        serve(model, meta, sock, o.max_upload_mb, o.max_files, opts.min_confidence, o.data_dir, opts.threads)
     print("wbcnet serve: stopped", file=sys.stderr)
     return 0
 

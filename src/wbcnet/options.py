@@ -331,6 +331,8 @@ class ServeOptions:
                               "reach the server (it has no login)")
     max_upload_mb: float = flag(20.0, type=float, help="largest request body, MB (default 20; larger gets 413)")
     max_files: int = flag(64, type=int, help="most files per request (default 64)")
+    data_dir: str = flag("wbcnet-data", help="folder for what the page's \"Teach it your lab\" keeps: uploads, labels, "
+                         "adapted models, jobs (default ./wbcnet-data, created on start)", metavar="DIR")
 
     def __post_init__(self):
         needs("serve", "fastapi", "uvicorn", "python_multipart|multipart",

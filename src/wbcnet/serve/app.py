@@ -5,9 +5,15 @@ level, so two apps (two checkpoints, or a test beside a server) never share anyt
 are async and never run the model or decode on the event loop: decoding goes to a thread of the
 default pool (asyncio.to_thread), the model to the app's ModelWorker.
 
+Besides the model it was made with, the app answers with the models adapted in it (`?model=NAME`
+on classify, count and explain; registry.py), and teaches itself a lab through labapi.py's routes,
+whose files live in the data folder (datadir.py) and whose long work runs on one job thread
+(jobs.py).
+
 Status codes: 413 for a request over --max-upload-mb or with more than --max-files files; 415
 when none of the files sent is an image that can be read (one unreadable file among good ones
-gets an `error` in its own entry, and the rest are answered); 422 for a request without files.
+gets an `error` in its own entry, and the rest are answered); 422 for a request without files;
+404 for an unknown ?model=, lab, cell or job. Errors are {"detail": "one line"}.
 """
 from __future__ import annotations
 
@@ -15,6 +21,8 @@ import asyncio
 import base64
 import io
 import ipaddress
+import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -24,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 from fastapi import FastAPI, File, HTTPException, Query, UploadFile
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from PIL import Image
 
@@ -34,10 +42,15 @@ from ..data.cache import default_workers
 from ..data.preprocess import from_meta
 from ..errors import WbcnetError
 from ..explain import explain_images, overlay
+from ..files import ensure_writable_dir
 from ..inference import run_model
 from ..render.draw import class_colours, draw_field
 from ..results import CellResult, CountResult
 from ..shift import unfamiliar_warning
+from .datadir import LabStore, Refused
+from .jobs import Jobs
+from .labapi import lab_router
+from .registry import Loaded, Models
 from .schemas import ClassifyAnswer, CountAnswer, ExplainAnswer, Health, ModelCard
 from .uploads import BodyLimit, decode_cells, save_uploads
 from .worker import ModelWorker
@@ -86,28 +99,48 @@ def _unreadable(pairs) -> HTTPException:
     return HTTPException(415, f"no readable image in the request ({listed}{more})")
 
 
+def job_threads(threads: int | None = None) -> int:
+    """Torch threads for the job thread: --threads, else half the cores (the other half answers
+    requests while a model is adapted)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
+    return threads or max(1, cores // 2)
+
+
 def create_app(model, meta, max_upload_mb: float = 20.0, max_files: int = 64, min_confidence: float = 0.0,
-               batch_size: int = 64) -> FastAPI:
-    """The app for one loaded model (from checkpoint.load_model). Its model thread starts when
-    the server starts the app and stops with it."""
-    classes = list(meta.classes)
-    prep = from_meta(meta)
+               batch_size: int = 64, data_dir=None, threads: int | None = None) -> FastAPI:
+    """The app for one loaded model (from checkpoint.load_model). Its model thread and job thread
+    start when the server starts the app and stop with it. `data_dir`: where labs, adapted models
+    and jobs are kept (created here); None: a temporary folder, removed when the app stops."""
     page = _asset("page.html")
     assets = {name: _asset(name) for name in ASSETS}
+    temporary = data_dir is None
+    data = Path(tempfile.mkdtemp(prefix="wbcnet-serve-data-") if temporary else data_dir)
+    ensure_writable_dir(data, "data folder (--data-dir)")
+    models = Models(data, model, meta)
+    labs = LabStore(data, list(meta.classes))
+    jobs = Jobs(data / "jobs.json", job_threads(threads))  # a job a restart stopped is failed here
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.worker = ModelWorker(model, meta, batch_size)
+        jobs.start()
         try:
             yield
         finally:
+            jobs.close()
             app.state.worker.close()
+            if temporary:
+                shutil.rmtree(data, ignore_errors=True)
 
     # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from this server, not from a CDN.
     app = FastAPIOffline(title="wbcnet", version=__version__, lifespan=lifespan,
                          description="White blood cell classification: single cells, whole fields and Grad-CAM maps. "
                                      "The page is at /.")
     app.add_middleware(BodyLimit, max_bytes=int(max_upload_mb * 1e6))
+
+    @app.exception_handler(Refused)
+    async def refused(request, e: Refused):
+        return JSONResponse({"detail": str(e)}, e.status)
 
     def check_count(files: list[UploadFile]) -> None:
         if len(files) > max_files:
@@ -119,7 +152,11 @@ def create_app(model, meta, max_upload_mb: float = 20.0, max_files: int = 64, mi
     def refer_below(asked: float | None) -> float:
         return server_bar if asked is None else asked
 
-    async def read_cells(files: list[UploadFile]):
+    async def choose(name: str | None) -> Loaded:
+        """The model ?model= names (loaded in a thread the first time), or 404."""
+        return models.default if name in (None, models.default.name) else await asyncio.to_thread(models.get, name)
+
+    async def read_cells(files: list[UploadFile], prep):
         """(display names, decoded inputs), or 415 when none of the files could be read."""
         def work():
             with tempfile.TemporaryDirectory(prefix="wbcnet-serve-") as tmp:
@@ -131,8 +168,12 @@ def create_app(model, meta, max_upload_mb: float = 20.0, max_files: int = 64, mi
             raise _unreadable([(names[i], reason) for i, (_, reason) in enumerate(decoded.errors)])
         return names, decoded
 
-    async def on_model(fn):
-        return await asyncio.wrap_future(app.state.worker.call(fn))
+    async def on_model(fn, chosen: Loaded):
+        """fn(model, meta) of the chosen model, on the one model thread (never beside another pass)."""
+        return await asyncio.wrap_future(app.state.worker.call(lambda *_: fn(chosen.model, chosen.meta)))
+
+    choice = Query(None, description="the model to answer with: a name from GET /v1/models (default: the "
+                                     "server's own)")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index():
@@ -153,8 +194,8 @@ def create_app(model, meta, max_upload_mb: float = 20.0, max_files: int = 64, mi
 
     @app.get("/v1/model", summary="The model card: classes, training sources, temperature, version, limits",
              response_model=ModelCard)
-    async def model_info():
-        return model_card(meta, server_bar, max_upload_mb, max_files)
+    async def model_info(model: str | None = choice):
+        return model_card((await choose(model)).meta, server_bar, max_upload_mb, max_files)
 
     @app.post("/v1/classify", summary="Classify images of single cells", response_model=ClassifyAnswer,
               response_model_exclude_unset=True)
@@ -162,12 +203,18 @@ def create_app(model, meta, max_upload_mb: float = 20.0, max_files: int = 64, mi
                        min_confidence: float | None = Query(None, ge=0, le=1, description="refer cells below this "
                                                             "confidence (default: the server's --min-confidence)"),
                        thumbnails: bool = Query(False, description="add `input`: the model's input (the cell crop) "
-                                                "as a JPEG data URI")):
+                                                "as a JPEG data URI"),
+                       model: str | None = choice):
         """Per file, in order: class, confidence, probabilities, `refer` (unfamiliar, or below the
         confidence bar), `unfamiliar`, `cell_found`; or `error` for a file that can't be read."""
         check_count(files)
-        names, decoded = await read_cells(files)
-        pred = await asyncio.wrap_future(app.state.worker.classify(decoded.images))
+        chosen = await choose(model)
+        meta, classes = chosen.meta, list(chosen.meta.classes)
+        names, decoded = await read_cells(files, from_meta(meta))
+        if chosen is models.default:  # the server's model: batched with other requests (worker.py)
+            pred = await asyncio.wrap_future(app.state.worker.classify(decoded.images))
+        else:
+            pred = await on_model(lambda m, mt: run_model(m, mt, decoded.images, batch_size), chosen)
         referred = pred.referred(refer_below(min_confidence))
         results: list = [None] * len(names)
         for i, reason in decoded.errors_by_position(len(names)).items():
@@ -182,10 +229,11 @@ def create_app(model, meta, max_upload_mb: float = 20.0, max_files: int = 64, mi
 
     @app.post("/v1/explain", summary="Where the model looked: Grad-CAM over one cell", response_model=ExplainAnswer,
               response_model_exclude_unset=True)
-    async def explain(file: UploadFile = File(..., description="one cell image")):
+    async def explain(file: UploadFile = File(..., description="one cell image"), model: str | None = choice):
         """The cell as the model saw it, its class, and PNG data URIs of the Grad-CAM map for that
         class over it (and the attention-pooling map, for models that have one)."""
-        names, decoded = await read_cells([file])
+        chosen = await choose(model)
+        names, decoded = await read_cells([file], from_meta(chosen.meta))
         x = decoded.images[:1]
 
         def work(model, meta):
@@ -195,7 +243,7 @@ def create_app(model, meta, max_upload_mb: float = 20.0, max_files: int = 64, mi
             maps = explain_images(model, x, meta.mean, meta.std, target=pred.predicted)
             return pred, maps
 
-        pred, maps = await on_model(work)
+        pred, maps = await on_model(work, chosen)
 
         def draw():
             out = {"input": _image_uri(x[0].transpose(1, 2, 0), 224)}
@@ -205,7 +253,7 @@ def create_app(model, meta, max_upload_mb: float = 20.0, max_files: int = 64, mi
             return out
 
         pictures = await asyncio.to_thread(draw)
-        answer = CellResult.from_predictions(names[0], pred, 0, pred.referred(server_bar), classes,
+        answer = CellResult.from_predictions(names[0], pred, 0, pred.referred(server_bar), list(chosen.meta.classes),
                                              cell_found=decoded.found[0]).to_dict()
         return {**answer, **pictures}
 
@@ -214,12 +262,15 @@ def create_app(model, meta, max_upload_mb: float = 20.0, max_files: int = 64, mi
     async def count(files: list[UploadFile] = File(..., description="one or more field images"),
                     min_confidence: float | None = Query(None, ge=0, le=1),
                     drawn: bool = Query(False, description="add `picture`: the field with its boxes, "
-                                        "as a JPEG data URI")):
+                                        "as a JPEG data URI"),
+                    model: str | None = choice):
         """Per field: its cells (box x0,y0,x1,y1 in its pixels, class, confidence, `edge`: cut by
         the field's edge and not counted, `refer`), or `error`; and the differential of the
         counted cells with 95% Wilson intervals, as `wbcnet count` writes it."""
         check_count(files)
         bar = refer_below(min_confidence)
+        chosen = await choose(model)
+        meta, classes, prep = chosen.meta, list(chosen.meta.classes), from_meta(chosen.meta)
         with tempfile.TemporaryDirectory(prefix="wbcnet-serve-") as tmp:
             uploads = await asyncio.to_thread(save_uploads, files, Path(tmp))
             paths = [str(u.path) for u in uploads]
@@ -228,7 +279,7 @@ def create_app(model, meta, max_upload_mb: float = 20.0, max_files: int = 64, mi
             found = await asyncio.to_thread(find_fields, paths, prep, min(len(paths), default_workers()), drawn)
         if all(f.error for f in found):
             raise _unreadable([(u.name, f.error) for u, f in zip(uploads, found)])
-        fields = await on_model(lambda m, meta: classify_found(m, meta, found, bar, batch_size))
+        fields = await on_model(lambda m, mt: classify_found(m, mt, found, bar, batch_size), chosen)
         for u, f in zip(uploads, fields):  # the client's names, never the server's temporary paths
             f.file = u.name
             for c in f.cells:
@@ -245,6 +296,7 @@ def create_app(model, meta, max_upload_mb: float = 20.0, max_files: int = 64, mi
 
         return await asyncio.to_thread(finish)
 
+    app.include_router(lab_router(data, labs, models, jobs, check_count))
     return app
 
 
@@ -275,11 +327,12 @@ def listen(host: str, port: int, allow_remote: bool = False) -> socket.socket:
 
 
 def serve(model, meta, sock: socket.socket, max_upload_mb: float = 20.0, max_files: int = 64,
-          min_confidence: float = 0.0, log_level: str = "info") -> None:
+          min_confidence: float = 0.0, data_dir="wbcnet-data", threads: int | None = None,
+          log_level: str = "info") -> None:
     """Run the page and API on `sock` (from listen()) until Ctrl+C."""
     import uvicorn
 
-    app = create_app(model, meta, max_upload_mb, max_files, min_confidence)
+    app = create_app(model, meta, max_upload_mb, max_files, min_confidence, data_dir=data_dir, threads=threads)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"wbcnet serve: http://{shown}:{port}/ (model {meta.path.name if meta.path else meta.model}; "

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
@@ -106,3 +106,121 @@ class Health(BaseModel):
     status: str
     classified: dict[str, int] = Field(description="requests, the batches (forward passes) they were run in, "
                                                    "and images")
+
+
+# --- teaching it a lab: models, jobs, uploads, labels (labapi.py) -----------------------------------
+
+class ModelInfo(BaseModel):
+    name: str = Field(description="what ?model= takes")
+    default: bool = Field(description="the model the server started with, used where no ?model= is given")
+    classes: list[str]
+    created: str | None = Field(None, description="when it was adapted (UTC, ISO 8601)")
+    parent: str | None = Field(None, description="the model it was adapted from")
+    lab: str | None = Field(None, description="the lab whose cells it was adapted on")
+    labelled: int | None = Field(None, description="labelled cells it was adapted on")
+    unlabelled: int | None = Field(None, description="the lab's pictures it was given without labels")
+    budget: str | None = None
+    job: str | None = Field(None, description="the job that made it")
+    adapted_from: dict[str, Any] = Field(default_factory=dict, description="the checkpoint's own record of its "
+                                         "adaptation (method, counts), without paths")
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo] = Field(description="the server's own model first, then the adapted ones, oldest first")
+
+
+class JobAnswer(BaseModel):
+    id: str
+    kind: Literal["suggest", "adapt"]
+    lab: str
+    state: Literal["queued", "running", "done", "failed"]
+    progress: float = Field(description="0 to 1")
+    message: str = Field(description="what it is doing, or how it ended")
+    model: str | None = Field(None, description="adapt: the new model's name (usable once done); suggest: the "
+                                                "model that chose the cells")
+    parent: str | None = Field(None, description="adapt: the model it starts from")
+    created: str | None = None
+    started: str | None = None
+    finished: str | None = None
+    error: str | None = Field(None, description="why it failed, in one line")
+    ahead: int = Field(0, description="jobs that run before this one (one job runs at a time)")
+
+
+class JobList(BaseModel):
+    jobs: list[JobAnswer] = Field(description="newest first")
+
+
+class LabUpload(BaseModel):
+    id: str
+    name: str = Field(description="the file name it was sent with")
+    width: int
+    height: int
+    round: int | None = Field(None, description="the suggestion round that looked at it; null: not yet")
+
+
+class UploadRefused(BaseModel):
+    name: str
+    error: str
+
+
+class UploadAnswer(BaseModel):
+    lab: str
+    saved: list[LabUpload]
+    refused: list[UploadRefused] = Field(description="files that are not pictures wbcnet can read")
+    uploads: int = Field(description="the lab's pictures in all")
+    new: int = Field(description="those no suggestion round has looked at yet")
+
+
+class LabCell(BaseModel):
+    id: str
+    picture: str = Field(description="the cell's picture: a URL on this server")
+    label: str = Field(description="a class, 'skip' (not a white cell, or can't tell), or empty: not labelled")
+    predicted: str = Field(description="the class the suggesting model gave it")
+    confidence: float | None = None
+    reason: str = Field(description="why it is worth a label")
+    rank: int | None = None
+    round: int | None = None
+
+
+class LabAnswer(BaseModel):
+    lab: str
+    classes: list[str] = Field(description="the labels a cell can be given, besides 'skip'")
+    uploads: int
+    new_uploads: int = Field(description="pictures no suggestion round has looked at yet")
+    cells: list[LabCell] = Field(description="every suggested cell, in the order of the sheet")
+    counts: dict[str, int] = Field(description="labelled cells per class, and 'skip'")
+    labelled: int = Field(description="cells with a class, what adapt learns from")
+
+
+class LabSummary(BaseModel):
+    lab: str
+    uploads: int
+    cells: int
+    labelled: int
+
+
+class LabList(BaseModel):
+    labs: list[LabSummary]
+
+
+class LabelBody(BaseModel):
+    label: str | None = Field(None, description="a class, 'skip', or null/'' to take the label away")
+
+
+class LabelEntry(BaseModel):
+    id: str
+    label: str
+
+
+class LabelList(BaseModel):
+    lab: str
+    labels: list[LabelEntry] = Field(description="the cells with a label, in the order of the sheet")
+    counts: dict[str, int]
+
+
+class AdaptRequest(BaseModel):
+    lab: str = Field(description="the lab whose labelled cells and pictures adapt the model")
+    name: str = Field(description="the new model's name: 1-40 lowercase letters, digits and '-'")
+    parent: str | None = Field(None, description="the model to start from (default: the server's own)")
+    budget: Literal["tiny", "normal"] = Field("normal", description="tiny: a few seconds, for trying the page")
+    seed: int = 0
