@@ -106,6 +106,7 @@ class Jobs:
             return replace(job) if job else None
 
     def all(self) -> list[Job]:
+        """Every job, oldest first."""
         with self._lock:
             return [replace(j) for j in self._jobs.values()]
 
@@ -135,7 +136,7 @@ class Jobs:
         folder by then, a test's second app)."""
         if self._closed.is_set():
             return
-        kept = sorted(self._jobs.values(), key=lambda j: j.created or "")[-KEEP:]
+        kept = list(self._jobs.values())[-KEEP:]  # in the order they were made
         write_text_atomic(self.path, json.dumps([asdict(j) for j in kept], indent=1))
 
     def _update(self, job: Job, **changes) -> None:

@@ -77,8 +77,7 @@ def lab_router(data: Path, labs: LabStore, models: Models, jobs: Jobs, check_cou
 
     @router.get("/v1/jobs", summary="Recent jobs, newest first", response_model=JobList)
     async def list_jobs():
-        found = sorted(jobs.all(), key=lambda j: j.created or "", reverse=True)
-        return {"jobs": [job_answer(jobs, j) for j in found]}
+        return {"jobs": [job_answer(jobs, j) for j in reversed(jobs.all())]}
 
     @router.get("/v1/jobs/{job_id}", summary="A job's state and progress", response_model=JobAnswer)
     async def get_job(job_id: str):
@@ -228,7 +227,7 @@ def lab_router(data: Path, labs: LabStore, models: Models, jobs: Jobs, check_cou
                 models.publish(out, ModelRecord(
                     req.name, list(info["classes"]), created=now(), parent=parent, lab=lab, labelled=labelled,
                     unlabelled=len(pictures), budget=req.budget, job=job.id,
-                    adapted_from=without_paths(info.get("adapted_from"))))
+                    adapted_from=without_paths(info.get("adapted_from") or {})))
             except BaseException:
                 shutil.rmtree(out, ignore_errors=True)
                 raise

@@ -3,7 +3,7 @@
 // server is set with textContent, never as markup.
 "use strict";
 
-const state = { card: null, cells: [], fields: null };
+const state = { card: null, cells: [], fields: null, models: [], lab: null, keys: {} };
 const $ = (id) => document.getElementById(id);
 
 function el(tag, props = {}, ...children) {
@@ -48,14 +48,27 @@ async function post(path, files, field = "files") {
   return response.json();
 }
 
+// The chosen model (the model chooser) goes with every classify, count and explain request.
+function chosenModel() { return $("model-choice").value; }
+
+function withModel(path) {
+  const name = chosenModel();
+  const model = state.models.find((m) => m.name === name);
+  if (!name || (model && model.default)) return path;
+  return path + (path.includes("?") ? "&" : "?") + "model=" + encodeURIComponent(name);
+}
+
 // --- the model card ---------------------------------------------------------------------------
 
 async function loadCard() {
-  const response = await fetch("/v1/model");
+  const response = await fetch(withModel("/v1/model"));
   if (!response.ok) { setStatus("Could not read the model card: " + await errorText(response), true); return; }
   const c = state.card = await response.json();
   const labs = c.sources.map((s) => s.name).join(", ") || "unrecorded data";
-  $("model").textContent = `Model ${c.checkpoint || c.model} (${c.model}, ${c.img_size} px, trained on ${labs}); ` +
+  const name = chosenModel();
+  const adapted = state.models.find((m) => m.name === name && !m.default);
+  $("model").textContent = `Model ${adapted ? adapted.name + ", adapted to lab " + adapted.lab : c.checkpoint || c.model} ` +
+    `(${c.model}, ${c.img_size} px, trained on ${labs}); ` +
     `classes ${c.classes.join(", ")}. wbcnet ${c.version}.`;
   $("limits").textContent = `JPEG, PNG, TIFF, BMP; up to ${c.limits.max_files} files and ` +
     `${c.limits.max_upload_mb} MB per request`;
@@ -84,7 +97,7 @@ async function classifyAll(files) {
   for (const chunk of chunks(files)) {
     setStatus(`Classifying ${done + 1}-${done + chunk.length} of ${files.length}\u2026`);
     try {
-      const answer = await post("/v1/classify?thumbnails=true", chunk);
+      const answer = await post(withModel("/v1/classify?thumbnails=true"), chunk);
       answer.results.forEach((r, i) => addCell(chunk[i], r));
       const warn = $("cells-warning");
       if (answer.warning) { warn.textContent = answer.warning; warn.hidden = false; }
@@ -131,7 +144,7 @@ async function toggleDetail(cell) {
   cell.detail = el("tr", { class: "detail" }, box);
   cell.row.after(cell.detail);
   try {
-    const x = await post("/v1/explain", [cell.file], "file");
+    const x = await post(withModel("/v1/explain"), [cell.file], "file");
     const figure = (src, caption) => el("figure", {}, el("img", { src, alt: caption }), el("figcaption", {}, caption));
     const probs = el("table", { class: "probs" });
     for (const [cls, p] of Object.entries(x.probabilities)) {
@@ -163,7 +176,7 @@ async function countAll(files) {
   }
   setStatus(`Counting the white cells of ${files.length} field${files.length === 1 ? "" : "s"}\u2026`);
   try {
-    state.fields = await post("/v1/count?drawn=true", files);
+    state.fields = await post(withModel("/v1/count?drawn=true"), files);
   } catch (e) {
     setStatus("Count failed: " + e.message, true);
     return;
@@ -271,4 +284,333 @@ $("cells-csv").addEventListener("click", cellsCsv);
 $("cells-clear").addEventListener("click", clearCells);
 $("fields-csv").addEventListener("click", fieldsCsv);
 $("fields-clear").addEventListener("click", clearFields);
-loadCard();
+$("model-choice").addEventListener("change", () => { clearCells(); clearFields(); loadCard(); });
+
+// --- tabs -------------------------------------------------------------------------------------
+
+function showTab(tab) {
+  for (const t of document.querySelectorAll("[role=tab]")) {
+    const on = t === tab;
+    t.setAttribute("aria-selected", String(on));
+    t.tabIndex = on ? 0 : -1;
+    $(t.getAttribute("aria-controls")).hidden = !on;
+  }
+}
+
+for (const tab of document.querySelectorAll("[role=tab]")) {
+  tab.addEventListener("click", () => showTab(tab));
+  tab.addEventListener("keydown", (e) => {  // the ARIA tabs pattern: arrows move between the tabs
+    if (e.key !== "ArrowLeft" && e.key !== "ArrowRight") return;
+    const tabs = Array.from(document.querySelectorAll("[role=tab]"));
+    const next = tabs[(tabs.indexOf(tab) + (e.key === "ArrowRight" ? 1 : tabs.length - 1)) % tabs.length];
+    next.focus();
+    showTab(next);
+  });
+}
+
+// --- the models -------------------------------------------------------------------------------
+
+async function getJson(path) {
+  const response = await fetch(path);
+  if (!response.ok) throw new Error(await errorText(response));
+  return response.json();
+}
+
+async function sendJson(method, path, body) {
+  const response = await fetch(path, { method, headers: { "Content-Type": "application/json" },
+                                       body: JSON.stringify(body) });
+  if (!response.ok) throw new Error(await errorText(response));
+  return response.json();
+}
+
+// Fill both model lists (the chooser and adapt's "start from"), keeping what was chosen.
+async function loadModels(select = null) {
+  state.models = (await getJson("/v1/models")).models;
+  for (const id of ["model-choice", "adapt-parent"]) {
+    const list = $(id);
+    const keep = select && id === "model-choice" ? select : list.value;
+    list.replaceChildren(...state.models.map((m) => el("option", { value: m.name },
+      m.default ? `${m.name} (as shipped)` : `${m.name} (adapted to ${m.lab}, ${m.created.slice(0, 10)})`)));
+    if (state.models.some((m) => m.name === keep)) list.value = keep;
+  }
+  suggestName();
+}
+
+// --- teach it your lab ------------------------------------------------------------------------
+
+function labName() { return $("lab-name").value.trim(); }
+
+function labStatus(text, error = false) {
+  const s = $("lab-status");
+  s.textContent = text;
+  s.className = error ? "error" : "";
+}
+
+// One key per class, its first letter where they differ (B E L M N); X or 0 skips a cell.
+function assignKeys(classes) {
+  const firsts = classes.map((c) => c[0].toUpperCase());
+  const unique = new Set(firsts).size === firsts.length;
+  state.keys = {};
+  classes.forEach((c, i) => { state.keys[unique ? firsts[i] : String(i + 1)] = c; });
+  state.keys.X = "skip";
+  const list = Object.entries(state.keys).map(([k, c]) => `${k} ${c === "skip" ? "not a white cell (skip; also 0)" : c}`);
+  $("lab-key-list").textContent = list.join(", ") + "; Backspace clears";
+}
+
+function keyOf(label) { return Object.keys(state.keys).find((k) => state.keys[k] === label); }
+
+async function loadLab() {
+  const lab = labName();
+  state.lab = null;
+  $("lab-cells").replaceChildren();
+  suggestName();
+  try {
+    // A lab that does not exist yet is no error: it is made by its first upload (asked through the
+    // list, so the browser's console shows no failed request).
+    const { labs } = await getJson("/v1/labs");
+    if (labs.some((l) => l.lab === lab)) state.lab = await getJson(`/v1/labs/${encodeURIComponent(lab)}`);
+  } catch (e) {
+    labStatus("Could not read the lab: " + e.message, true);
+  }
+  if (state.lab) { showLab(); return; }
+  $("lab-uploads").textContent = "No pictures in this lab yet.";
+  $("lab-counts").textContent = "";
+  $("lab-suggest").disabled = true;
+}
+
+function showLab() {
+  const L = state.lab;
+  $("lab-uploads").textContent = `${L.uploads} picture${L.uploads === 1 ? "" : "s"} in lab ${L.lab}` +
+    (L.new_uploads ? `, ${L.new_uploads} not looked at yet.` : ".");
+  $("lab-suggest").disabled = !L.new_uploads;
+  const grid = $("lab-cells");
+  grid.replaceChildren(...L.cells.map(cellCard));
+  showCounts();
+}
+
+function showCounts() {
+  const L = state.lab;
+  const counts = {};
+  for (const c of [...L.classes, "skip"]) counts[c] = 0;
+  for (const c of L.cells) if (c.label) counts[c.label] += 1;
+  const labelled = L.classes.reduce((n, c) => n + counts[c], 0);
+  const open = L.cells.filter((c) => !c.label).length;
+  $("lab-counts").textContent = L.cells.length ? `${labelled} labelled (` +
+    L.classes.map((c) => `${c} ${counts[c]}`).join(", ") + `), ${counts.skip} skipped, ${open} to go.` :
+    "No suggested cells yet.";
+}
+
+function cellCard(cell) {
+  const card = el("div", { class: "lab-cell", tabIndex: 0, role: "group" });
+  card.dataset.id = cell.id;
+  card.setAttribute("aria-label", `cell ${cell.id}: the model says ${cell.predicted}` +
+                    (cell.confidence === null ? "" : ` (${pct(cell.confidence)})`));
+  const choices = el("div", { class: "choices" });
+  for (const label of [...state.lab.classes, "skip"]) {
+    const key = keyOf(label) || "";
+    const b = el("button", { type: "button", class: "choice", title: `${label === "skip" ? "not a white cell, or can't " +
+                 "tell (skip)" : label} (key ${key})` }, key);
+    b.dataset.label = label;
+    b.setAttribute("aria-label", label === "skip" ? "skip: not a white cell" : label);
+    if (label !== "skip") b.style.borderBottomColor = colour(label);
+    b.addEventListener("click", () => setLabel(card, cell, cell.label === label ? "" : label));
+    choices.append(b);
+  }
+  card.append(el("img", { src: cell.picture, alt: `cell ${cell.id}` }),
+    el("div", { class: "said" }, el("span", { class: "swatch", style: `background:${colour(cell.predicted)}` }),
+       cell.predicted + (cell.confidence === null ? "" : " " + pct(cell.confidence))),
+    el("div", { class: "reason muted", title: cell.reason }, cell.reason), choices);
+  card.addEventListener("keydown", (e) => cellKey(e, card, cell));
+  markCard(card, cell);
+  return card;
+}
+
+function markCard(card, cell) {
+  card.classList.toggle("labelled", !!cell.label);
+  card.classList.toggle("skipped", cell.label === "skip");
+  for (const b of card.querySelectorAll("button.choice")) b.setAttribute("aria-pressed", String(b.dataset.label === cell.label));
+}
+
+function moveFocus(card, step) {
+  const cards = Array.from(document.querySelectorAll("#lab-cells .lab-cell"));
+  const next = cards[cards.indexOf(card) + step];
+  if (next) next.focus();
+}
+
+function cellKey(e, card, cell) {
+  if (e.altKey || e.ctrlKey || e.metaKey) return;
+  const k = e.key.length === 1 ? e.key.toUpperCase() : e.key;
+  let label = null;
+  if (state.keys[k]) label = state.keys[k];
+  else if (k === "0") label = "skip";
+  else if (k === "Backspace" || k === "Delete") label = "";
+  else if (k === "ArrowRight" || k === "ArrowDown") { moveFocus(card, 1); e.preventDefault(); return; }
+  else if (k === "ArrowLeft" || k === "ArrowUp") { moveFocus(card, -1); e.preventDefault(); return; }
+  else return;
+  e.preventDefault();
+  setLabel(card, cell, label).then((ok) => { if (ok && label) moveFocus(card, 1); });
+}
+
+// Every label is stored by the server at once: a closed page or a restarted server loses none.
+async function setLabel(card, cell, label) {
+  try {
+    const saved = await sendJson("PUT", `/v1/labs/${encodeURIComponent(state.lab.lab)}/labels/${cell.id}`,
+                                 { label: label || null });
+    cell.label = saved.label;
+    markCard(card, cell);
+    showCounts();
+    labStatus("");
+    return true;
+  } catch (e) {
+    labStatus("Could not save the label: " + e.message, true);
+    return false;
+  }
+}
+
+async function labUpload(fileList) {
+  const files = Array.from(fileList);
+  const lab = labName();
+  if (!files.length) return;
+  let kept = 0;
+  const refused = [];
+  for (const chunk of chunks(files)) {
+    labStatus(`Uploading ${kept + refused.length + 1}-${kept + refused.length + chunk.length} of ${files.length}\u2026`);
+    try {
+      const answer = await post(`/v1/labs/${encodeURIComponent(lab)}/uploads`, chunk);
+      kept += answer.saved.length;
+      refused.push(...answer.refused.map((r) => `${r.name} (${r.error})`));
+    } catch (e) {
+      labStatus("Upload failed: " + e.message, true);
+      return;
+    }
+  }
+  labStatus(`${kept} picture${kept === 1 ? "" : "s"} added` + (refused.length ? `; not pictures: ${refused.join(", ")}` : "") + ".",
+            refused.length > 0);
+  await loadLab();
+  if (kept) await suggest();
+}
+
+// Poll a job until it ends, showing its progress; the job runs on the server either way.
+async function follow(job, which) {
+  const box = $(`${which}-job`), bar = $(`${which}-progress`), msg = $(`${which}-message`);
+  box.hidden = false;
+  box.classList.remove("failed");
+  for (;;) {
+    bar.value = job.progress;
+    msg.textContent = job.state === "queued" ? `Waiting for ${job.ahead} job${job.ahead === 1 ? "" : "s"} before it\u2026`
+      : job.state === "failed" ? "Failed: " + job.error : job.message;
+    if (job.state === "done" || job.state === "failed") break;
+    await new Promise((r) => setTimeout(r, 400));
+    try {
+      job = await getJson(`/v1/jobs/${job.id}`);
+    } catch (e) {
+      msg.textContent = "Lost track of the job: " + e.message;
+      return job;
+    }
+  }
+  box.classList.toggle("failed", job.state === "failed");
+  box.dataset.state = job.state;
+  return job;
+}
+
+async function suggest() {
+  const lab = labName();
+  const n = Math.max(1, Math.min(200, parseInt($("lab-n").value, 10) || 24));
+  $("lab-suggest").disabled = true;
+  let job;
+  try {
+    job = await sendJson("POST", `/v1/labs/${encodeURIComponent(lab)}/suggest?n=${n}`, {});
+  } catch (e) {
+    labStatus("Could not suggest cells: " + e.message, true);
+    await loadLab();
+    return;
+  }
+  await follow(job, "suggest");
+  await loadLab();
+}
+
+function suggestName() {
+  const input = $("adapt-name");
+  if (input.dataset.edited === "yes") return;
+  const lab = labName() || "lab";
+  let k = 1;
+  while (state.models.some((m) => m.name === `${lab}-${k}`)) k += 1;
+  input.value = `${lab}-${k}`.slice(0, 40);
+}
+
+async function adapt() {
+  const body = { lab: labName(), name: $("adapt-name").value.trim(), parent: $("adapt-parent").value || null,
+                 budget: $("adapt-budget").value };
+  $("adapt-go").disabled = true;
+  try {
+    const job = await sendJson("POST", "/v1/adapt", body);
+    labStatus("");
+    await finishAdapt(await follow(job, "adapt"));
+  } catch (e) {
+    labStatus("Could not start adapting: " + e.message, true);
+  } finally {
+    $("adapt-go").disabled = false;
+  }
+}
+
+async function finishAdapt(job) {
+  if (job.state !== "done") return;
+  $("adapt-name").dataset.edited = "";
+  await loadModels();
+  $("lab-ready").textContent = `Model ${job.model} is ready.`;
+  $("lab-ready").className = "";
+  const use = $("use-adapted");
+  use.hidden = false;
+  use.textContent = `Classify and count with ${job.model}`;
+  use.dataset.model = job.model;
+}
+
+async function useAdapted() {
+  $("model-choice").value = $("use-adapted").dataset.model;
+  $("model-choice").dispatchEvent(new Event("change"));
+  showTab($("tab-use"));
+  $("model-choice").focus();
+}
+
+// A job that was running when the page was (re)opened: show it until it ends.
+async function resumeJobs() {
+  const { jobs } = await getJson("/v1/jobs");
+  for (const job of jobs.filter((j) => j.lab === labName() && (j.state === "queued" || j.state === "running"))) {
+    if (job.kind === "adapt") follow(job, "adapt").then(finishAdapt);
+    else follow(job, "suggest").then(loadLab);
+  }
+}
+
+async function startLab() {
+  try {
+    const { labs } = await getJson("/v1/labs");
+    if (labs.length && !labs.some((l) => l.lab === labName())) $("lab-name").value = labs[0].lab;
+  } catch (e) { /* the lab name stays as it is */ }
+  await loadLab();
+  await resumeJobs();
+}
+
+const labDrop = $("lab-drop");
+["dragenter", "dragover"].forEach((t) => labDrop.addEventListener(t, (e) => { e.preventDefault(); labDrop.classList.add("over"); }));
+["dragleave", "drop"].forEach((t) => labDrop.addEventListener(t, () => labDrop.classList.remove("over")));
+labDrop.addEventListener("drop", (e) => { e.preventDefault(); labUpload(e.dataTransfer.files); });
+$("lab-files").addEventListener("change", (e) => { labUpload(e.target.files).finally(() => { e.target.value = ""; }); });
+$("lab-name").addEventListener("change", () => { if (/^[a-z0-9][a-z0-9-]{0,39}$/.test(labName())) loadLab();
+                                                 else labStatus("A lab name is 1-40 lowercase letters, digits and -.", true); });
+$("lab-suggest").addEventListener("click", suggest);
+$("adapt-name").addEventListener("input", () => { $("adapt-name").dataset.edited = "yes"; });
+$("adapt-go").addEventListener("click", adapt);
+$("use-adapted").addEventListener("click", useAdapted);
+
+async function start() {
+  try {
+    await loadModels();
+  } catch (e) {
+    setStatus("Could not list the models: " + e.message, true);
+  }
+  await loadCard();
+  assignKeys(state.card ? state.card.classes : []);
+  await startLab();
+}
+
+start();

@@ -1,0 +1,402 @@
+"""wbcnet serve's "Teach it your lab": the models list and ?model=, a lab's uploads, suggested cells
+and labels in the data folder, the suggest and adapt jobs (one at a time, reported after a
+restart), and the page in a real browser. A real uvicorn server on a loopback port, as in
+test_serve.py, with the shipped model and the bundled sample cells only.
+
+The job tests stand in for adapt_lab with a function that waits until the test lets it go, to see
+a job queued behind a running one; the lab test and the browser test run the real lab.suggest and
+adapt_lab (budget tiny: seconds)."""
+import io
+import json
+import os
+import shutil
+import threading
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi", reason="pip install -e .")
+uvicorn = pytest.importorskip("uvicorn", reason="pip install -e .")
+
+import wbcnet.adapt  # noqa: E402
+import wbcnet.lab  # noqa: E402
+from wbcnet.checkpoint import SHIPPED, load_model  # noqa: E402
+from wbcnet.errors import WbcnetError  # noqa: E402
+from wbcnet.serve.app import create_app, listen  # noqa: E402
+
+from browser import chrome, console_errors, page_state  # noqa: E402
+from conftest import REPO, sample_paths  # noqa: E402
+from test_serve import as_files, post  # noqa: E402
+
+CLASSES = ["Basophil", "Eosinophil", "Lymphocyte", "Monocyte", "Neutrophil"]
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_model(None)
+
+
+@contextmanager
+def running(shipped, data: Path):
+    """A server over `data` on 127.0.0.1:<free port>; yields its base URL, and stops it after."""
+    model, meta = shipped
+    app = create_app(model, meta, max_upload_mb=4, max_files=16, data_dir=data, threads=1)
+    sock = listen("127.0.0.1", 0)
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+
+
+def call(url: str, method: str = "GET", body=None) -> tuple[int, dict]:
+    """(status, JSON answer) of a request with a JSON body."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def wait_job(url: str, job_id: str, states=("done", "failed"), timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        status, job = call(f"{url}/v1/jobs/{job_id}")
+        assert status == 200, job
+        if job["state"] in states:
+            return job
+        assert time.monotonic() < deadline, f"job still {job['state']}: {job}"
+        time.sleep(0.05)
+
+
+def one_line_404(status: int, body: dict, *words: str) -> None:
+    assert status == 404, body
+    assert isinstance(body["detail"], str) and "\n" not in body["detail"], body
+    assert all(w in body["detail"] for w in words), body
+
+
+def fake_suggest(parent, unlabelled, n, out, *, kind="auto", seed=0, on_progress=None, progress=True):
+    """lab.suggest's contract, without a model: the first n pictures, as the sheet and cells/ it writes."""
+    (out / "cells").mkdir(parents=True)
+    rows = ["path,label,rank,predicted,confidence,reason"]
+    for rank, path in enumerate(unlabelled[:n], start=1):
+        Image.open(path).convert("RGB").save(out / "cells" / f"{rank:04d}.png")
+        rows.append(f"cells/{rank:04d}.png,,{rank},Neutrophil,0.500,a stand-in")
+    (out / "suggest.csv").write_text("\n".join(rows) + "\n")
+    return out / "suggest.csv"
+
+
+class HeldAdapt:
+    """adapt_lab's contract: reports progress, waits for `gate`, then writes a loadable checkpoint
+    (the shipped one's files). Counts how many run at once."""
+
+    def __init__(self):
+        self.gate, self.running, self.most, self.calls = threading.Event(), 0, 0, []
+        self.lock = threading.Lock()
+
+    def __call__(self, parent, out, *, labelled=None, unlabelled=None, budget="normal", on_progress=None, **kw):
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+            self.calls.append({"labelled": labelled, "unlabelled": unlabelled, "budget": budget})
+        try:
+            on_progress(0.5, "halfway")
+            assert self.gate.wait(30), "the test never let the job go"
+            on_progress(0.9, "nearly")  # a stopped server's job ends here
+            if budget == "normal" and labelled is None:
+                raise WbcnetError("too few cells to adapt on")
+            out.mkdir(parents=True)
+            for suffix in (".safetensors", ".json"):
+                shutil.copy(SHIPPED.with_suffix(suffix), out / f"best{suffix}")
+            return out
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def lab_with_labels(url: str, n_cells: int = 4, labels=("Neutrophil", "Lymphocyte")) -> list[dict]:
+    """Upload cells to lab `lab-a`, have them suggested (by whatever suggest is in place), label some."""
+    status, up = post(f"{url}/v1/labs/lab-a/uploads", as_files(sample_paths(1)[:n_cells]))
+    assert status == 200 and len(up["saved"]) == n_cells, up
+    status, job = call(f"{url}/v1/labs/lab-a/suggest?n={n_cells}", "POST")
+    assert status == 202, job
+    assert wait_job(url, job["id"])["state"] == "done"
+    cells = call(f"{url}/v1/labs/lab-a")[1]["cells"]
+    for cell, label in zip(cells, labels):
+        assert call(f"{url}/v1/labs/lab-a/labels/{cell['id']}", "PUT", {"label": label})[0] == 200
+    return cells
+
+
+def test_models_list_and_unknown_model_is_404(shipped, tmp_path):
+    cell = sample_paths(1)[:1]
+    with running(shipped, tmp_path / "data") as url:
+        status, body = call(url + "/v1/models")
+        assert status == 200 and [m["name"] for m in body["models"]] == ["shipped"]
+        assert body["models"][0]["default"] is True and body["models"][0]["classes"] == CLASSES
+        for route in ("/v1/classify", "/v1/count"):
+            one_line_404(*post(f"{url}{route}?model=nope", as_files(cell)), "'nope'", "/v1/models")
+        one_line_404(*post(f"{url}/v1/explain?model=nope", as_files(cell), field="file"), "'nope'")
+        one_line_404(*call(f"{url}/v1/model?model=nope"), "'nope'")
+        one_line_404(*post(f"{url}/v1/classify?model=..%2F..%2Fetc", as_files(cell)))
+        status, body = post(f"{url}/v1/classify?model=shipped", as_files(cell))
+        assert status == 200 and body["results"][0]["class"] in CLASSES
+        spec = call(url + "/openapi.json")[1]
+        for path, method in (("/v1/models", "get"), ("/v1/adapt", "post"), ("/v1/jobs/{job_id}", "get"),
+                             ("/v1/labs/{lab}", "get"), ("/v1/labs/{lab}/labels/{cell_id}", "put")):
+            answers = spec["paths"][path][method]["responses"]
+            assert "$ref" in next(iter(answers.values()))["content"]["application/json"]["schema"], path
+
+
+def test_a_labs_uploads_suggestions_and_labels_outlive_a_restart(shipped, tmp_path):
+    """The real lab.suggest over 10 sample cells; labels stored at once, in lab.suggest's sheet."""
+    data = tmp_path / "data"
+    cells = sample_paths(2)
+    with running(shipped, data) as url:
+        status, up = post(f"{url}/v1/labs/lab-a/uploads", as_files(cells) + [("notes.txt", b"not a picture")])
+        assert status == 200 and len(up["saved"]) == 10 and up["new"] == 10
+        assert up["refused"][0]["name"] == "notes.txt" and up["saved"][0]["name"] == cells[0].name
+        status, job = call(f"{url}/v1/labs/lab-a/suggest?n=6", "POST")
+        assert status == 202 and job["kind"] == "suggest" and job["state"] in ("queued", "running")
+        job = wait_job(url, job["id"])
+        assert job["state"] == "done" and job["progress"] == 1 and "6 cells suggested" in job["message"], job
+        lab = call(f"{url}/v1/labs/lab-a")[1]
+        assert lab["uploads"] == 10 and lab["new_uploads"] == 0 and len(lab["cells"]) == 6
+        for c in lab["cells"]:
+            assert c["label"] == "" and c["predicted"] in CLASSES and c["reason"] and 0 <= c["confidence"] <= 1
+        with urllib.request.urlopen(url + lab["cells"][0]["picture"]) as r:
+            assert Image.open(io.BytesIO(r.read())).format == "PNG"
+        ids = [c["id"] for c in lab["cells"]]
+        assert call(f"{url}/v1/labs/lab-a/labels/{ids[0]}", "PUT", {"label": "Neutrophil"})[1]["label"] == "Neutrophil"
+        assert call(f"{url}/v1/labs/lab-a/labels/{ids[1]}", "PUT", {"label": "Eosinophil"})[0] == 200
+        assert call(f"{url}/v1/labs/lab-a/labels/{ids[2]}", "PUT", {"label": "skip"})[0] == 200
+        assert call(f"{url}/v1/labs/lab-a/labels/{ids[3]}", "PUT", {"label": "Lymphocyte"})[0] == 200
+        assert call(f"{url}/v1/labs/lab-a/labels/{ids[3]}", "PUT", {"label": None})[1]["label"] == ""  # taken back
+        status, body = call(f"{url}/v1/labs/lab-a/labels/{ids[4]}", "PUT", {"label": "Platelet"})
+        assert status == 422 and "not one of Basophil" in body["detail"]
+        one_line_404(*call(f"{url}/v1/labs/lab-a/labels/9-9999", "PUT", {"label": "Neutrophil"}), "9-9999")
+        one_line_404(*call(f"{url}/v1/labs/nowhere"), "nowhere")
+        status, body = call(f"{url}/v1/labs/lab-a/suggest", "POST")  # every picture looked at already
+        assert status == 409 and "upload more" in body["detail"]
+    with running(shipped, data) as url:  # a new server on the same folder
+        labels = call(f"{url}/v1/labs/lab-a/labels")[1]
+        assert [(x["id"], x["label"]) for x in labels["labels"]] == [(ids[0], "Neutrophil"), (ids[1], "Eosinophil"),
+                                                                    (ids[2], "skip")]
+        assert labels["counts"] == {"Basophil": 0, "Eosinophil": 1, "Lymphocyte": 0, "Monocyte": 0, "Neutrophil": 1,
+                                    "skip": 1}
+        assert call(f"{url}/v1/labs")[1]["labs"] == [{"lab": "lab-a", "uploads": 10, "cells": 6, "labelled": 2}]
+        with urllib.request.urlopen(f"{url}/v1/labs/lab-a/labels.csv") as r:
+            sheet = r.read().decode()
+    # The sheet the page fills is the one `wbcnet adapt --suggest` writes: the same columns, paths
+    # relative to it, so labelling in the page and filling it by hand are the same thing.
+    assert sheet.splitlines()[0] == "path,label,rank,predicted,confidence,reason"
+    assert sheet == (data / "labs" / "lab-a" / "labels.csv").read_text()
+    first = sheet.splitlines()[1].split(",")
+    assert first[:2] == ["rounds/1/cells/0001.png", "Neutrophil"]
+    assert (data / "labs" / "lab-a" / first[0]).is_file()
+
+
+def test_client_named_paths_are_refused(shipped, tmp_path, monkeypatch):
+    monkeypatch.setattr(wbcnet.lab, "suggest", fake_suggest)
+    data = tmp_path / "data"
+    with running(shipped, data) as url:
+        cell = as_files(sample_paths(1)[:1])
+        for lab in ("..", "UPPER", "a_b", "-lead", "x" * 41, "%2E%2E"):
+            status, body = post(f"{url}/v1/labs/{lab}/uploads", cell)
+            assert status == 422 and "lowercase letters" in body["detail"], (lab, body)
+        for lab in ("..%2F..%2Ftmp", "a%2Fb"):  # a slash never reaches a handler
+            assert post(f"{url}/v1/labs/{lab}/uploads", cell)[0] in (404, 422)
+        status, up = post(f"{url}/v1/labs/lab-a/uploads", [("../../../evil.jpg", cell[0][1])])
+        assert status == 200 and up["saved"][0]["name"] == "evil.jpg"  # a label; the file is the server's 0001.jpg
+        assert sorted(p.name for p in (data / "labs" / "lab-a" / "uploads").iterdir()) == ["0001.jpg"]
+        status, job = call(f"{url}/v1/labs/lab-a/suggest?n=1", "POST")
+        wait_job(url, job["id"])
+        assert call(f"{url}/v1/labs/lab-a/labels/..%2E%2E", "PUT", {"label": "Neutrophil"})[0] == 422
+        status, body = call(url + "/v1/adapt", "POST", {"lab": "lab-a", "name": "../../evil"})
+        assert status == 422 and "model name" in body["detail"]
+        status, body = call(url + "/v1/adapt", "POST", {"lab": "../lab-a", "name": "ok"})
+        assert status == 422 and "lab" in body["detail"]
+        one_line_404(*call(url + "/v1/adapt", "POST", {"lab": "lab-a", "name": "ok", "parent": "../../models/x"}))
+        assert call(url + "/v1/jobs/..%2E", "GET")[0] == 422
+        # The sheet is a file a person may edit: a path in it that leaves the lab's folder is never served.
+        sheet = data / "labs" / "lab-a" / "labels.csv"
+        sheet.write_text(sheet.read_text().replace("rounds/1/cells/0001.png", "rounds/1/../../../../../../etc/passwd"))
+        cell_id = call(f"{url}/v1/labs/lab-a")[1]["cells"][0]["id"]
+        one_line_404(*call(f"{url}/v1/labs/lab-a/cells/{cell_id}/picture"), "not there")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # nothing written beside the data folder
+
+
+def test_one_job_runs_at_a_time_and_reports_its_progress(shipped, tmp_path, monkeypatch):
+    held = HeldAdapt()
+    monkeypatch.setattr(wbcnet.lab, "suggest", fake_suggest)
+    monkeypatch.setattr(wbcnet.adapt, "adapt_lab", held)
+    with running(shipped, tmp_path / "data") as url:
+        lab_with_labels(url)
+        status, a = call(url + "/v1/adapt", "POST", {"lab": "lab-a", "name": "lab-a-1", "budget": "tiny"})
+        assert status == 202 and a["kind"] == "adapt" and a["model"] == "lab-a-1" and a["parent"] == "shipped"
+        status, b = call(url + "/v1/adapt", "POST", {"lab": "lab-a", "name": "lab-a-2", "parent": "shipped",
+                                                     "budget": "tiny"})
+        assert status == 202
+        status, body = call(url + "/v1/adapt", "POST", {"lab": "lab-a", "name": "lab-a-2"})
+        assert status == 409 and "choose another name" in body["detail"]  # taken by a queued job already
+        a = wait_job(url, a["id"], states=("running",))
+        deadline = time.monotonic() + 10
+        while a["progress"] != 0.5 and time.monotonic() < deadline:
+            a = call(f"{url}/v1/jobs/{a['id']}")[1]
+        assert a["progress"] == 0.5 and a["message"] == "halfway"
+        b = call(f"{url}/v1/jobs/{b['id']}")[1]
+        assert b["state"] == "queued" and b["ahead"] == 1
+        assert call(url + "/v1/models")[0] == 200  # the server answers while a job runs
+        held.gate.set()
+        assert wait_job(url, a["id"])["state"] == "done" and wait_job(url, b["id"])["state"] == "done"
+        assert held.most == 1
+        # The labels as they were when Adapt was pressed: a manifest of the labelled cells only.
+        manifest = Path(held.calls[0]["labelled"]).read_text().splitlines()
+        assert manifest[0] == "path,label" and [r.split(",")[1] for r in manifest[1:]] == ["Neutrophil", "Lymphocyte"]
+        assert len(held.calls[0]["unlabelled"]) == 4
+        models = call(url + "/v1/models")[1]["models"]
+        assert [m["name"] for m in models] == ["shipped", "lab-a-1", "lab-a-2"]
+        m = models[1]
+        assert (m["parent"], m["lab"], m["labelled"], m["unlabelled"], m["budget"], m["job"], m["classes"]) == \
+               ("shipped", "lab-a", 2, 4, "tiny", a["id"], CLASSES) and m["created"]
+        status, body = post(url + "/v1/classify?model=lab-a-1", as_files(sample_paths(1)[:2]))
+        assert status == 200 and [r["class"] for r in body["results"]][0] in CLASSES
+        status, body = post(url + "/v1/count?model=lab-a-2", as_files(sample_paths(1)[:1]))
+        assert status == 200
+        status, c = call(url + "/v1/adapt", "POST", {"lab": "lab-a", "name": "lab-a-3", "parent": "lab-a-1"})
+        job = wait_job(url, c["id"])  # HeldAdapt refuses a normal budget without labels; here it has them
+        assert job["state"] == "done" and call(url + "/v1/models")[1]["models"][-1]["parent"] == "lab-a-1"
+        jobs = call(url + "/v1/jobs")[1]["jobs"]
+        assert [j["id"] for j in jobs[:3]] == [c["id"], b["id"], a["id"]]
+
+
+def test_a_failed_job_says_why_in_one_line(shipped, tmp_path, monkeypatch):
+    held = HeldAdapt()
+    held.gate.set()
+    monkeypatch.setattr(wbcnet.lab, "suggest", fake_suggest)
+    monkeypatch.setattr(wbcnet.adapt, "adapt_lab", held)
+    with running(shipped, tmp_path / "data") as url:
+        lab_with_labels(url, labels=())  # pictures, no labels
+        status, job = call(url + "/v1/adapt", "POST", {"lab": "lab-a", "name": "no-labels"})
+        job = wait_job(url, job["id"])
+        assert job["state"] == "failed" and job["error"] == "too few cells to adapt on"
+        assert [m["name"] for m in call(url + "/v1/models")[1]["models"]] == ["shipped"]
+        assert not list((tmp_path / "data" / "models").iterdir())  # nothing half-made left behind
+
+
+def test_a_restart_reports_unfinished_jobs_as_interrupted(shipped, tmp_path, monkeypatch):
+    held = HeldAdapt()
+    monkeypatch.setattr(wbcnet.lab, "suggest", fake_suggest)
+    monkeypatch.setattr(wbcnet.adapt, "adapt_lab", held)
+    data = tmp_path / "data"
+    with running(shipped, data) as url:
+        lab_with_labels(url)
+        a = call(url + "/v1/adapt", "POST", {"lab": "lab-a", "name": "first"})[1]
+        b = call(url + "/v1/adapt", "POST", {"lab": "lab-a", "name": "second"})[1]
+        wait_job(url, a["id"], states=("running",))
+    with running(shipped, data) as url:  # the first server stopped with one job running, one queued
+        for job_id in (a["id"], b["id"]):
+            job = call(f"{url}/v1/jobs/{job_id}")[1]
+            assert job["state"] == "failed" and job["error"].startswith("interrupted"), job
+        assert [m["name"] for m in call(url + "/v1/models")[1]["models"]] == ["shipped"]
+        assert not any(p.name.startswith(".partial") for p in (data / "models").iterdir())
+        held.gate.set()  # the old server's job wakes up: it must end without writing anything
+        deadline = time.monotonic() + 10
+        while held.running and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert held.running == 0
+        assert [m["name"] for m in call(url + "/v1/models")[1]["models"]] == ["shipped"]
+        assert call(f"{url}/v1/jobs/{a['id']}")[1]["state"] == "failed"
+        job = call(url + "/v1/adapt", "POST", {"lab": "lab-a", "name": "first", "budget": "tiny"})[1]
+        assert wait_job(url, job["id"])["state"] == "done"  # its name is free again, the lab as it was
+    saved = {j["id"]: j["state"] for j in json.loads((data / "jobs.json").read_text())}
+    assert saved[a["id"]] == saved[b["id"]] == "failed" and saved[job["id"]] == "done"
+
+
+def test_teach_it_your_lab_in_headless_chromium(shipped, tmp_path):
+    """Upload ten sample cells, see the suggestions, label one by click and one by key, adapt (the
+    real adapt_lab, budget tiny), watch it finish, classify a cell with the adapted model."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    cells = sample_paths(2)
+    with running(shipped, tmp_path / "data") as url, chrome(tmp_path / "profile") as driver:
+        driver.get(url + "/")
+        wait = WebDriverWait(driver, 60)
+        wait.until(lambda d: "mhcnn" in d.find_element(By.ID, "model").text)
+        assert driver.find_element(By.ID, "tab-lab").get_attribute("aria-selected") != "true"
+        driver.find_element(By.ID, "tab-lab").click()
+        assert driver.find_element(By.ID, "lab").is_displayed() and not driver.find_element(By.ID, "use").is_displayed()
+        driver.find_element(By.ID, "lab-n").clear()
+        driver.find_element(By.ID, "lab-n").send_keys("6")
+        driver.find_element(By.ID, "lab-files").send_keys("\n".join(str(p) for p in cells))
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#lab-cells .lab-cell img")) == 6)
+        wait.until(lambda d: d.execute_script("return Array.from(document.images).every(i => i.complete)"))
+        broken = [alt for alt, complete, width in page_state(driver)["images"] if not (complete and width > 0)]
+        assert not broken, f"images that did not load: {broken}"
+        assert "10 pictures in lab my-lab" in driver.find_element(By.ID, "lab-uploads").text
+
+        cards = driver.find_elements(By.CSS_SELECTOR, "#lab-cells .lab-cell")
+        cards[0].find_element(By.CSS_SELECTOR, "button[aria-label=Neutrophil]").click()  # by click
+        wait.until(lambda d: "labelled" in cards[0].get_attribute("class"))
+        driver.execute_script("arguments[0].focus()", cards[1])
+        ActionChains(driver).send_keys("l").perform()  # by key: L is Lymphocyte; the next cell is selected after it
+        wait.until(lambda d: "labelled" in cards[1].get_attribute("class"))
+        wait.until(lambda d: d.switch_to.active_element == cards[2])
+        ActionChains(driver).send_keys("x").perform()  # not a white cell
+        wait.until(lambda d: "skipped" in cards[2].get_attribute("class"))
+        pressed = cards[1].find_element(By.CSS_SELECTOR, "button[aria-pressed=true]")
+        assert pressed.get_attribute("aria-label") == "Lymphocyte" and pressed.text == "L"
+        status, labels = call(url + "/v1/labs/my-lab/labels")
+        assert [x["label"] for x in labels["labels"]] == ["Neutrophil", "Lymphocyte", "skip"]
+        assert "2 labelled" in driver.find_element(By.ID, "lab-counts").text
+
+        assert driver.find_element(By.ID, "adapt-name").get_attribute("value") == "my-lab-1"
+        Select(driver.find_element(By.ID, "adapt-budget")).select_by_value("tiny")
+        driver.find_element(By.ID, "adapt-go").click()
+        wait.until(lambda d: d.find_element(By.ID, "adapt-job").is_displayed())
+        seen = set()
+
+        def finished(d):
+            seen.add(float(d.find_element(By.ID, "adapt-progress").get_attribute("value")))
+            return d.find_element(By.ID, "adapt-job").get_attribute("data-state") in ("done", "failed")
+
+        WebDriverWait(driver, 90, poll_frequency=0.1).until(finished)
+        assert driver.find_element(By.ID, "adapt-job").get_attribute("data-state") == "done", \
+            driver.find_element(By.ID, "adapt-message").text
+        assert "my-lab-1 is ready" in driver.find_element(By.ID, "adapt-message").text
+        assert float(driver.find_element(By.ID, "adapt-progress").get_attribute("value")) == 1
+        assert len(seen) >= 2, seen  # the bar moved while the page watched
+        if os.environ.get("WBCNET_SCREENSHOT"):
+            (REPO / "docs" / "serve").mkdir(exist_ok=True)
+            driver.execute_script("window.scrollTo(0, 0)")
+            driver.save_screenshot(str(REPO / "docs" / "serve" / "lab.png"))
+
+        use = driver.find_element(By.ID, "use-adapted")
+        assert use.is_displayed() and "my-lab-1" in use.text
+        use.click()
+        assert driver.find_element(By.ID, "use").is_displayed()
+        assert Select(driver.find_element(By.ID, "model-choice")).first_selected_option.get_attribute("value") \
+            == "my-lab-1"
+        wait.until(lambda d: "adapted to lab my-lab" in d.find_element(By.ID, "model").text)
+        driver.find_element(By.ID, "files").send_keys(str(cells[0]))
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#cell-table tbody tr.cell")) == 1)
+        row = driver.find_element(By.CSS_SELECTOR, "#cell-table tbody tr.cell")
+        shown = row.find_elements(By.TAG_NAME, "td")[2].text
+        model, meta = load_model(tmp_path / "data" / "models" / "my-lab-1")
+        assert shown in meta.classes
+        assert not console_errors(driver)
