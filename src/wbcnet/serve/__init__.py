@@ -4,6 +4,10 @@
     uploads.py  what a client sends: the body-size cap, temporary files, decoding, display names
     app.py      the FastAPI app: routes, the page; create_app() and serve()
     schemas.py  the answers' Pydantic models, built from the records of results.py (/openapi.json)
+    labapi.py   teaching it a lab (the page's second tab): uploads, suggested cells, labels, adapt, jobs
+    datadir.py  the data folder (--data-dir): a lab's uploads and label sheet; client names are checked ids
+    registry.py the models it answers with (?model=): its own, and those adapted in it, loaded lazily
+    jobs.py     the one background thread for suggest and adapt jobs; jobs.json survives a restart
     page.html, page.js, page.css   the page: plain HTML, JavaScript and CSS served by the app (no build
                 step, no CDN)
 

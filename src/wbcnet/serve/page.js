@@ -330,7 +330,7 @@ async function loadModels(select = null) {
     const list = $(id);
     const keep = select && id === "model-choice" ? select : list.value;
     list.replaceChildren(...state.models.map((m) => el("option", { value: m.name },
-      m.default ? `${m.name} (as shipped)` : `${m.name} (adapted to ${m.lab}, ${m.created.slice(0, 10)})`)));
+      m.default ? `${m.name} (the server's own)` : `${m.name} (adapted to ${m.lab}, ${m.created.slice(0, 10)})`)));
     if (state.models.some((m) => m.name === keep)) list.value = keep;
   }
   suggestName();
