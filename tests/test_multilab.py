@@ -241,7 +241,7 @@ def test_unlabelled_adaptation_reestimates_batchnorm_only(two_lab_run, tmp_path,
 
     _, run = two_lab_run
     pbc_like_copy(SAMPLE, tmp_path / "lab", per_class=30, transform=shifted)
-    assert main(["adapt", "--unlabelled", str(tmp_path / "lab"), "--checkpoint", str(run), "--out",
+    assert main(["adapt", "--adabn", "--unlabelled", str(tmp_path / "lab"), "--checkpoint", str(run), "--out",
                  str(tmp_path / "u"), "--no-progress"]) == 0
     a, _ = ckpt.read_checkpoint(run)
     b, meta = ckpt.read_checkpoint(tmp_path / "u")

@@ -20,6 +20,7 @@ import csv
 import json
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +103,8 @@ BUDGETS = {"tiny": dict(steps=4, unlabelled_batch=12, labelled_batch=10, warmup_
 MIN_UNLABELLED = 8
 # More are drawn at random from: 20,000 cells take ~2 min to read and are plenty for 500 steps.
 MAX_UNLABELLED = 20_000
+# Self-training sees each unlabelled cell at most this many times (strongly transformed each time).
+MAX_PASSES = 20
 
 
 def adapt_lab(parent_path, out, *, labelled=None, unlabelled=None, kind: str = "auto", budget: str = "normal",
@@ -128,7 +131,7 @@ def adapt_lab(parent_path, out, *, labelled=None, unlabelled=None, kind: str = "
 
     from .checkpoint import load_model
     from .data.preprocess import from_meta
-    from .lab import read_lab_cells
+    from .lab import LabCells, read_lab_cells
 
     if threads:
         torch.set_num_threads(threads)
@@ -136,9 +139,12 @@ def adapt_lab(parent_path, out, *, labelled=None, unlabelled=None, kind: str = "
     out = Path(out)
     if (out / "best.safetensors").exists():
         raise WbcnetError(f"{out}: holds a model already; pick a new --out")
-    say(0.0, "reading the lab's unlabelled cells")
-    cells = read_lab_cells(unlabelled, from_meta(parent), kind, limit=MAX_UNLABELLED, seed=seed, progress=progress,
-                           on_progress=lambda f, m: say(0.15 * f, m))
+    if isinstance(unlabelled, LabCells):  # read already (shots_curve)
+        cells, unlabelled = unlabelled, f"{len(unlabelled)} cells given"
+    else:
+        say(0.0, "reading the lab's unlabelled cells")
+        cells = read_lab_cells(unlabelled, from_meta(parent), kind, limit=MAX_UNLABELLED, seed=seed,
+                               progress=progress, on_progress=lambda f, m: say(0.15 * f, m))
     print(f"unlabelled: {cells.summary()}")
     if len(cells) < MIN_UNLABELLED:
         raise WbcnetError(f"{unlabelled}: {len(cells)} white cells found; adapting on unlabelled cells needs at "
@@ -158,6 +164,10 @@ def adapt_lab(parent_path, out, *, labelled=None, unlabelled=None, kind: str = "
     model, meta = load_model(start)
     model.to(device)
     cfg = SemiConfig(**{**BUDGETS[budget], "lr": lr, "seed": seed, **(semi or {})})
+    passes = cfg.steps * cfg.unlabelled_batch / len(cells)
+    if passes > MAX_PASSES:  # a few hundred cells: more steps only fit the teacher's mistakes harder
+        cfg = replace(cfg, steps=max(1, int(MAX_PASSES * len(cells) / cfg.unlabelled_batch)))
+        print(f"{len(cells)} unlabelled cells: {cfg.steps} self-training steps ({MAX_PASSES} passes over them)")
     base = _train_config_of(parent)
     bar = None
     if progress:
@@ -283,60 +293,85 @@ def adapt_unlabelled(parent_path, images_dir, out, batch_size: int = 64, progres
     return Path(out)
 
 
+PICKS = ("random", "suggested")
+
+
 def shots_curve(parent_path, data, out, shots: list[int], repeats: int, seed: int = 0, epochs: int = 12,
-                progress: bool = False, **train_kw) -> list[dict]:
-    """k cells per class adapt the parent, the rest of `data` measure it; learning curve files.
-    `train_kw` (device, threads, workers) go to each adaptation run; its evaluation runs there too."""
+                progress: bool = False, unlabelled: bool = False, pick: str = "random", budget: str = "normal",
+                semi: dict | None = None, **train_kw) -> list[dict]:
+    """How many cells should a lab label? The lab's cells (`data`, labelled) are split per draw,
+    by field of view, into a pool and a test half. k cells per class of the pool are labelled
+    (`pick` random: drawn per class; suggested: the k x classes cells lab.pick_cells chooses, the
+    way a person would be shown them), the parent is adapted on them (and, with `unlabelled`, on
+    every pool cell without its label), and the test half scores it. k = 0: the parent as it
+    came, or, with `unlabelled`, adapted on the unlabelled pool alone. Writes learning_curve.*."""
     from .checkpoint import load_model
-    from .inference import resolve_device
     from .data.cache import decode_images
     from .data.preprocess import from_meta
     from .data.scan import scan
-    from .evaluate import evaluate_samples
+    from .lab import LabCells, lab_predictions, pick_cells
+    from .metrics import macro_f1
 
+    if pick not in PICKS:
+        raise WbcnetError(f"--pick {pick}: not one of {', '.join(PICKS)}")
     out = Path(out)
     _, parent = ckpt.read_checkpoint(parent_path)
     found = scan(data, parent.classes)
-    # Every cell decoded once; each draw's test cells are rows of this array.
+    # Every cell decoded once; each draw's cells are rows of this array.
     decoded = decode_images([s.path for s in found.samples], from_meta(parent), desc="decoding", progress=progress)
     samples = [found.samples[i] for i in decoded.index]
-    row_of = {s.path: i for i, s in enumerate(samples)}
-    by_class = {c: [s for s in samples if s.label == c] for c in range(len(parent.classes))}
-    present = [c for c, v in by_class.items() if v]
-    rows = []
-    device = resolve_device(train_kw.get("device") or "cpu")
+    y = np.array([s.label for s in samples])
+    groups = np.array([s.group for s in samples])
     model, meta = load_model(parent_path)
-    model.to(device)
-    base = evaluate_samples(model, meta, samples, out / "k0", title="unadapted", progress=progress,
-                            explain_maps=False, n_resamples=0, images=decoded.images)
-    rows.append({"shots": 0, "repeat": 0, "n_adapt": 0, "n_test": base["n"], "macro_f1": base["macro_f1"],
-                 "accuracy": base["accuracy"]})
-    print(f"k=0 (unadapted): macro-F1 {base['macro_f1']:.4f} on {base['n']} cells", flush=True)
-    for k in shots:
-        usable = [c for c in present if len(by_class[c]) > k]  # a class needs cells left to test on
-        for r in range(repeats):
-            rng = np.random.default_rng(seed * 1000 + k * 17 + r)
-            chosen = {c: set(rng.choice(len(by_class[c]), k, replace=False).tolist()) for c in usable}
-            adapt_set = [s for c in usable for i, s in enumerate(by_class[c]) if i in chosen[c]]
-            test_set = [s for c in present for i, s in enumerate(by_class[c]) if i not in chosen.get(c, ())]
-            work = out / f"k{k}_r{r}"
-            manifest = work / "adapt.csv"
+    probs, features = lab_predictions(model, meta, decoded.images)
+    rows = []
+
+    def score(tag, k, r, n_labelled, n_unlabelled, checkpoint_or_probs, test):
+        if isinstance(checkpoint_or_probs, np.ndarray):
+            pred = checkpoint_or_probs[test].argmax(1)
+        else:
+            m, mt = load_model(checkpoint_or_probs)
+            pred = lab_predictions(m, mt, decoded.images[test])[0].argmax(1)
+        row = {"shots": k, "repeat": r, "pick": tag, "unlabelled": n_unlabelled, "n_adapt": n_labelled,
+               "n_test": int(len(test)), "macro_f1": round(macro_f1(y[test], pred), 5),
+               "accuracy": round(float((pred == y[test]).mean()), 5)}
+        rows.append(row)
+        print(f"k={k} repeat {r} ({tag}{', +%d unlabelled' % n_unlabelled if n_unlabelled else ''}): "
+              f"macro-F1 {row['macro_f1']:.4f}, accuracy {row['accuracy']:.4f} on {len(test)} cells", flush=True)
+
+    for r in range(repeats):
+        rng = np.random.default_rng(seed * 1000 + r)
+        names = np.unique(groups)
+        in_pool = set(rng.permutation(names)[: len(names) // 2].tolist())  # whole fields on one side
+        pool = np.flatnonzero([g in in_pool for g in groups])
+        test = np.flatnonzero([g not in in_pool for g in groups])
+        pool_cells = LabCells(decoded.images[pool], [samples[i].path for i in pool], [None] * len(pool))
+        work = out / f"r{r}"
+        if not unlabelled:
+            score("parent", 0, r, 0, 0, probs, test)
+        else:
+            run = adapt_lab(parent_path, work / "k0", unlabelled=pool_cells, budget=budget, seed=r, progress=progress, semi=semi,
+                            **train_kw)
+            score("unlabelled only", 0, r, 0, len(pool), run, test)
+        for k in shots:
+            if pick == "random":
+                # A class the pool holds too few of to label is left out, as a lab would.
+                chosen = np.concatenate([rng.choice(pool[y[pool] == c], min(k, int((y[pool] == c).sum())), replace=False)
+                                         for c in np.unique(y[pool]) if (y[pool] == c).sum() >= MIN_CELLS_PER_CLASS])
+            else:  # what a person would be shown: no labels used to choose
+                chosen = pool[[p.index for p in pick_cells(probs[pool], features[pool], k * len(parent.classes),
+                                                           list(parent.classes), seed=r)]]
+            manifest = work / f"k{k}" / "labelled.csv"
             manifest.parent.mkdir(parents=True, exist_ok=True)
             with open(manifest, "w", newline="") as fh:
                 w = csv.writer(fh)
                 w.writerow(["path", "label"])
-                w.writerows([(str(Path(s.path).resolve()), parent.classes[s.label]) for s in adapt_set])
-            run = adapt(parent_path, manifest, work / "run", epochs=epochs, seed=r, progress=progress, val_frac=0.0,
-                        **train_kw)
-            model, meta = load_model(run)
-            model.to(device)
-            res = evaluate_samples(model, meta, test_set, work / "eval", title=f"k={k}", progress=progress,
-                                   explain_maps=False, n_resamples=0,
-                                   images=decoded.images[[row_of[s.path] for s in test_set]])
-            rows.append({"shots": k, "repeat": r, "n_adapt": len(adapt_set), "n_test": res["n"],
-                         "macro_f1": res["macro_f1"], "accuracy": res["accuracy"]})
-            print(f"k={k} repeat {r}: macro-F1 {res['macro_f1']:.4f} on {res['n']} cells", flush=True)
-            shutil.rmtree(work / "run" / "test", ignore_errors=True)
+                w.writerows([(str(Path(samples[i].path).resolve()), parent.classes[y[i]]) for i in chosen])
+            run = adapt_lab(parent_path, work / f"k{k}" / "run", labelled=manifest,
+                            unlabelled=pool_cells if unlabelled else None, budget=budget, seed=r, epochs=epochs,
+                            progress=progress, semi=semi, **train_kw)
+            score(pick, k, r, len(chosen), len(pool) if unlabelled else 0, run, test)
+            shutil.rmtree(work / f"k{k}" / "run" / "test", ignore_errors=True)
     write_curve(rows, out, parent, data)
     return rows
 
@@ -352,7 +387,11 @@ def write_curve(rows: list[dict], out: Path, parent, data) -> None:
     stats = [(k, np.mean([r["macro_f1"] for r in rows if r["shots"] == k]),
               np.std([r["macro_f1"] for r in rows if r["shots"] == k]),
               sum(r["shots"] == k for r in rows)) for k in ks]
-    md = [f"Adapting `{parent.path}` to `{data}`: k labelled cells per class, the rest of the cells scored.",
+    picks = sorted({r["pick"] for r in rows if r["shots"]})
+    with_unl = any(r["unlabelled"] for r in rows)
+    md = [f"Adapting `{parent.path}` to `{data}`: k labelled cells per class ({', '.join(picks)}) from half of the "
+          f"lab's fields" + (", every cell of that half also unlabelled" if with_unl else "")
+          + "; the other half scored.",
           "", "| cells per class | macro-F1 mean | sd | repeats |", "|---|---|---|---|"]
     md += [f"| {k} | {m:.4f} | {sd:.4f} | {n} |" for k, m, sd, n in stats]
     with atomic_write(out / "learning_curve.md") as tmp:
@@ -360,14 +399,47 @@ def write_curve(rows: list[dict], out: Path, parent, data) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     ax.errorbar([s[0] for s in stats], [s[1] for s in stats], yerr=[s[2] for s in stats], marker="o", capsize=4)
-    ax.set_xlabel("labelled cells per class (0: the model as it came)")
+    ax.set_xlabel("labelled cells per class (0: " + ("unlabelled cells only)" if with_unl else "the model as it came)"))
     ax.set_ylabel("macro-F1 on the lab's other cells")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.set_title("How many cells should we label?")
+    ax.set_title("How many cells should we label?" + (" (with the unlabelled cells)" if with_unl else ""))
     fig.tight_layout()
     fig.savefig(out / "learning_curve.png", dpi=120)
     plt.close(fig)
     (out / "learning_curve.json").write_text(json.dumps({"parent": str(parent.path), "data": str(data),
                                                           "rows": rows}, indent=2))
     print("\n".join(md), file=sys.stdout)
+
+
+def run_command(opts, a, args) -> int:
+    """`wbcnet adapt`: suggest, adapt (labelled, unlabelled or both), or the --shots curve."""
+    from .checkpoint import resolve_checkpoint
+    from .files import prepare_output_dir
+    from .lab import suggest
+
+    parent = resolve_checkpoint(opts.checkpoint)
+    progress = not args.no_progress
+    opts.apply_threads()
+    if a.suggest:
+        sheet = suggest(parent, a.unlabelled, a.suggest, a.out, kind=a.unlabelled_kind, seed=a.seed,
+                              progress=progress)
+        print(f"next: fill in the label column of {sheet}, then: wbcnet adapt --data {sheet} "
+              f"--unlabelled {a.unlabelled} --out RUN")
+        return 0
+    run = dict(epochs=a.epochs, seed=a.seed, device=opts.device, threads=opts.threads, workers=opts.workers,
+               progress=progress)
+    semi = {"steps": a.steps}
+    if a.shots:
+        shots_curve(parent, a.data, prepare_output_dir(a.out, args.overwrite), a.shot_counts(), a.repeats,
+                    unlabelled=a.shots_unlabelled, pick=a.pick, semi=semi, **run)
+        print(f"-> {Path(a.out) / 'learning_curve.md'}, learning_curve.png, learning_curve.csv")
+    elif a.adabn:
+        if a.data:
+            raise WbcnetError("--adabn re-estimates statistics from unlabelled pictures alone: leave out --data")
+        adapt_unlabelled(parent, a.unlabelled, a.out, progress=progress)
+    else:
+        out = adapt_lab(parent, a.out, labelled=a.data, unlabelled=a.unlabelled, kind=a.unlabelled_kind, lr=a.lr,
+                        semi=semi, **run)
+        print(f"done: {out} (use it with --checkpoint {out})")
+    return 0

@@ -70,25 +70,9 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_adapt(args) -> int:
-    from . import adapt
-    from .checkpoint import resolve_checkpoint
-    from .files import prepare_output_dir
+    from .adapt import run_command
 
-    opts, a = InferenceOptions.from_args(args), from_flags(AdaptOptions, args)
-    parent = resolve_checkpoint(opts.checkpoint)
-    if a.unlabelled:
-        opts.apply_threads()
-        adapt.adapt_unlabelled(parent, a.unlabelled, a.out, progress=not args.no_progress)
-        return 0
-    run = dict(epochs=a.epochs, seed=a.seed, device=opts.device, threads=opts.threads, workers=opts.workers,
-               progress=not args.no_progress)
-    if a.shots:
-        adapt.shots_curve(parent, a.data, prepare_output_dir(a.out, args.overwrite), a.shot_counts(), a.repeats, **run)
-        print(f"-> {Path(a.out) / 'learning_curve.md'}, learning_curve.png, learning_curve.csv")
-    else:
-        out = adapt.adapt(parent, a.data, a.out, lr=a.lr, **run)
-        print(f"done: {out} (use it with --checkpoint {out})")
-    return 0
+    return run_command(InferenceOptions.from_args(args), from_flags(AdaptOptions, args), args)
 
 
 def cmd_plot_confusion(args) -> int:
@@ -252,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
                             progress=False))  # --progress/--no-progress is a TrainConfig field
     command("evaluate", cmd_evaluate, "evaluate a checkpoint on a labelled folder", *model, "out_dir", "batch_size",
             "workers", "shift_check", "tta", "overwrite", options=EvaluateOptions, batch_size=128)
-    command("adapt", cmd_adapt, "fit a model to your lab's cells: a few labelled ones, or unlabelled images", *model,
+    command("adapt", cmd_adapt, "fit a model to your lab: a few labelled cells, its unlabelled pictures, or both; --suggest which to label", *model,
             "workers", "overwrite", options=AdaptOptions)
     command("plot-confusion", cmd_plot_confusion, "redraw a confusion matrix from metrics.json or a run folder",
             options=PlotOptions, progress=False)

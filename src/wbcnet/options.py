@@ -265,24 +265,42 @@ class DemoOptions:
 
 @dataclass(frozen=True)
 class AdaptOptions:
-    data: str | None = flag(help="your labelled cells (ImageFolder or CSV manifest), e.g. 5-50 per class")
-    unlabelled: str | None = flag(help="your lab's images without labels: re-estimate the normalisation statistics "
-                                  "of a BatchNorm model (AdaBN)", metavar="DIR")
+    data: str | None = flag(help="your labelled cells (ImageFolder, CSV manifest, or the suggest.csv you filled in), "
+                            "e.g. 5-50 per class")
+    unlabelled: str | None = flag(help="your lab's pictures without labels: single cells, or whole fields whose cells "
+                                  "the finder cuts out; used with --data, or alone", metavar="DIR")
+    unlabelled_kind: str = flag("auto", choices=["auto", "cells", "fields"],
+                                help="what --unlabelled holds (default auto: camera-shaped or large pictures are "
+                                "fields, square ones cells)")
+    suggest: int | None = flag(type=int, metavar="N", help="write the N cells of --unlabelled worth labelling to --out "
+                               "(suggest.csv and cells/): fill in its label column, then adapt --data suggest.csv")
     out: str = flag(help="new run folder (with --shots: a folder for the learning curve, emptied first with "
-                    "--overwrite)", required=True)
-    epochs: int = flag(12, type=int)
+                    "--overwrite; with --suggest: the folder for the cells to label)", required=True)
+    epochs: int = flag(12, type=int, help="epochs on the labelled cells (default 12)")
+    steps: int = flag(500, type=int, help="self-training steps with --unlabelled (default 500; ~4 min on 2 cores)")
     lr: float = flag(3e-4, type=float)
     seed: int = flag(0, type=int)
-    shots: str | None = flag(help="comma-separated cells per class, e.g. 5,10,25,50: adapt on that many random cells "
-                             "of --data, score on the rest, and draw the learning curve")
+    shots: str | None = flag(help="comma-separated cells per class, e.g. 5,10,25,50: adapt on that many cells of half "
+                             "of --data's fields, score on the other half, and draw the learning curve")
     repeats: int = flag(5, type=int, help="draws per --shots value (default 5)")
+    pick: str = flag("random", choices=["random", "suggested"], help="with --shots: which cells are labelled: random "
+                     "ones of each class, or the ones --suggest would show (default random)")
+    shots_unlabelled: bool = flag(False, help="with --shots: every cell of the adapting half also unlabelled; k=0 is "
+                                  "then adaptation without labels")
+    adabn: bool = flag(False, help="with --unlabelled alone: only re-estimate a BatchNorm model's statistics (AdaBN)")
 
     def __post_init__(self):
+        if self.suggest is not None and not self.unlabelled:
+            raise WbcnetError("--suggest picks from your unlabelled pictures: give --unlabelled DIR")
         if not (self.data or self.unlabelled):
-            raise WbcnetError("give --data (labelled cells of your lab) or --unlabelled (images only)")
+            raise WbcnetError("give --data (labelled cells of your lab), --unlabelled (its pictures), or both")
         at_least_one("--epochs", self.epochs)
+        at_least_one("--steps", self.steps)
         at_least_one("--repeats", self.repeats)
+        at_least_one("--suggest", self.suggest)
         if self.shots is not None:
+            if not self.data:
+                raise WbcnetError("--shots draws labelled cells from --data: give it")
             self.shot_counts()
 
     def shot_counts(self) -> list[int]:
