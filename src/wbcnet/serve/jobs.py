@@ -19,6 +19,7 @@ import threading
 import traceback
 import uuid
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -46,6 +47,24 @@ class Job:
     started: str | None = None
     finished: str | None = None
     error: str | None = None      # one line, when failed
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """Torch's threads for this thread while a job runs, then torch's number before. Set only
+    around a job: torch also hands its number to every thread that starts using it meanwhile, and
+    the model thread, started before, keeps its own."""
+    if not n:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class Stopped(Exception):
@@ -147,11 +166,6 @@ class Jobs:
                 self._save()
 
     def _loop(self) -> None:
-        if self.threads:
-            import torch
-
-            # This thread's torch threads (the model thread keeps those it started with).
-            torch.set_num_threads(self.threads)
         while not self._closed.is_set():
             job_id = self._queue.get()
             if job_id is None or self._closed.is_set():
@@ -167,7 +181,8 @@ class Jobs:
                     job.message = str(message)[:200]
 
             try:
-                message = work(replace(job), on_progress)
+                with torch_threads(self.threads):
+                    message = work(replace(job), on_progress)
             except Stopped:
                 return
             except Exception as e:  # a job's failure is its record's, never the server's
