@@ -326,11 +326,24 @@ def test_a_restart_reports_unfinished_jobs_as_interrupted(shipped, tmp_path, mon
     assert saved[a["id"]] == saved[b["id"]] == "failed" and saved[job["id"]] == "done"
 
 
+def test_a_data_folder_edited_by_hand_is_said_in_one_line_or_skipped(shipped, tmp_path):
+    from wbcnet.serve.jobs import Jobs
+
+    data = tmp_path / "data"
+    (data / "models" / "broken").mkdir(parents=True)
+    (data / "models" / "broken" / "model-info.json").write_text("{not json")
+    with running(shipped, data) as url:  # a model record past reading is left out, not a 500
+        assert [m["name"] for m in call(url + "/v1/models")[1]["models"]] == ["shipped"]
+    (data / "jobs.json").write_text("[{\"id\": 1, \"oops\": true}]")
+    with pytest.raises(WbcnetError, match="jobs.json: not a jobs file.*move it away"):
+        Jobs(data / "jobs.json")
+
+
 def test_teach_it_your_lab_in_headless_chromium(shipped, tmp_path):
     """Upload ten sample cells, see the suggestions, label one by click and one by key, adapt (the
     real adapt_lab, budget tiny), watch it finish, classify a cell with the adapted model."""
-    from selenium.webdriver.common.by import By
     from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
     cells = sample_paths(2)

@@ -20,7 +20,7 @@ import traceback
 import uuid
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from ..errors import WbcnetError
@@ -85,8 +85,14 @@ class Jobs:
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
         if path.exists():
-            for d in json.loads(path.read_text(encoding="utf-8")):
-                job = Job(**d)
+            try:
+                saved = json.loads(path.read_text(encoding="utf-8"))
+                known = {f.name for f in fields(Job)}
+                found = [Job(**{k: v for k, v in d.items() if k in known}) for d in saved]
+            except (ValueError, TypeError, AttributeError) as e:
+                raise WbcnetError(f"{path}: not a jobs file wbcnet can read ({e}); move it away to start afresh "
+                                  f"(the labs and models beside it are not affected)") from None
+            for job in found:
                 if job.state in (QUEUED, RUNNING):
                     job.state, job.error, job.finished = FAILED, INTERRUPTED, now()
                     job.message = "interrupted"

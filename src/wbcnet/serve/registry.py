@@ -15,7 +15,7 @@ import re
 import shutil
 import threading
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -93,11 +93,19 @@ class Models:
         meta = self.default.meta
         first = ModelRecord(self.default.name, list(meta.classes), default=True,
                             adapted_from=without_paths(meta.adapted_from or {}))
-        adapted = []
-        for info in self.root.glob(f"*/{INFO}"):
-            if ID.fullmatch(info.parent.name) and info.parent.name != self.default.name:
-                adapted.append(ModelRecord(**json.loads(info.read_text(encoding="utf-8"))))
+        adapted = [r for r in map(self._record, self.root.glob(f"*/{INFO}")) if r is not None]
         return [first, *sorted(adapted, key=lambda r: (r.created or "", r.name))]
+
+    def _record(self, info: Path) -> ModelRecord | None:
+        """A model's record; None for a folder that is not one of ours, or a record edited past reading."""
+        name = info.parent.name
+        if not ID.fullmatch(name) or name == self.default.name:
+            return None
+        try:
+            d = json.loads(info.read_text(encoding="utf-8"))
+            return ModelRecord(**{k: v for k, v in d.items() if k in {f.name for f in fields(ModelRecord)}})
+        except (OSError, ValueError, TypeError, AttributeError):
+            return None
 
     def folder(self, name: str) -> Path:
         """The run folder of an adapted model (404 if there is none)."""
