@@ -119,11 +119,13 @@ def test_suggest_label_adapt(two_lab_run, tmp_path, capsys):
     classes = sorted(set(truth.values()))
     for i, r in enumerate(rows[:8]):
         r["label"] = classes[i % len(classes)]
+    rows[8]["label"] = "skip"  # the page's word for "not a white cell / can't tell"
     write_sheet(sheet, rows)
     assert main(["adapt", "--checkpoint", str(run), "--data", str(sheet), "--unlabelled", str(pool), "--steps", "3",
                  "--out", str(tmp_path / "a"), "--no-progress"]) == 0
     meta = json.loads((tmp_path / "a" / "best.json").read_text())
     assert meta["adapted_from"]["labelled"]["cells"] == 8 and meta["adapted_from"]["unlabelled"]["cells"] == 60
+    assert meta["shift"] is None  # 60 cells are too few to refit the unfamiliar-image check on
 
 
 def test_adapt_lab_errors_are_one_line(two_lab_run, tmp_path, capsys):

@@ -103,6 +103,10 @@ BUDGETS = {"tiny": dict(steps=4, unlabelled_batch=12, labelled_batch=10, warmup_
 MIN_UNLABELLED = 8
 # More are drawn at random from: 20,000 cells take ~2 min to read and are plenty for 500 steps.
 MAX_UNLABELLED = 20_000
+# The unfamiliar-image check is refitted to a lab from this many of its cells or more: its threshold
+# (a 99th percentile) from fewer sat far below the lab's other cells (the page's ten-cell demo
+# flagged every cell it then classified).
+MIN_SHIFT_CELLS = 100
 # Self-training sees each unlabelled cell at most this many times (strongly transformed each time).
 MAX_PASSES = 20
 
@@ -190,9 +194,14 @@ def adapt_lab(parent_path, out, *, labelled=None, unlabelled=None, kind: str = "
                          images, labels, on_step=on_step)
     if bar is not None:
         bar.close()
-    say(0.95, "fitting the unfamiliar-image check to the lab")
-    meta.shift_stats = lab_shift_stats(teacher, meta, cells.images, images, labels, seed)
     meta.shift = None
+    if len(cells) >= MIN_SHIFT_CELLS:
+        say(0.95, "fitting the unfamiliar-image check to the lab")
+        meta.shift_stats = lab_shift_stats(teacher, meta, cells.images, images, labels, seed)
+    else:  # the parent's statistics describe other features now, and a few cells can't give new ones
+        meta.shift_stats = None
+        print(f"{len(cells)} unlabelled cells: too few to refit the unfamiliar-image check on (it needs "
+              f"{MIN_SHIFT_CELLS}); the adapted model has none")
     meta.adapted_from = {**(meta.adapted_from or {"checkpoint": str(parent.path),
                                                    "weights_sha256": parent.weights_sha256,
                                                    "sources": parent.sources}),

@@ -16,6 +16,9 @@ from pathlib import Path
 from ..errors import WbcnetError
 from .imageio import IMAGE_EXTENSIONS, is_candidate
 
+# The label a suggestion sheet gives a cell a person skipped (not a white cell, can't tell).
+SKIP = "skip"
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -133,8 +136,8 @@ def read_manifest(manifest) -> list[dict]:
                           f"(found: {', '.join(header) or 'nothing'})")
     if not rows:
         raise WbcnetError(f"{manifest}: no rows under the header")
-    if "rank" in header:  # a suggestion sheet (lab.suggest): a cell with no label is not labelled yet
-        rows = [r for r in rows if (r.get("label") or "").strip()]
+    if "rank" in header:  # a suggestion sheet (lab.suggest, the page): unlabelled and skipped cells are left out
+        rows = [r for r in rows if (r.get("label") or "").strip().lower() not in ("", SKIP)]
         if not rows:
             raise WbcnetError(f"{manifest}: no cell has a label yet (fill in the label column)")
     for line, r in enumerate(rows, start=2):
