@@ -52,6 +52,7 @@ class CheckpointMeta:
     calibration: dict | None = None       # ECE/NLL on validation before and after the temperature
     shift: dict | None = None             # the unfamiliar-image check: method, threshold, cells it came from
     adapted_from: dict | None = None      # parent checkpoint and adaptation data, for `adapt`
+    pretrained: dict | None = None        # the weights the run started from (--pretrained): path, SHA-256, backbone's cells
     train_state: dict | None = None       # last.* only: epoch, best_f1, since_best, history
     optimizer: dict | None = None         # last.* only: the non-tensor part of the optimizer state
     weights_sha256: str | None = None     # of NAME.safetensors; set when saved

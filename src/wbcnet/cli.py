@@ -15,8 +15,8 @@ from .errors import WbcnetError
 from .files import disk_full, disk_full_message
 from .finder.cli import add_parser as add_finder_commands
 from .options import (AdaptOptions, AuditOptions, CountOptions, DemoOptions, EvaluateOptions, ExportOptions,
-                      InferenceOptions, PlotOptions, PredictOptions, ServeOptions, TrainOptions, TuneOptions, add_flags,
-                      from_flags, input_paths, shared_flags)
+                      InferenceOptions, PlotOptions, PredictOptions, PretrainOptions, ServeOptions, TrainOptions,
+                      TuneOptions, add_flags, from_flags, input_paths, shared_flags)
 
 
 def cmd_train(args) -> int:
@@ -73,6 +73,12 @@ def cmd_adapt(args) -> int:
     from .adapt import run_command
 
     return run_command(InferenceOptions.from_args(args), from_flags(AdaptOptions, args), args)
+
+
+def cmd_pretrain(args) -> int:
+    from .pretrain import run_command
+
+    return run_command(from_flags(PretrainOptions, args), args)  # lightly needed, and said first
 
 
 def cmd_plot_confusion(args) -> int:
@@ -238,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
             "workers", "shift_check", "tta", "overwrite", options=EvaluateOptions, batch_size=128)
     command("adapt", cmd_adapt, "fit a model to your lab: a few labelled cells, its unlabelled pictures, or both; --suggest which to label", *model,
             "workers", "overwrite", options=AdaptOptions)
+    command("pretrain", cmd_pretrain, "self-supervised pretraining (SimCLR) of the backbone on cells without labels",
+            "device", "threads", "workers", options=PretrainOptions)
     command("plot-confusion", cmd_plot_confusion, "redraw a confusion matrix from metrics.json or a run folder",
             options=PlotOptions, progress=False)
     command("predict", cmd_predict, "classify image files, folders or globs into a CSV", "inputs", *model,

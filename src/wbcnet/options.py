@@ -6,9 +6,9 @@
 - `shared_flags()`: the argparse parent that defines those flags (and --overwrite), each once, for
   every command that takes them.
 - `EvaluateOptions`, `PredictOptions`, `CountOptions`, `AdaptOptions`, `TuneOptions`,
-  `ServeOptions`, ...: each command's own options, checked when made; `add_flags()` builds their
-  flags from the fields (as config.add_train_flags does TrainConfig's), with the same names on
-  the parsed arguments.
+  `PretrainOptions`, `ServeOptions`, ...: each command's own options, checked when made;
+  `add_flags()` builds their flags from the fields (as config.add_train_flags does TrainConfig's),
+  with the same names on the parsed arguments.
 - The checks on the rest of a command's input: input paths, count's numbers.
 
 Imports neither torch nor numpy, so that `wbcnet --help` and argument errors answer at once.
@@ -339,6 +339,41 @@ class TuneOptions:
             raise WbcnetError(f"--epochs {self.epochs}: must be 1 or more")
         if self.timeout is not None and self.timeout <= 0:
             raise WbcnetError(f"--timeout {self.timeout}: must be a number of seconds above 0")
+
+
+def _recipe(name: str, help: str, kind=int):
+    """A pretrain flag whose default is the recipe's (pretrain_config.PretrainConfig)."""
+    from .pretrain_config import default
+
+    return flag(help=f"{help} (default {default(name)})", type=kind)
+
+
+@dataclass(frozen=True)
+class PretrainOptions:  # pretrain_config.PretrainConfig is the run; these are its flags
+    data: list[str] | None = flag(help="an ImageFolder or CSV manifest of cells, its labels not used; repeatable",
+                                  action="append", metavar="NAME=PATH")
+    unlabelled: list[str] | None = flag(help="pictures without labels, single cells or whole fields (the finder cuts "
+                                        "a field's cells out); repeatable", action="append", metavar="[NAME=]PATH")
+    unlabelled_kind: str = flag("auto", choices=["auto", "cells", "fields"], help="what --unlabelled holds (default "
+                                "auto: camera-shaped or large pictures are fields)")
+    config: str | None = flag(help="the wbcnet train config the backbone is for: its model, model_args, img_size, crop "
+                              "and stain (default: train's defaults)", metavar="YAML")
+    out: str = flag(help="folder for backbone.safetensors, backbone.json, history.csv and loss.png", required=True)
+    resume: bool = flag(False, help="continue the interrupted run in --out (the same command, plus --resume)")
+    model: str | None = flag(help="the model, over --config's")
+    img_size: int | None = flag(help="input size in pixels, over --config's (default the model's, 112)", type=int)
+    crop: str | None = flag(choices=["none", "cell"], help="over --config's: the whole picture, or the cell found in it")
+    epochs: int | None = _recipe("epochs", "passes over every cell")
+    batch_size: int | None = _recipe("batch_size", "cells a batch, two views each: the negatives of a view are the "
+                                     "batch's other 2B-2 views")
+    lr: float | None = _recipe("lr", "AdamW peak learning rate", float)
+    temperature: float | None = _recipe("temperature", "NT-Xent temperature", float)
+    seed: int | None = _recipe("seed", "seed of the model, the order, the views and dropout")
+    cache_dir: str = flag(".cache/wbcnet", help="decode cache folder for --data (default .cache/wbcnet)")
+    no_cache: bool = flag(False, help="decode into memory only")
+
+    def __post_init__(self):
+        needs("pretrain", "lightly", install="lightly: pip install -e '.[pretrain]' (or pip install lightly)")
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,28 @@ def plot_curves(metrics_csv, path) -> Path:
     return path
 
 
+def plot_pretrain_loss(history: list[dict], chance: float, path) -> Path:
+    """A pretraining run's NT-Xent loss and learning rate per epoch; `chance`: the loss of features
+    that tell no cell from another (log(2B - 1) for batches of B)."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    ep = [r["epoch"] for r in history]
+    axes[0].plot(ep, [float(r["loss"]) for r in history], marker="o" if len(ep) < 20 else None, label="NT-Xent loss")
+    axes[0].axhline(chance, color="grey", linestyle="--", label=f"chance ({chance:.2f})")
+    axes[0].set_title("pretraining loss (lower: a cell's two views are told apart from the others better)")
+    axes[0].title.set_fontsize(9)
+    axes[0].legend()
+    axes[1].plot(ep, [float(r["lr"]) for r in history])
+    axes[1].set_title("learning rate (at the epoch's end)")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_differential(diff: dict, path, colours: list[str] | None = None) -> Path:
     """The differential as bars of each class's share of the counted cells, with 95% intervals."""
     classes = list(diff["classes"])

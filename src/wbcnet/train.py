@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import checkpoint as ckpt
+from .backbone import BackboneMeta, backbone_files, check_fits, load_backbone, read_backbone
 from .calibration import calibration_summary, fit_temperature, format_summary
 from .config import TrainConfig
 from .data.augment import augment_batch, normalize
@@ -46,7 +47,8 @@ from .errors import WbcnetError
 from .files import atomic_write, disk_full, ensure_writable_dir
 from .inference import fit_shift_stats, predict_logits, resolve_device, use_bf16
 from .metrics import macro_f1
-from .models import create_model, default_img_size
+from .models import create_model, default_img_size, full_model_args
+from .weights import sha256_file
 
 HISTORY_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "lr", "epoch_s", "img_per_s"]
 # Held-out cells an adapted model needs before its temperature is refitted on them.
@@ -383,9 +385,10 @@ def fit(cfg: TrainConfig | None, resume: str | Path | None = None, on_epoch_end=
         if cfg is None or not cfg.data:
             raise WbcnetError("no training data: pass --data DIR (an ImageFolder) or a CSV manifest")
         cfg = cfg.copy().validate()
+        cfg.img_size = cfg.img_size or default_img_size(cfg.model)
+        pretrained_backbone(cfg)  # a backbone for another model or other inputs: refused before the run folder exists
         d = Dist.from_env(cfg.device)
         run_dir = Path(d.text_from_main(str(new_run_dir(cfg)) if d.main else ""))
-        cfg.img_size = cfg.img_size or default_img_size(cfg.model)
         cfg.out = str(run_dir)
     try:
         if d.main:
@@ -414,12 +417,47 @@ def fit(cfg: TrainConfig | None, resume: str | Path | None = None, on_epoch_end=
 
 # --- the parts of training, built from a TrainConfig: fit() and the benchmarks build them here ------
 
-def build_model(cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
-    """The model a run of `cfg` starts from: seeded with cfg.seed, or cfg.pretrained's weights."""
+def model_args_of(cfg: TrainConfig) -> dict:
+    """Every constructor argument of the run's model, img_size included, as its checkpoint records them."""
     model_args = dict(cfg.model_args)
     model_args.setdefault("img_size", cfg.img_size)
+    return full_model_args(cfg.model, model_args)
+
+
+def pretrained_backbone(cfg: TrainConfig) -> tuple[dict, BackboneMeta] | None:
+    """cfg.pretrained's backbone (a `wbcnet pretrain` folder), checked against this run's model and
+    inputs; None when cfg.pretrained is not one (nothing, or a plain .safetensors file)."""
+    if not cfg.pretrained or backbone_files(cfg.pretrained) is None:
+        return None
+    tensors, meta = read_backbone(cfg.pretrained)
+    check_fits(meta, cfg.model, model_args_of(cfg), cfg.img_size or default_img_size(cfg.model),
+               preprocess_of(cfg).to_dict(), cfg.pretrained)
+    return tensors, meta
+
+
+def build_model(cfg: TrainConfig, num_classes: int, load_pretrained: bool = True) -> torch.nn.Module:
+    """The model a run of `cfg` starts from: seeded with cfg.seed, then cfg.pretrained's weights: a
+    `wbcnet pretrain` backbone (every layer but the classifier, strictly), or a plain .safetensors
+    file (the layers whose shapes match). `load_pretrained=False`: a resumed run's, whose weights
+    come from its own checkpoint."""
+    model_args = dict(cfg.model_args)
+    model_args.setdefault("img_size", cfg.img_size)
+    backbone = pretrained_backbone(cfg) if load_pretrained else None
+    plain = cfg.pretrained if load_pretrained and backbone is None else None
     torch.manual_seed(cfg.seed)
-    return create_model(cfg.model, num_classes=num_classes, pretrained=cfg.pretrained, **model_args)
+    model = create_model(cfg.model, num_classes=num_classes, pretrained=plain, **model_args)
+    if backbone is not None:
+        load_backbone(model, backbone[0], cfg.pretrained)
+    return model
+
+
+def pretrained_record(path, backbone: BackboneMeta | None) -> dict:
+    """What a checkpoint says of the weights its run started from."""
+    if backbone is None:
+        weights = Path(path)
+        return {"path": str(weights.resolve()), "weights_sha256": sha256_file(weights)}
+    return {"path": str(Path(path).resolve()), "weights_sha256": backbone.weights_sha256, "method": backbone.method,
+            "cells": backbone.cells, "sources": [{k: s[k] for k in ("name", "path", "cells")} for s in backbone.sources]}
 
 
 def build_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -519,7 +557,8 @@ def _fit(cfg: TrainConfig, run_dir: Path, resuming: bool, on_epoch_end, d: Dist,
     train, val, test = data["train"], data["val"], data["test"]
     print("images: " + ", ".join(f"{k} {len(v.samples) if v else 0}" for k, v in data.items()))
 
-    model = build_model(cfg, len(classes))
+    model = build_model(cfg, len(classes), load_pretrained=not resuming)
+    backbone = None if resuming else pretrained_backbone(cfg)
     parent = None
     if cfg.init_from:  # adapt: the parent's weights, and below its normalisation and temperature
         tensors, parent = ckpt.read_checkpoint(cfg.init_from)
@@ -529,7 +568,9 @@ def _fit(cfg: TrainConfig, run_dir: Path, resuming: bool, on_epoch_end, d: Dist,
     model_args = dict(cfg.model_args)
     model_args.setdefault("img_size", cfg.img_size)
 
-    mean, std = (parent.mean, parent.std) if parent else channel_stats(train.images)
+    # A backbone learned its first layers on inputs normalised its way: the run keeps it.
+    mean, std = (parent.mean, parent.std) if parent else \
+        (backbone[1].mean, backbone[1].std) if backbone else channel_stats(train.images)
     trained_on = [{"name": src.name, "path": src.path,
                    "images": {k: sum(s.source == src.name for s in v.samples) if v else 0 for k, v in data.items()}}
                   for src in sources]
@@ -542,6 +583,8 @@ def _fit(cfg: TrainConfig, run_dir: Path, resuming: bool, on_epoch_end, d: Dist,
                              "sources": parent.sources, "images": {k: len(v.samples) if v else 0
                                                                     for k, v in data.items()},
                              "classes": sorted({classes[s.label] for s in train.samples})}
+    if cfg.pretrained and not resuming:
+        meta.pretrained = pretrained_record(cfg.pretrained, backbone[1] if backbone else None)
     start_epoch, history, best_f1, since_best = 0, [], -1.0, 0
     last = run_dir / "last.safetensors"
     if resuming:
@@ -557,7 +600,7 @@ def _fit(cfg: TrainConfig, run_dir: Path, resuming: bool, on_epoch_end, d: Dist,
         start_epoch, best_f1, since_best = state["epoch"] + 1, state["best_f1"], state["since_best"]
         history = state["history"]
         meta.mean, meta.std = mean, std = saved.mean, saved.std
-        for key in ("best_epoch", "val_macro_f1", "val_accuracy"):
+        for key in ("best_epoch", "val_macro_f1", "val_accuracy", "pretrained"):
             setattr(meta, key, getattr(saved, key))
         print(f"resuming after epoch {start_epoch} (best validation macro-F1 so far {best_f1:.4f})")
 
@@ -688,4 +731,5 @@ def mark_done(run_dir: Path) -> None:
 
 
 __all__ = ["fit", "train_one_epoch", "train_step", "validate", "RunData", "training_parts", "TrainParts", "Schedule",
-           "build_model", "build_optimizer", "build_loss", "build_ema", "build_schedule", "split_of", "lr_at"]
+           "build_model", "model_args_of", "preprocess_of", "build_optimizer", "build_loss", "build_ema",
+           "build_schedule", "split_of", "lr_at"]
