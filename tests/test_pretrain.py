@@ -19,17 +19,19 @@ from conftest import REPO, SAMPLE, folder_state, small_config
 pytest.importorskip("lightly")
 
 TINY = {"widths": [8, 16, 32, 48], "heads": 2, "depth": 1}
+FIELDS = REPO / "tests" / "data" / "fields"  # six BCCD fields: their white cells, cut out by the finder
 RECIPE = ["--epochs", "2", "--batch-size", "32", "--threads", "1", "--no-cache", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
 def backbone(tmp_path_factory):
-    """A backbone of the tiny mhcnn at 64 px, pretrained 2 epochs on the sample's 300 cells."""
+    """A backbone of the tiny mhcnn at 64 px, pretrained 2 epochs on the sample's 300 cells and the
+    white cells of six fields."""
     root = tmp_path_factory.mktemp("pretrain")
     (root / "tiny.yaml").write_text(f"model: mhcnn\nmodel_args: {json.dumps(TINY)}\nimg_size: 64\n")
     out = root / "bb"
-    assert main(["pretrain", "--config", str(root / "tiny.yaml"), "--data", f"sample={SAMPLE}", "--out", str(out),
-                 *RECIPE]) == 0
+    assert main(["pretrain", "--config", str(root / "tiny.yaml"), "--data", f"sample={SAMPLE}", "--unlabelled",
+                 f"bccd={FIELDS}", "--out", str(out), *RECIPE]) == 0
     return out
 
 
@@ -40,7 +42,9 @@ def test_pretrain_writes_the_backbone_and_what_it_is_for(backbone):
     assert meta["weights_sha256"] == sha256_file(backbone / "backbone.safetensors")
     assert meta["model"] == "mhcnn" and meta["img_size"] == 64 and meta["model_args"]["widths"] == TINY["widths"]
     assert meta["preprocess"] == {"crop": "none", "context": 1.5}
-    assert meta["sources"][0]["cells"] == meta["cells"] == 300 and meta["method"] == "simclr"
+    sample, fields = meta["sources"]
+    assert sample["cells"] == 300 and fields["fields"] == 6 and fields["cells"] >= 5
+    assert meta["cells"] == sample["cells"] + fields["cells"] and meta["method"] == "simclr"
     assert meta["recipe"]["epochs"] == 2 and meta["recipe"]["temperature"] == 0.2 and meta["seed"] == 0
     tensors = load_tensors(backbone / "backbone.safetensors")
     assert "stem.0.0.weight" in tensors and not any(k.startswith("fc.") for k in tensors)  # no classifier
@@ -85,7 +89,8 @@ def test_a_backbone_for_another_model_or_input_is_refused_in_one_line(backbone, 
 
 
 def test_same_command_same_backbone_and_a_killed_run_resumes_exactly(backbone, tmp_path):
-    cfg = PretrainConfig(out=str(tmp_path / "bb"), data=[f"sample={SAMPLE}"], model_args=dict(TINY), img_size=64,
+    cfg = PretrainConfig(out=str(tmp_path / "bb"), data=[f"sample={SAMPLE}"], unlabelled=[f"bccd={FIELDS}"],
+                         model_args=dict(TINY), img_size=64,
                          epochs=2, batch_size=32, threads=1, cache_dir=None, progress=False)
 
     def kill(epoch, row):

@@ -39,7 +39,9 @@ class TrainConfig:
     out: str | None = _opt(None, "new run folder (default runs/<model>-<time>); never overwritten")
     model: str = _opt("mhcnn", "mhcnn, seed-mhcnn, or a timm model name")
     model_args: dict = _opt({}, "constructor arguments of the model (YAML only)", flag=False)
-    pretrained: str | None = _opt(None, "local .safetensors weights to start from; never downloaded")
+    pretrained: str | None = _opt(None, "weights to start from: a wbcnet pretrain folder (its backbone, every layer "
+                                  "but the classifier) or a local .safetensors file (the layers that fit); never "
+                                  "downloaded")
     init_from: str | None = _opt(None, "a wbcnet checkpoint to continue from (wbcnet adapt): its model, weights, "
                                  "classes, preprocessing and input normalisation", flag=False)
     img_size: int | None = _opt(None, "training size in pixels (default: the model's, 112 for mhcnn)")

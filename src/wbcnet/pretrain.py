@@ -147,7 +147,35 @@ class Features(torch.nn.Module):
         return seen[0]
 
 
-def _optimizer(modules, cfg: PretrainConfig) -> torch.optim.Optimizer:
+def two_views(x: torch.Tensor, augment, g: torch.Generator, mean, std, channels_last: bool) -> torch.Tensor:
+    """uint8 (B, 3, S, S) -> (2B, 3, S, S): every cell's first view, then every cell's second."""
+    views = torch.cat([normalize(augment_batch(x, augment, g), mean, std),
+                       normalize(augment_batch(x, augment, g), mean, std)])
+    return views.contiguous(memory_format=torch.channels_last) if channels_last else views
+
+
+def simclr_step(features: Features, head, criterion, optimizer, views: torch.Tensor, bf16: bool) -> float:
+    """One optimisation step on two_views()' batch; returns the NT-Xent loss. Both views go through
+    the model in one pass: one forward and one backward a step."""
+    with torch.autocast(views.device.type, dtype=torch.bfloat16, enabled=bf16):
+        z = head(features(views))
+    z = z.float()
+    half = len(z) // 2
+    loss = criterion(z[:half], z[half:])
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def projection_head(model: torch.nn.Module, cfg: PretrainConfig) -> torch.nn.Module:
+    """SimCLR's MLP from the model's features to the space NT-Xent compares in (lightly's; thrown away after)."""
+    from lightly.models.modules import SimCLRProjectionHead
+
+    return SimCLRProjectionHead(classifier_layer(model).in_features, cfg.proj_hidden_dim, cfg.proj_dim)
+
+
+def optimizer_for(modules, cfg: PretrainConfig) -> torch.optim.Optimizer:
     """AdamW; weight decay on weights, not on biases and norms (as train.build_optimizer)."""
     decay, no_decay = [], []
     for m in modules:
@@ -228,7 +256,6 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, on_epoch_end=None) -> Pa
 
 def _pretrain(cfg: PretrainConfig, out: Path, saved: tuple[dict, dict] | None, on_epoch_end) -> Path:
     from lightly.loss import NTXentLoss
-    from lightly.models.modules import SimCLRProjectionHead
 
     from .train import build_model, model_args_of, preprocess_of
 
@@ -253,14 +280,13 @@ def _pretrain(cfg: PretrainConfig, out: Path, saved: tuple[dict, dict] | None, o
     mean, std = (saved["mean"], saved["std"]) if saved else cells.channel_stats()
 
     model = build_model(target, _UNUSED_CLASSES)  # seeded with the recipe's seed
-    dim = classifier_layer(model).in_features
-    head = SimCLRProjectionHead(dim, cfg.proj_hidden_dim, cfg.proj_dim)
+    head = projection_head(model, cfg)
     model, head = model.to(device), head.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     features = Features(model)
     criterion = NTXentLoss(temperature=cfg.temperature)
-    optimizer = _optimizer([model, head], cfg)
+    optimizer = optimizer_for([model, head], cfg)
     start, history = 0, []
     if saved:
         model.load_state_dict(part(saved_tensors, "model"))
@@ -285,22 +311,12 @@ def _pretrain(cfg: PretrainConfig, out: Path, saved: tuple[dict, dict] | None, o
         for b in bar:
             idx = np.sort(order[b * cfg.batch_size:(b + 1) * cfg.batch_size])  # memory-mapped caches read faster in order
             x = torch.from_numpy(cells.take(idx)).to(device)
-            # Both views through the model in one pass: one forward and backward a step.
-            views = torch.cat([normalize(augment_batch(x, cfg.augment, g_aug), mean, std),
-                               normalize(augment_batch(x, cfg.augment, g_aug), mean, std)])
-            if channels_last:
-                views = views.contiguous(memory_format=torch.channels_last)
+            views = two_views(x, cfg.augment, g_aug, mean, std, channels_last)
             for group in optimizer.param_groups:
                 group["lr"] = _lr(step, total, warmup, cfg.lr)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                z = head(features(views))
-            z = z.float()
-            loss = criterion(z[:len(idx)], z[len(idx):])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss = simclr_step(features, head, criterion, optimizer, views, bf16)
             step += 1
-            total_loss += loss.item()
+            total_loss += loss
             bar.set_postfix(loss=f"{total_loss / (b + 1):.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
         seconds = time.time() - t0
         row = {"epoch": epoch + 1, "loss": round(total_loss / steps_per_epoch, 5),
@@ -352,4 +368,5 @@ def run_command(opts, args) -> int:
     return 0
 
 
-__all__ = ["CellPool", "read_cells", "pretrain", "run_command", "write_history"]
+__all__ = ["CellPool", "read_cells", "pretrain", "run_command", "write_history", "Features", "two_views",
+           "simclr_step", "projection_head", "optimizer_for"]
