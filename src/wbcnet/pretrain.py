@@ -130,7 +130,9 @@ def read_cells(cfg: PretrainConfig, prep) -> CellPool:
 
 class Features(torch.nn.Module):
     """The model's feature vector: its classifier layer's input, caught on the way in (the
-    classifier's own output is thrown away and it gets no gradient)."""
+    classifier's own output is thrown away and it gets no gradient). In training mode the model's
+    dropout before its classifier (mhcnn's 0.2) applies to it too: a little more noise between
+    the two views, the same features the fine-tuned classifier will be trained on."""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
