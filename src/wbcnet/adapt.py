@@ -315,7 +315,7 @@ def shots_curve(parent_path, data, out, shots: list[int], repeats: int, seed: in
     every pool cell without its label), and the test half scores it. k = 0: the parent as it
     came, or, with `unlabelled`, adapted on the unlabelled pool alone. Writes learning_curve.*."""
     from .checkpoint import load_model
-    from .data.cache import decode_images
+    from .data.cache import cached_decode
     from .data.preprocess import from_meta
     from .data.scan import scan
     from .lab import LabCells, lab_predictions, pick_cells
@@ -326,8 +326,10 @@ def shots_curve(parent_path, data, out, shots: list[int], repeats: int, seed: in
     out = Path(out)
     _, parent = ckpt.read_checkpoint(parent_path)
     found = scan(data, parent.classes)
-    # Every cell decoded once; each draw's cells are rows of this array.
-    decoded = decode_images([s.path for s in found.samples], from_meta(parent), desc="decoding", progress=progress)
+    # Every cell decoded once (and kept in train's decode cache, so the next curve on this lab
+    # starts at once); each draw's cells are rows of this array.
+    decoded = cached_decode([s.path for s in found.samples], from_meta(parent), TrainConfig.cache_dir,
+                            desc="decoding", progress=progress)
     samples = [found.samples[i] for i in decoded.index]
     y = np.array([s.label for s in samples])
     groups = np.array([s.group for s in samples])
@@ -356,7 +358,7 @@ def shots_curve(parent_path, data, out, shots: list[int], repeats: int, seed: in
         test = np.flatnonzero([g not in in_pool for g in groups])
         pool_cells = LabCells(decoded.images[pool], [samples[i].path for i in pool], [None] * len(pool))
         work = out / f"r{r}"
-        if not unlabelled:
+        if not unlabelled or pick == "suggested":  # adaptation without labels is the random curve's k = 0
             score("parent", 0, r, 0, 0, probs, test)
         else:
             run = adapt_lab(parent_path, work / "k0", unlabelled=pool_cells, budget=budget, seed=r, progress=progress, semi=semi,
