@@ -131,3 +131,14 @@ def test_command_option_flags_come_from_their_dataclasses():
 
 def test_cli_only_parses_and_calls():
     assert len((REPO / "src" / "wbcnet" / "cli.py").read_text().splitlines()) < 300
+
+
+def test_cache_dir_none_means_memory_only():
+    import argparse
+
+    from wbcnet.config import add_train_flags, given_flags
+
+    p = argparse.ArgumentParser()
+    add_train_flags(p)
+    assert given_flags(p.parse_args(["--cache-dir", "none"]))["cache_dir"] is None
+    assert given_flags(p.parse_args(["--cache-dir", "c"]))["cache_dir"] == "c"

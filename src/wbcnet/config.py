@@ -216,7 +216,7 @@ def add_train_flags(p) -> None:
 def given_flags(args) -> dict:
     """The TrainConfig fields that flags set (`--no-cache`: cache_dir None)."""
     given = {f.name: getattr(args, f.name) for f in flag_fields() if getattr(args, f.name, None) is not None}
-    if getattr(args, "no_cache", False):
+    if getattr(args, "no_cache", False) or str(given.get("cache_dir", "")).lower() == "none":
         given["cache_dir"] = None
     return given
 
