@@ -121,6 +121,9 @@ def test_suggest_label_adapt(two_lab_run, tmp_path, capsys):
         r["label"] = classes[i % len(classes)]
     rows[8]["label"] = "skip"  # the page's word for "not a white cell / can't tell"
     write_sheet(sheet, rows)
+    assert main(["adapt", "--checkpoint", str(run), "--unlabelled", str(pool), "--suggest", "12", "--out",
+                 str(tmp_path / "s"), "--no-progress"]) == 2  # suggesting again would lose the labels
+    assert "holds labels already" in capsys.readouterr().err and list(csv.DictReader(open(sheet)))[0]["label"]
     assert main(["adapt", "--checkpoint", str(run), "--data", str(sheet), "--unlabelled", str(pool), "--steps", "3",
                  "--out", str(tmp_path / "a"), "--no-progress"]) == 0
     meta = json.loads((tmp_path / "a" / "best.json").read_text())

@@ -318,6 +318,7 @@ def shots_curve(parent_path, data, out, shots: list[int], repeats: int, seed: in
     from .data.cache import cached_decode
     from .data.preprocess import from_meta
     from .data.scan import scan
+    from .data.sources import regroup
     from .lab import LabCells, lab_predictions, pick_cells
     from .metrics import macro_f1
 
@@ -330,7 +331,10 @@ def shots_curve(parent_path, data, out, shots: list[int], repeats: int, seed: in
     # starts at once); each draw's cells are rows of this array.
     decoded = cached_decode([s.path for s in found.samples], from_meta(parent), TrainConfig.cache_dir,
                             desc="decoding", progress=progress)
-    samples = [found.samples[i] for i in decoded.index]
+    # Fields of view as train finds them: PBC's names carry none (CLASS_N would make one group per
+    # class and put whole classes on one side), so there every cell is its own group.
+    samples, grouping = regroup([found.samples[i] for i in decoded.index], "auto", str(data))
+    print(f"{data}: {grouping}")
     y = np.array([s.label for s in samples])
     groups = np.array([s.group for s in samples])
     model, meta = load_model(parent_path)

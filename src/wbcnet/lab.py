@@ -211,6 +211,11 @@ def suggest(parent_path, unlabelled, n: int, out, *, kind: str = "auto", seed: i
 
     if n < 1:
         raise WbcnetError(f"--suggest {n}: ask for 1 or more cells")
+    sheet = Path(out) / "suggest.csv"
+    if sheet.exists():  # a person's labels are never written over
+        with open(sheet, newline="", encoding="utf-8-sig") as fh:
+            if any((r.get("label") or "").strip() for r in csv.DictReader(fh)):
+                raise WbcnetError(f"{sheet}: holds labels already; give another --out for new suggestions")
     model, meta = load_model(parent_path)
     cells = read_lab_cells(unlabelled, from_meta(meta), kind, limit=limit, seed=seed, progress=progress,
                            on_progress=on_progress)
@@ -232,7 +237,6 @@ def suggest(parent_path, unlabelled, n: int, out, *, kind: str = "auto", seed: i
                      "confidence": f"{probs[p.index, c]:.3f}", "reason": p.reason})
         if on_progress:
             on_progress(0.9 + 0.1 * rank / len(picks), f"wrote {rank} of {len(picks)} cells")
-    sheet = out / "suggest.csv"
     write_sheet(sheet, rows)
     print(f"suggested {len(rows)} of {cells.summary()} -> {sheet} (fill in the label column: "
           f"{', '.join(meta.classes)}; leave it empty to skip a cell)")
