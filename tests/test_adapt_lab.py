@@ -134,9 +134,14 @@ def test_suggest_label_adapt(two_lab_run, tmp_path, capsys):
 def test_adapt_lab_errors_are_one_line(two_lab_run, tmp_path, capsys):
     _, run = two_lab_run
     (tmp_path / "empty").mkdir()
-    assert main(["adapt", "--checkpoint", str(run), "--unlabelled", str(tmp_path / "empty"), "--out",
-                 str(tmp_path / "o"), "--no-progress"]) == 2
+    assert main(["adapt", "--checkpoint", str(run), "--data", str(SAMPLE), "--unlabelled", str(tmp_path / "empty"),
+                 "--out", str(tmp_path / "o"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no pictures here" in err and not (tmp_path / "o").exists()
+    # Unlabelled pictures alone made the model worse where measured: refused, with what to do instead.
+    assert main(["adapt", "--checkpoint", str(run), "--unlabelled", str(SAMPLE), "--out", str(tmp_path / "o"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--suggest" in err and not (tmp_path / "o").exists()
     assert main(["adapt", "--checkpoint", str(run), "--suggest", "5", "--out", str(tmp_path / "o")]) == 2
     assert "give --unlabelled" in capsys.readouterr().err

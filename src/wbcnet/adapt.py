@@ -107,6 +107,11 @@ MAX_UNLABELLED = 20_000
 # (a 99th percentile) from fewer sat far below the lab's other cells (the page's ten-cell demo
 # flagged every cell it then classified).
 MIN_SHIFT_CELLS = 100
+# Self-training on unlabelled cells alone made the model worse wherever it was measured (README,
+# "Adapting to a lab"): the parent's mistakes on a new lab are confident, and it learns them.
+UNSUPERVISED_REFUSED = ("unlabelled pictures alone made the model worse where it was measured (PBC macro-F1 0.41 -> "
+                        "0.36); label a few of them too: wbcnet adapt --unlabelled DIR --suggest 25 --out TO_LABEL, "
+                        "fill in TO_LABEL/suggest.csv, then give it with --data")
 # Self-training sees each unlabelled cell at most this many times (strongly transformed each time).
 MAX_PASSES = 20
 
@@ -114,14 +119,17 @@ MAX_PASSES = 20
 def adapt_lab(parent_path, out, *, labelled=None, unlabelled=None, kind: str = "auto", budget: str = "normal",
               seed: int = 0, on_progress=None, progress: bool = False, epochs: int = 12, lr: float = 3e-4,
               device: str = "cpu", threads: int | None = None, workers: int | None = None,
-              semi: dict | None = None) -> Path:
+              semi: dict | None = None, unsupervised: bool = False) -> Path:
     """Adapt the parent to a lab with its labelled cells (`labelled`: ImageFolder, CSV manifest or a
     filled suggestion sheet), its unlabelled pictures (`unlabelled`: cells or whole fields), or both
-    (semi.py). Writes an ordinary checkpoint at out/best. `semi`: SemiConfig fields over the budget's."""
+    (semi.py). Writes an ordinary checkpoint at out/best. `semi`: SemiConfig fields over the budget's.
+    Unlabelled cells alone are refused unless `unsupervised` (the --shots curve measures them)."""
     from .semi import SemiConfig
 
     if labelled is None and unlabelled is None:
         raise WbcnetError("adapt needs labelled cells (--data), unlabelled ones (--unlabelled), or both")
+    if labelled is None and not unsupervised:
+        raise WbcnetError(UNSUPERVISED_REFUSED)
     if budget not in BUDGETS:
         raise WbcnetError(f"budget {budget}: not one of {', '.join(BUDGETS)}")
     say = on_progress or (lambda frac, msg: None)
@@ -365,7 +373,8 @@ def shots_curve(parent_path, data, out, shots: list[int], repeats: int, seed: in
         if not unlabelled or pick == "suggested":  # adaptation without labels is the random curve's k = 0
             score("parent", 0, r, 0, 0, probs, test)
         else:
-            run = adapt_lab(parent_path, work / "k0", unlabelled=pool_cells, budget=budget, seed=r, progress=progress, semi=semi,
+            run = adapt_lab(parent_path, work / "k0", unlabelled=pool_cells, budget=budget, seed=r, progress=progress,
+                            semi=semi, unsupervised=True,
                             **train_kw)
             score("unlabelled only", 0, r, 0, len(pool), run, test)
         for k in shots:
