@@ -268,7 +268,8 @@ class AdaptOptions:
     data: str | None = flag(help="your labelled cells (ImageFolder, CSV manifest, or the suggest.csv you filled in), "
                             "e.g. 5-50 per class")
     unlabelled: str | None = flag(help="your lab's pictures without labels: single cells, or whole fields whose cells "
-                                  "the finder cuts out; used with --data, or alone", metavar="DIR")
+                                  "the finder cuts out; used with --data (alone they made the model worse and are refused, "
+                                  "but for --suggest and --adabn)", metavar="DIR")
     unlabelled_kind: str = flag("auto", choices=["auto", "cells", "fields"],
                                 help="what --unlabelled holds (default auto: camera-shaped or large pictures are "
                                 "fields, square ones cells)")
