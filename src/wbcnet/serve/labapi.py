@@ -218,7 +218,7 @@ def lab_router(data: Path, labs: LabStore, models: Models, jobs: Jobs, check_cou
 
             out = models.partial(job.id)
             try:
-                # Labels alone, pictures alone, or both (adapt_lab says when they are too few).
+                # Labels alone or labels and pictures; pictures alone, or too few cells, adapt_lab refuses in one line.
                 adapt_lab(start, out, labelled=manifest if labelled else None, unlabelled=pictures or None,
                           budget=req.budget, seed=req.seed, threads=jobs.threads, on_progress=on_progress,
                           progress=False)
