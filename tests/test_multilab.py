@@ -7,55 +7,17 @@ import shutil
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from wbcnet import checkpoint as ckpt
 from wbcnet.cli import main
 from wbcnet.data.scan import Sample
 from wbcnet.data.sources import degenerate_grouping, parse_sources, regroup
 from wbcnet.errors import WbcnetError
-from wbcnet.train import fit, sampling_weights
+from wbcnet.train import sampling_weights
 
-from conftest import REPO, SAMPLE, small_config
+from conftest import REPO, SAMPLE, pbc_like_copy, shifted
 
 FRAMINGS = REPO / "tests" / "data" / "framings"
-
-
-def pbc_like_copy(src, dest, per_class=None, transform=None):
-    """Sample cells renamed the way PBC names them (CLASS_NUMBER.jpg): the Raabin grouping rule
-    makes one group per class of them."""
-    for d in sorted(p for p in src.iterdir() if p.is_dir()):
-        (dest / d.name).mkdir(parents=True)
-        for k, p in enumerate(sorted(d.glob("*.jpg"))[:per_class]):
-            img = Image.open(p).convert("RGB")
-            (transform(img) if transform else img).save(dest / d.name / f"{d.name[:2].upper()}_{1000 + k}.jpg",
-                                                        quality=92)
-
-
-def shifted(img: Image.Image) -> Image.Image:
-    """Another 'lab': red and blue swapped (another stain), cells at 60% of the size (another
-    magnification) and half the resolution (another camera)."""
-    r, g, b = img.split()
-    w, h = img.size
-    small = Image.merge("RGB", (b, g, r)).resize((w * 3 // 10, h * 3 // 10), Image.Resampling.BILINEAR)
-    small = small.resize((w * 6 // 10, h * 6 // 10), Image.Resampling.BILINEAR)
-    arr = np.asarray(small)
-    pad = ((h - arr.shape[0]) // 2, (w - arr.shape[1]) // 2)
-    arr = np.pad(arr, ((pad[0], h - arr.shape[0] - pad[0]), (pad[1], w - arr.shape[1] - pad[1]), (0, 0)), mode="edge")
-    return Image.fromarray(arr)
-
-
-@pytest.fixture(scope="module")
-def two_lab_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("labs")
-    shutil.copytree(SAMPLE, root / "raabin", ignore=shutil.ignore_patterns("*.md"))
-    pbc_like_copy(SAMPLE, root / "other", per_class=12)
-    # No per-image colour standardisation and no cell crop: this small model sees colour and scale,
-    # so a change of stain and magnification is a shift for it.
-    cfg = small_config({"raabin": str(root / "raabin"), "other": str(root / "other")}, root / "run",
-                       epochs=4, img_size=64, batch_size=16, merge_near_duplicates=False,
-                       model_args={"widths": [8, 16, 32, 48], "heads": 2, "depth": 1, "image_norm": False})
-    return root, fit(cfg)
 
 
 @pytest.fixture(scope="module")
