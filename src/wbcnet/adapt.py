@@ -45,10 +45,7 @@ def adapt_config(parent_path, data, out, epochs: int = 12, lr: float = 3e-4, bat
     """The TrainConfig of an adaptation run: the parent's model and recipe, a small budget. Too few
     cells to adapt on are refused here, before a run folder exists."""
     _, parent = ckpt.read_checkpoint(parent_path)
-    try:
-        base = TrainConfig.from_dict(parent.config, f"{parent.path} config")
-    except (WbcnetError, TypeError):  # no config, or one of an older wbcnet: the defaults' recipe
-        base = TrainConfig()
+    base = _train_config_of(parent)
     from .data.preprocess import from_meta
     from .data.scan import scan
 
@@ -234,9 +231,10 @@ def adapt_lab(parent_path, out, *, labelled=None, unlabelled=None, kind: str = "
 
 
 def _train_config_of(parent) -> TrainConfig:
+    """The parent's training recipe (its augmentation, weight decay, ...)."""
     try:
         return TrainConfig.from_dict(parent.config, f"{parent.path} config")
-    except (WbcnetError, TypeError):
+    except (WbcnetError, TypeError):  # no config, or one of an older wbcnet: the defaults' recipe
         return TrainConfig()
 
 

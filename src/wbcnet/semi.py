@@ -16,7 +16,7 @@ runs it and writes the checkpoint.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -75,7 +75,7 @@ def self_train(model: torch.nn.Module, mean, std, temperature: float, unlabelled
     torch.manual_seed(cfg.seed)  # dropout
     teacher = EMA(model, cfg.ema_decay)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    strong = replace(augment)
+    strong = augment  # the parent's own training augmentation: what it learnt to see through
     has_labels = labelled is not None and len(labelled) > 0
     if has_labels:
         labels = np.asarray(labels)
