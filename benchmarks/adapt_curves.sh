@@ -12,11 +12,12 @@ $A --checkpoint runs/raabin-only --data $PBC --shots 5,10,25 --out runs/adapt/ra
 $A --checkpoint runs/raabin-only --data $PBC --shots 10 --shots-unlabelled --out runs/adapt/raabin-pbc-semi
 $A --checkpoint runs/raabin-only --data $PBC --shots 10 --shots-unlabelled --pick suggested --out runs/adapt/raabin-pbc-semi-suggested
 $A --checkpoint runs/raabin-only --data $PBC --shots 10 --pick suggested --out runs/adapt/raabin-pbc-suggested
+$A --checkpoint runs/raabin-only --data $PBC --shots 10 --pick any --out runs/adapt/raabin-pbc-any
 # the shipped model -> BCCD (3 basophils: a class with fewer than 2 in the adapting half is left out)
 $A --data $BCCD --shots 5 --out runs/adapt/shipped-bccd-labels
 $A --data $BCCD --shots 5 --shots-unlabelled --out runs/adapt/shipped-bccd-semi
 $A --data $BCCD --shots 5 --shots-unlabelled --pick suggested --out runs/adapt/shipped-bccd-semi-suggested
-python scripts/adapt_curves.py runs/adapt/raabin-pbc-labels runs/adapt/raabin-pbc-suggested runs/adapt/raabin-pbc-semi \
+python scripts/adapt_curves.py runs/adapt/raabin-pbc-labels runs/adapt/raabin-pbc-any runs/adapt/raabin-pbc-suggested runs/adapt/raabin-pbc-semi \
     runs/adapt/raabin-pbc-semi-suggested --out docs/adapt/raabin-only-to-pbc-semi --title "Raabin-WBC-only model -> PBC"
 python scripts/adapt_curves.py runs/adapt/shipped-bccd-labels runs/adapt/shipped-bccd-semi \
     runs/adapt/shipped-bccd-semi-suggested --out docs/adapt/shipped-to-bccd-semi --title "Shipped model -> BCCD"

@@ -308,7 +308,9 @@ def adapt_unlabelled(parent_path, images_dir, out, batch_size: int = 64, progres
     return Path(out)
 
 
-PICKS = ("random", "suggested")
+# random: k per class, drawn knowing the labels (what a curve has always meant); any: k x classes
+# cells at random, blind to the labels, as a lab without --suggest would pick; suggested: lab.pick_cells.
+PICKS = ("random", "any", "suggested")
 
 
 def shots_curve(parent_path, data, out, shots: list[int], repeats: int, seed: int = 0, epochs: int = 12,
@@ -380,6 +382,8 @@ def shots_curve(parent_path, data, out, shots: list[int], repeats: int, seed: in
                 # A class the pool holds too few of to label is left out, as a lab would.
                 chosen = np.concatenate([rng.choice(pool[y[pool] == c], min(k, int((y[pool] == c).sum())), replace=False)
                                          for c in np.unique(y[pool]) if (y[pool] == c).sum() >= MIN_CELLS_PER_CLASS])
+            elif pick == "any":
+                chosen = rng.choice(pool, min(len(pool), k * len(parent.classes)), replace=False)
             else:  # what a person would be shown: no labels used to choose
                 chosen = pool[[p.index for p in pick_cells(probs[pool], features[pool], k * len(parent.classes),
                                                            list(parent.classes), seed=r)]]

@@ -284,8 +284,9 @@ class AdaptOptions:
     shots: str | None = flag(help="comma-separated cells per class, e.g. 5,10,25,50: adapt on that many cells of half "
                              "of --data's fields, score on the other half, and draw the learning curve")
     repeats: int = flag(5, type=int, help="draws per --shots value (default 5)")
-    pick: str = flag("random", choices=["random", "suggested"], help="with --shots: which cells are labelled: random "
-                     "ones of each class, or the ones --suggest would show (default random)")
+    pick: str = flag("random", choices=["random", "any", "suggested"], help="with --shots: which cells are labelled: "
+                     "k random ones of each class, k x classes at random blind to their class, or the ones --suggest "
+                     "would show (default random)")
     shots_unlabelled: bool = flag(False, help="with --shots: every cell of the adapting half also unlabelled; k=0 is "
                                   "then adaptation without labels")
     adabn: bool = flag(False, help="with --unlabelled alone: only re-estimate a BatchNorm model's statistics (AdaBN)")
