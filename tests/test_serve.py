@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -46,11 +47,9 @@ def shipped():
     return load_model(None)
 
 
-@pytest.fixture(scope="module")
-def server(shipped):
-    """The app on 127.0.0.1:<free port> in a background thread; yields its base URL."""
-    model, meta = shipped
-    app = create_app(model, meta, max_upload_mb=MAX_MB, max_files=MAX_FILES)
+@contextmanager
+def live(app):
+    """`app` on 127.0.0.1:<free port> in a background thread; yields its base URL, stops it after."""
     sock = listen("127.0.0.1", 0)
     srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -59,9 +58,19 @@ def server(shipped):
     while not srv.started:
         assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
         time.sleep(0.02)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    srv.should_exit = True
-    thread.join(10)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def server(shipped):
+    """The app on 127.0.0.1:<free port> in a background thread; yields its base URL."""
+    model, meta = shipped
+    with live(create_app(model, meta, max_upload_mb=MAX_MB, max_files=MAX_FILES)) as url:
+        yield url
 
 
 def multipart(files, field="files") -> tuple[bytes, str]:

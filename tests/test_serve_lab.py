@@ -27,11 +27,11 @@ import wbcnet.adapt  # noqa: E402
 import wbcnet.lab  # noqa: E402
 from wbcnet.checkpoint import SHIPPED, load_model  # noqa: E402
 from wbcnet.errors import WbcnetError  # noqa: E402
-from wbcnet.serve.app import create_app, listen  # noqa: E402
+from wbcnet.serve.app import create_app  # noqa: E402
 
 from browser import chrome, console_errors, page_state  # noqa: E402
 from conftest import REPO, sample_paths  # noqa: E402
-from test_serve import as_files, post  # noqa: E402
+from test_serve import as_files, live, post  # noqa: E402
 
 CLASSES = ["Basophil", "Eosinophil", "Lymphocyte", "Monocyte", "Neutrophil"]
 
@@ -45,20 +45,8 @@ def shipped():
 def running(shipped, data: Path):
     """A server over `data` on 127.0.0.1:<free port>; yields its base URL, and stops it after."""
     model, meta = shipped
-    app = create_app(model, meta, max_upload_mb=4, max_files=16, data_dir=data, threads=1)
-    sock = listen("127.0.0.1", 0)
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        srv.should_exit = True
-        thread.join(10)
+    with live(create_app(model, meta, max_upload_mb=4, max_files=16, data_dir=data, threads=1)) as url:
+        yield url
 
 
 def call(url: str, method: str = "GET", body=None) -> tuple[int, dict]:

@@ -191,12 +191,11 @@ def pick_cells(probs: np.ndarray, features: np.ndarray, n: int, classes: list[st
 
 def lab_predictions(model, meta, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Calibrated probabilities and features of the lab's cells under `model`."""
+    from .calibration import softmax
     from .inference import predict_logits
 
     logits, features = predict_logits(model, images, meta.mean, meta.std, 128, with_features=True)
-    z = logits / meta.temperature
-    z = np.exp(z - z.max(1, keepdims=True))
-    return z / z.sum(1, keepdims=True), features
+    return softmax(logits, meta.temperature), features
 
 
 def suggest(parent_path, unlabelled, n: int, out, *, kind: str = "auto", seed: int = 0, progress: bool = True,
