@@ -53,6 +53,7 @@ class CheckpointMeta:
     shift: dict | None = None             # the unfamiliar-image check: method, threshold, cells it came from
     adapted_from: dict | None = None      # parent checkpoint and adaptation data, for `adapt`
     pretrained: dict | None = None        # the weights the run started from (--pretrained): path, SHA-256, backbone's cells
+    distilled_from: dict | None = None    # the teacher (--teacher): checkpoint, SHA-256, size, loss weight, temperature
     train_state: dict | None = None       # last.* only: epoch, best_f1, since_best, history
     optimizer: dict | None = None         # last.* only: the non-tensor part of the optimizer state
     weights_sha256: str | None = None     # of NAME.safetensors; set when saved

@@ -44,6 +44,11 @@ class TrainConfig:
                                   "downloaded")
     init_from: str | None = _opt(None, "a wbcnet checkpoint to continue from (wbcnet adapt): its model, weights, "
                                  "classes, preprocessing and input normalisation", flag=False)
+    teacher: str | None = _opt(None, "distil from this wbcnet checkpoint or run folder (a larger model, maybe at a "
+                               "higher resolution): training images are decoded at its size, it scores every "
+                               "augmented batch, and this model learns from its answers and the labels (distill.py)")
+    distill_weight: float = _opt(0.5, "with --teacher: the teacher's share of the loss (the labels' is the rest)")
+    distill_temperature: float = _opt(2.0, "with --teacher: the softmax temperature of the teacher's term")
     img_size: int | None = _opt(None, "training size in pixels (default: the model's, 112 for mhcnn)")
     crop: str = _opt("none", "what the model sees: the whole picture (none), or a square around the white cell "
                      "found in it (cell), at the same scale whatever the lab's framing", choices=("none", "cell"))
@@ -115,6 +120,10 @@ class TrainConfig:
             raise WbcnetError(f"device: {self.device!r} is not one of cpu, cuda, cuda:N, auto")
         if not (_is_number(self.crop_context) and 1.0 <= self.crop_context <= 5.0):
             raise WbcnetError(f"crop_context: must be between 1 and 5 cell diameters, not {self.crop_context!r}")
+        if not (_is_number(self.distill_weight) and 0 <= self.distill_weight <= 1):
+            raise WbcnetError(f"distill_weight: must be in [0, 1], not {self.distill_weight!r}")
+        if not (_is_number(self.distill_temperature) and self.distill_temperature > 0):
+            raise WbcnetError(f"distill_temperature: must be a number above 0, not {self.distill_temperature!r}")
         if not isinstance(self.model_args, dict):
             raise WbcnetError(f"model_args: must be a mapping of argument names to values, not {self.model_args!r}")
         return self

@@ -42,6 +42,7 @@ from .data.preprocess import Preprocess
 from .data.scan import Sample, scan
 from .data.sources import Source, parse_sources, regroup, source_name
 from .data.split import SPLITS, merge_linked_groups, read_split, split_by_source, write_split
+from .distill import check_teacher, load_teacher, resize
 from .distributed import Dist
 from .errors import WbcnetError
 from .files import atomic_write, disk_full, ensure_writable_dir
@@ -127,11 +128,15 @@ class EMA:
         return self.module.state_dict()
 
 
-def train_step(model, criterion, optimizer, x: torch.Tensor, y: torch.Tensor, bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimisation step on a normalised batch; returns (loss, logits)."""
+def train_step(model, criterion, optimizer, x: torch.Tensor, y: torch.Tensor, bf16: bool, teacher=None,
+               teacher_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step on a normalised batch; returns (loss, logits). With a teacher
+    (distill.Teacher) its logits for the same view join the labels in the loss."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
         logits = model(x)
     loss = criterion(logits.float(), y)
+    if teacher is not None:
+        loss = teacher.loss(logits.float(), teacher_logits, loss)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -140,7 +145,7 @@ def train_step(model, criterion, optimizer, x: torch.Tensor, y: torch.Tensor, bf
 
 def train_one_epoch(model, criterion, optimizer, data: RunData, cfg: TrainConfig, epoch: int, step: int,
                     total_steps: int, warmup_steps: int, mean, std, bf16: bool, channels_last: bool, ema=None,
-                    d: Dist = Dist()):
+                    d: Dist = Dist(), teacher=None):
     """One pass over `data` (this rank's shard of it, under torchrun). Returns (mean loss,
     accuracy on augmented batches, over all ranks; next step)."""
     model.train()
@@ -166,12 +171,17 @@ def train_one_epoch(model, criterion, optimizer, data: RunData, cfg: TrainConfig
         idx = np.sort(order[b * cfg.batch_size:(b + 1) * cfg.batch_size].numpy())  # memory-mapped caches read faster in order
         x = torch.from_numpy(np.ascontiguousarray(data.images[idx])).to(device, non_blocking=True)
         y = torch.from_numpy(labels[idx]).to(device, non_blocking=True)
-        x = normalize(augment_batch(x, cfg.augment, g_aug), mean, std)
+        x = augment_batch(x, cfg.augment, g_aug)
+        # Distilling, the batch is at the teacher's size: it sees this view, the student the same one smaller.
+        teacher_logits = teacher.logits(x, bf16) if teacher is not None else None
+        if x.shape[-1] != cfg.img_size:
+            x = resize(x, cfg.img_size)
+        x = normalize(x, mean, std)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, total_steps, warmup_steps, cfg.lr)
-        loss, logits = train_step(model, criterion, optimizer, x, y, bf16)
+        loss, logits = train_step(model, criterion, optimizer, x, y, bf16, teacher, teacher_logits)
         if ema is not None:
             ema.update(getattr(model, "module", model), step)  # the weights inside DDP
         step += 1
@@ -297,10 +307,11 @@ def preprocess_of(cfg: TrainConfig) -> Preprocess:
     return Preprocess(size=cfg.img_size, crop=cfg.crop, context=cfg.crop_context, stain=cfg.stain)
 
 
-def load_data(cfg: TrainConfig, run_dir: Path, resuming: bool = False, d: Dist = Dist()):
+def load_data(cfg: TrainConfig, run_dir: Path, resuming: bool = False, d: Dist = Dist(), train_size: int | None = None):
     """Scan, split (or read the run's split), decode once. Returns classes, RunData per split,
     and the sources. Under torchrun rank 0 splits and decodes first; the other ranks then read
-    its split.csv and its decode cache."""
+    its split.csv and its decode cache. `train_size`: the training split's size, when it is not
+    the model's (a teacher's, distilling)."""
     classes, samples, sources = scan_sources(cfg)
     where = ", ".join(s.path for s in sources)
     if len(classes) < 2:
@@ -323,7 +334,10 @@ def load_data(cfg: TrainConfig, run_dir: Path, resuming: bool = False, d: Dist =
         if not samples:
             data[name] = None
             continue
-        decoded = cached_decode([s.path for s in samples], preprocess_of(cfg), cfg.cache_dir, cfg.workers,
+        prep = preprocess_of(cfg)
+        if name == "train" and train_size:
+            prep = dataclasses.replace(prep, size=train_size)
+        decoded = cached_decode([s.path for s in samples], prep, cfg.cache_dir, cfg.workers,
                                 f"decoding {name}", cfg.progress)
         if cfg.crop == "cell" and not decoded.found.all():
             print(f"{name}: no cell found in {int((~decoded.found).sum())} of {len(decoded.found)} images; "
@@ -553,8 +567,13 @@ def _fit(cfg: TrainConfig, run_dir: Path, resuming: bool, on_epoch_end, d: Dist,
     print(f"run folder: {run_dir}  (model {cfg.model}, {cfg.img_size} px, {device}, bf16={bf16}, "
           f"channels_last={channels_last})")
 
-    classes, data, sources = load_data(cfg, run_dir, resuming, d)
+    teacher = load_teacher(cfg.teacher, cfg.distill_weight, cfg.distill_temperature, device) if cfg.teacher else None
+    classes, data, sources = load_data(cfg, run_dir, resuming, d, max(teacher.img_size, cfg.img_size) if teacher else None)
     train, val, test = data["train"], data["val"], data["test"]
+    if teacher is not None:
+        check_teacher(teacher, classes, preprocess_of(cfg).to_dict())
+        print(f"distilling from {teacher.meta.path} ({teacher.meta.model}, {teacher.img_size} px): weight "
+              f"{teacher.weight:g}, temperature {teacher.temperature:g}")
     print("images: " + ", ".join(f"{k} {len(v.samples) if v else 0}" for k, v in data.items()))
 
     model = build_model(cfg, len(classes), load_pretrained=not resuming)
@@ -583,6 +602,8 @@ def _fit(cfg: TrainConfig, run_dir: Path, resuming: bool, on_epoch_end, d: Dist,
                              "sources": parent.sources, "images": {k: len(v.samples) if v else 0
                                                                     for k, v in data.items()},
                              "classes": sorted({classes[s.label] for s in train.samples})}
+    if teacher is not None:
+        meta.distilled_from = teacher.record()
     if cfg.pretrained and not resuming:
         meta.pretrained = pretrained_record(cfg.pretrained, backbone[1] if backbone else None)
     start_epoch, history, best_f1, since_best = 0, [], -1.0, 0
@@ -623,7 +644,8 @@ def _fit(cfg: TrainConfig, run_dir: Path, resuming: bool, on_epoch_end, d: Dist,
             break
         t0 = time.time()
         train_loss, train_acc, step = train_one_epoch(train_model, criterion, optimizer, train, cfg, epoch, step,
-                                                      total_steps, warmup_steps, mean, std, bf16, channels_last, ema, d)
+                                                      total_steps, warmup_steps, mean, std, bf16, channels_last, ema, d,
+                                                      teacher)
         train_s = time.time() - t0
         # Rank 0 validates; every rank gets its scores, so all of them stop at the same epoch.
         scores = validate(eval_model, val, mean, std, bf16, 256) if val and d.main else (float("nan"),) * 3
@@ -653,10 +675,22 @@ def _fit(cfg: TrainConfig, run_dir: Path, resuming: bool, on_epoch_end, d: Dist,
             on_epoch_end(epoch, row)
 
     if d.main and evaluate:
-        finish_run(run_dir, val, test, bf16, cfg.progress, train)
+        finish_run(run_dir, val, test, bf16, cfg.progress, at_size(train, cfg.img_size))
     elif d.main:
         mark_done(run_dir)
     return run_dir
+
+
+def at_size(data: RunData | None, size: int) -> RunData | None:
+    """`data` with its images at `size` (a distilled run's training cells, decoded at the teacher's
+    size, for the statistics that describe the model at its own)."""
+    if data is None or data.images.shape[-1] == size:
+        return data
+    out = np.empty((len(data.images), 3, size, size), dtype=np.uint8)
+    for i in range(0, len(out), 512):
+        x = torch.from_numpy(np.ascontiguousarray(data.images[i:i + 512])).float()
+        out[i:i + 512] = resize(x, size).round_().clamp_(0, 255).to(torch.uint8).numpy()
+    return RunData(data.samples, out)
 
 
 def evaluate_by_source(model, meta, data: RunData, out: Path, progress: bool) -> None:
