@@ -40,9 +40,9 @@ RUNS = {  # name: overrides of the recipe
     "mhcnn-112": {"img_size": 112},
     "mhcnn-160": {"img_size": 160},
     "wide-160": {"img_size": 160, "model_args": WIDE},
-    "distilled-112": {"img_size": 112, "teacher": "wide-160"},
+    "distilled-112": {"img_size": 112, "teacher": "mhcnn-160"},  # the best teacher of the three above
 }
-CHAINS = [["wide-160", "distilled-112"], ["mhcnn-160"], ["mhcnn-112"]]
+CHAINS = [["mhcnn-160", "distilled-112"], ["wide-160"], ["mhcnn-112"]]
 LABS = ("raabin", "pbc")
 
 
@@ -86,7 +86,8 @@ def run_config(name: str, args) -> dict:
     cfg.update(over)
     cfg.update(data={lab: str(m / f"{lab}_train.csv") for lab in LABS}, val_data=str(m / "both_val.csv"),
                test_frac=0.0, crop="none", merge_near_duplicates=False, cache_dir=None, progress=False,
-               device=args.device, workers=4, threads=max(1, len(os.sched_getaffinity(0)) // args.parallel))
+               device=args.device, workers=min(8, max(1, len(os.sched_getaffinity(0)) // args.parallel)),
+               threads=max(1, len(os.sched_getaffinity(0)) // args.parallel))
     if args.epochs:
         cfg["epochs"] = args.epochs
     return cfg
