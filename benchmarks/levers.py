@@ -140,6 +140,83 @@ def adopt(packed: Path, runs: list[Path]) -> None:
         print(f"{run}: preprocessing {prep}")
 
 
+def serve_at(run: Path, size: int, out: Path) -> None:
+    """A copy of `run`'s best model that takes `size` px inputs: trained at one resolution, served
+    at another (mhcnn's position table is resized to the token grid it meets)."""
+    out.mkdir(parents=True, exist_ok=True)
+    meta = json.loads((run / "best.json").read_text())
+    meta["img_size"] = size
+    (out / "best.safetensors").write_bytes((run / "best.safetensors").read_bytes())
+    (out / "best.json").write_text(json.dumps(meta, indent=1))
+    print(f"{out}: {run.name} served at {size} px")
+
+
+def _predictions(folder: Path) -> list[dict]:
+    with open(folder / "predictions.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def ensemble(evals: list[Path], out: Path) -> None:
+    """The members' probabilities averaged, cell by cell, from their evaluations (same sets, same
+    order): an ensemble's scores without running the models again."""
+    from wbcnet.metrics import macro_f1
+
+    for lab in ("raabin", "pbc", "bccd"):
+        members = [_predictions(e / lab) for e in evals]
+        classes = [k[2:] for k in members[0][0] if k.startswith("p_")]
+        rows = []
+        for cells in zip(*members):
+            assert len({c["path"] for c in cells}) == 1, "evaluations of different cells"
+            p = [sum(float(c[f"p_{k}"]) for c in cells) / len(cells) for k in classes]
+            best = max(range(len(classes)), key=p.__getitem__)
+            rows.append({"path": cells[0]["path"], "true": cells[0]["true"], "predicted": classes[best],
+                         "confidence": f"{p[best]:.4f}", **{f"p_{k}": f"{v:.4f}" for k, v in zip(classes, p)}})
+        (out / lab).mkdir(parents=True, exist_ok=True)
+        _write(out / lab / "predictions.csv", list(rows[0]), [list(r.values()) for r in rows])
+        y = [classes.index(r["true"]) for r in rows]
+        yhat = [classes.index(r["predicted"]) for r in rows]
+        acc = sum(a == b for a, b in zip(y, yhat)) / len(y)
+        print(f"{out.name} {lab}: n={len(y)} accuracy {acc:.4f} macro-F1 {macro_f1(y, yhat):.4f}")
+
+
+def table(out: Path, rows: list[str]) -> None:
+    """levers.md: one row per lever from its evaluation folder (and its few-shot curve)."""
+    from wbcnet.metrics import macro_f1
+
+    lines = ["| lever | Raabin acc | Raabin macro-F1 | N->E errors | PBC macro-F1 | BCCD macro-F1 | BCCD k=10 "
+             "macro-F1 | unfamiliar AUROC (BCCD) |", "|---|---|---|---|---|---|---|---|"]
+    for spec in rows:
+        name, folder = spec.split("=", 1)
+        ev = out / "eval" / folder
+        cells = []
+        summary = {}
+        if (ev / "summary.csv").exists():
+            with open(ev / "summary.csv", newline="") as fh:
+                summary = {r["set"]: r for r in csv.DictReader(fh)}
+        for lab in ("raabin", "pbc", "bccd"):
+            preds = _predictions(ev / lab)
+            classes = sorted({r["true"] for r in preds} | {r["predicted"] for r in preds})
+            y = [classes.index(r["true"]) for r in preds]
+            yhat = [classes.index(r["predicted"]) for r in preds]
+            acc = sum(a == b for a, b in zip(y, yhat)) / len(y)
+            if lab == "raabin":
+                ne = sum(r["true"] == "Neutrophil" and r["predicted"] == "Eosinophil" for r in preds)
+                cells += [f"{acc:.4f}", f"{macro_f1(y, yhat):.4f}", str(ne)]
+            else:
+                cells.append(f"{macro_f1(y, yhat):.4f}")
+        curve = out / "shots" / folder / "learning_curve.csv"
+        if curve.exists():
+            with open(curve, newline="") as fh:
+                k10 = [float(r["macro_f1"]) for r in csv.DictReader(fh) if r.get("shots") == "10"]
+            cells.append(f"{sum(k10) / len(k10):.3f} ({len(k10)} draws)" if k10 else "")
+        else:
+            cells.append("")
+        cells.append(summary.get("bccd", {}).get("shift_auroc", "") or "")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    (out / "levers.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.levers", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -157,8 +234,24 @@ def main(argv=None) -> int:
     s = sub.add_parser("adopt")
     s.add_argument("--packed", type=Path, required=True)
     s.add_argument("runs", type=Path, nargs="+")
+    s = sub.add_parser("serve-at")
+    s.add_argument("run", type=Path)
+    s.add_argument("--size", type=int, required=True)
+    s.add_argument("--out", type=Path, required=True)
+    s = sub.add_parser("ensemble", help="average the probabilities of evaluations of several models")
+    s.add_argument("evals", type=Path, nargs="+")
+    s.add_argument("--out", type=Path, required=True)
+    s = sub.add_parser("table")
+    s.add_argument("--out", type=Path, default=Path("runs/levers"))
+    s.add_argument("rows", nargs="+", help="LABEL=EVAL_FOLDER_NAME, in table order")
     args = p.parse_args(argv)
-    if args.cmd == "prepare":
+    if args.cmd == "serve-at":
+        serve_at(args.run, args.size, args.out)
+    elif args.cmd == "ensemble":
+        ensemble(args.evals, args.out)
+    elif args.cmd == "table":
+        table(args.out, args.rows)
+    elif args.cmd == "prepare":
         prepare(args.packed, args.split)
     elif args.cmd == "train":
         train(args)

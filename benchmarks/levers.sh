@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Issue 20's lever table: every model scored on the same cells, the test split of
+# runs/multilab-lf/split.csv (Raabin-WBC and PBC; the split `wbcnet train --config
+# configs/multilab.yaml` makes, the shipped model's too) and BCCD's 351 crops (never trained on,
+# never used to choose), then BCCD with 10 labelled cells per class (adapt --shots 10, 2 draws).
+# The models: see benchmarks/levers.py (trained on a GPU, or here with --device cpu).
+#   bash benchmarks/levers.sh     (about 40 minutes on 2 cores)
+set -euo pipefail
+S=runs/multilab-lf/split.csv
+BCCD=../shared/datasets/bccd-wbc-crops
+R=runs/levers/runs
+L="python -m benchmarks.levers"
+test -f $S || wbcnet train --config configs/multilab.yaml --out runs/multilab-lf --epochs 1   # only its split.csv is used
+$L adopt --packed .packed160 $R/mhcnn-112 $R/mhcnn-160 $R/wide-160 $R/distilled-112
+$L serve-at $R/mhcnn-160 --size 112 --out $R/mhcnn-160-at-112
+E="wbcnet evaluate --no-explain --no-progress --overwrite --data raabin=$S --data pbc=$S --data bccd=$BCCD --split test"
+$E --out runs/levers/eval/shipped                                  # the shipped model (multilab-v3)
+for m in mhcnn-112 mhcnn-160 mhcnn-160-at-112 wide-160 distilled-112; do
+    $E --checkpoint $R/$m --out runs/levers/eval/$m
+done
+$E --checkpoint $R/mhcnn-160 --tta --out runs/levers/eval/mhcnn-160-tta
+$E --tta --out runs/levers/eval/shipped-tta
+$L ensemble runs/levers/eval/mhcnn-112 runs/levers/eval/mhcnn-160 --out runs/levers/eval/ens-112-160
+$L ensemble runs/levers/eval/mhcnn-112 runs/levers/eval/mhcnn-160 runs/levers/eval/wide-160 --out runs/levers/eval/ens-3
+A="wbcnet adapt --no-progress --overwrite --repeats 2 --data $BCCD --shots 10"
+$A --out runs/levers/shots/shipped
+for m in mhcnn-112 mhcnn-160; do $A --checkpoint $R/$m --out runs/levers/shots/$m; done
+$L table "shipped multilab-v3 (112 px, threshold-finder crops)=shipped" "+ TTA (8 turns/mirrors)=shipped-tta" \
+    "learned-finder crops, 112 px=mhcnn-112" "160 px=mhcnn-160" "160 px + TTA=mhcnn-160-tta" \
+    "trained at 160, served at 112=mhcnn-160-at-112" "wide + deep, 160 px (teacher)=wide-160" \
+    "distilled 160 -> 112 (12 of 16 epochs)=distilled-112" "ensemble 112 + 160=ens-112-160" \
+    "ensemble 112 + 160 + wide=ens-3"
