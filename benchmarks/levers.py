@@ -106,7 +106,7 @@ def train_one(name: str, args, t_start: float) -> str:
     how = ["--resume", str(run)] if (run / "last.json").exists() else ["--config", str(cfg_path), "--out", str(run)]
     t0 = time.time()
     with open(run.parent / f"{name}.log", "a") as log:
-        code = subprocess.run([sys.executable, "-m", "wbcnet", "train", *how], stdout=log, stderr=subprocess.STDOUT,
+        code = subprocess.run([sys.executable, "-m", "wbcnet", "train", *how], stdout=log, stderr=subprocess.STDOUT, check=False,
                               env={**os.environ, "OMP_NUM_THREADS": str(cfg["threads"])}).returncode
     note = f"{name}: {'finished' if code == 0 else f'failed (exit {code})'} in {time.time() - t0:.0f} s"
     print(note, flush=True)

@@ -44,7 +44,7 @@ def pil_reference(n: int = 500) -> float:
     one thread: a yardstick for how fast this machine is right now."""
     from wbcnet.demo import SAMPLE
 
-    data = sorted(Path(SAMPLE).glob("*/*.jpg"))[0].read_bytes()
+    data = min(Path(SAMPLE).glob("*/*.jpg")).read_bytes()
 
     def run():
         for _ in range(n):
