@@ -188,6 +188,9 @@ def table(out: Path, rows: list[str]) -> None:
     for spec in rows:
         name, folder = spec.split("=", 1)
         ev = out / "eval" / folder
+        if not (ev / "raabin" / "predictions.csv").exists():
+            lines.append(f"| {name} | not evaluated ({ev} is missing) |" + " |" * 6)
+            continue
         cells = []
         summary = {}
         if (ev / "summary.csv").exists():
