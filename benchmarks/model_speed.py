@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import io
 import platform
-import statistics
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -23,20 +21,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from benchmarks.bench import median_seconds
 from wbcnet import checkpoint as ckpt
 from wbcnet.checkpoint import git_commit
 from wbcnet.inference import predict_logits, use_bf16
 
 
-def timed(fn, repeats: int = 5, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def timed(fn) -> float:
+    return median_seconds(fn, warmup=2, repeats=5)
 
 
 def pil_reference(n: int = 500) -> float:
