@@ -20,7 +20,7 @@ pytest.importorskip("lightly")
 
 TINY = {"widths": [8, 16, 32, 48], "heads": 2, "depth": 1}
 FIELDS = REPO / "tests" / "data" / "fields"  # six BCCD fields: their white cells, cut out by the finder
-RECIPE = ["--epochs", "2", "--batch-size", "32", "--threads", "1", "--no-cache", "--no-progress"]
+RECIPE = ["--epochs", "2", "--warmup-epochs", "0.5", "--batch-size", "32", "--threads", "1", "--no-cache", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +46,7 @@ def test_pretrain_writes_the_backbone_and_what_it_is_for(backbone):
     assert sample["cells"] == 300 and fields["fields"] == 6 and fields["cells"] >= 5
     assert meta["cells"] == sample["cells"] + fields["cells"] and meta["method"] == "simclr"
     assert meta["recipe"]["epochs"] == 2 and meta["recipe"]["temperature"] == 0.2 and meta["seed"] == 0
+    assert meta["recipe"]["warmup_epochs"] == 0.5
     tensors = load_tensors(backbone / "backbone.safetensors")
     assert "stem.0.0.weight" in tensors and not any(k.startswith("fc.") for k in tensors)  # no classifier
     assert len((backbone / "history.csv").read_text().splitlines()) == 3
@@ -122,6 +123,40 @@ def test_without_lightly_pretrain_says_how_to_install_it(monkeypatch, tmp_path, 
     assert main(["pretrain", "--data", f"s={SAMPLE}", "--out", str(tmp_path / "bb")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "pip install" in err and "lightly" in err
+    assert not (tmp_path / "bb").exists()
+
+
+def test_the_linear_probe_scores_the_backbone_beside_its_random_start(backbone, tmp_path):
+    import csv
+
+    sys.path.insert(0, str(REPO))  # `benchmarks` lives beside src/, not in the package
+    from benchmarks.probe_backbone import main as probe_main
+
+    pictures = sorted(SAMPLE.rglob("*.jpg"))
+    with open(tmp_path / "split.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label", "group", "split", "source"])
+        for i, p in enumerate(pictures):
+            w.writerow([p, p.parent.name, p.stem, "test" if i % 3 == 0 else "train", ("raabin", "pbc")[i % 2]])
+    out = tmp_path / "probe.md"
+    assert probe_main(["--backbone", str(backbone), "--split", str(tmp_path / "split.csv"), "--bccd", str(SAMPLE),
+                       "--shots", "3", "--draws", "2", "--threads", "1", "--cache-dir", str(tmp_path / "c"),
+                       "--out", str(out)]) == 0
+    rows = [r for r in out.read_text().splitlines() if r.startswith("| random") or r.startswith("| SimCLR")]
+    assert len(rows) == 4
+    for row in rows:
+        scores = [float(v) for cell in row.split("|")[3:-1] for v in cell.split("/")]
+        assert len(scores) == 6 and all(0 <= v <= 1 for v in scores)
+    # the backbone's weights were loaded: its features score otherwise than the random start's
+    assert [r.split("|")[3:] for r in rows[:2]] != [r.split("|")[3:] for r in rows[2:]]
+
+
+def test_a_bad_recipe_is_refused_in_one_line_before_any_cell_is_read(tmp_path, capsys):
+    for flag, value, says in (("--warmup-epochs", "-1", "0 or more"), ("--temperature", "0", "above 0"),
+                              ("--batch-size", "1", "at least 2 cells")):
+        assert main(["pretrain", "--data", f"s={SAMPLE}", "--out", str(tmp_path / "bb"), flag, value]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and flag in err and says in err, err
     assert not (tmp_path / "bb").exists()
 
 

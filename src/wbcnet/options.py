@@ -370,6 +370,8 @@ class PretrainOptions:  # pretrain_config.PretrainConfig is the run; these are i
                                      "batch's other 2B-2 views")
     lr: float | None = _recipe("lr", "AdamW peak learning rate", float)
     temperature: float | None = _recipe("temperature", "NT-Xent temperature", float)
+    warmup_epochs: float | None = _recipe("warmup_epochs", "epochs of linear learning-rate warmup before the cosine "
+                                          "decay", float)
     seed: int | None = _recipe("seed", "seed of the model, the order, the views and dropout")
     cache_dir: str = flag(".cache/wbcnet", help="decode cache folder for --data (default .cache/wbcnet)")
     no_cache: bool = flag(False, help="decode into memory only")

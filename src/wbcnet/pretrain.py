@@ -354,7 +354,7 @@ def run_command(opts, args) -> int:
     for name in ("model", "img_size", "crop"):
         if getattr(opts, name) is not None:
             setattr(base, name, getattr(opts, name))
-    recipe = {k: getattr(opts, k) for k in ("epochs", "batch_size", "lr", "temperature", "seed")
+    recipe = {k: getattr(opts, k) for k in ("epochs", "batch_size", "lr", "temperature", "warmup_epochs", "seed")
               if getattr(opts, k) is not None}
     cfg = from_train_config(base, out=opts.out, data=opts.data or [], unlabelled=opts.unlabelled or [],
                             unlabelled_kind=opts.unlabelled_kind, device=args.device, threads=args.threads,

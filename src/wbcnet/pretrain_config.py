@@ -61,6 +61,9 @@ class PretrainConfig:
                 raise WbcnetError(f"--{name.replace('_', '-')} {value}: must be a whole number, 1 or more")
         if self.batch_size < 2:
             raise WbcnetError("--batch-size 1: SimCLR needs at least 2 cells a batch (the others are its negatives)")
+        if isinstance(self.warmup_epochs, bool) or not isinstance(self.warmup_epochs, (int, float)) \
+                or not self.warmup_epochs >= 0:
+            raise WbcnetError(f"--warmup-epochs {self.warmup_epochs}: must be a number, 0 or more")
         for name in ("lr", "temperature"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
