@@ -156,11 +156,19 @@ def _predictions(folder: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+def _scores(preds: list[dict]) -> tuple[float, float]:
+    """(accuracy, macro-F1) of predictions.csv rows."""
+    from wbcnet.metrics import macro_f1
+
+    classes = sorted({r["true"] for r in preds} | {r["predicted"] for r in preds})
+    y = [classes.index(r["true"]) for r in preds]
+    yhat = [classes.index(r["predicted"]) for r in preds]
+    return sum(a == b for a, b in zip(y, yhat)) / len(y), macro_f1(y, yhat)
+
+
 def ensemble(evals: list[Path], out: Path) -> None:
     """The members' probabilities averaged, cell by cell, from their evaluations (same sets, same
     order): an ensemble's scores without running the models again."""
-    from wbcnet.metrics import macro_f1
-
     for lab in ("raabin", "pbc", "bccd"):
         members = [_predictions(e / lab) for e in evals]
         classes = [k[2:] for k in members[0][0] if k.startswith("p_")]
@@ -173,16 +181,12 @@ def ensemble(evals: list[Path], out: Path) -> None:
                          "confidence": f"{p[best]:.4f}", **{f"p_{k}": f"{v:.4f}" for k, v in zip(classes, p)}})
         (out / lab).mkdir(parents=True, exist_ok=True)
         _write(out / lab / "predictions.csv", list(rows[0]), [list(r.values()) for r in rows])
-        y = [classes.index(r["true"]) for r in rows]
-        yhat = [classes.index(r["predicted"]) for r in rows]
-        acc = sum(a == b for a, b in zip(y, yhat)) / len(y)
-        print(f"{out.name} {lab}: n={len(y)} accuracy {acc:.4f} macro-F1 {macro_f1(y, yhat):.4f}")
+        acc, f1 = _scores(rows)
+        print(f"{out.name} {lab}: n={len(rows)} accuracy {acc:.4f} macro-F1 {f1:.4f}")
 
 
 def table(out: Path, rows: list[str]) -> None:
     """levers.md: one row per lever from its evaluation folder (and its few-shot curve)."""
-    from wbcnet.metrics import macro_f1
-
     lines = ["| lever | Raabin acc | Raabin macro-F1 | N->E errors | PBC macro-F1 | BCCD macro-F1 | BCCD k=10 "
              "macro-F1 | unfamiliar AUROC (BCCD) |", "|---|---|---|---|---|---|---|---|"]
     for spec in rows:
@@ -198,15 +202,12 @@ def table(out: Path, rows: list[str]) -> None:
                 summary = {r["set"]: r for r in csv.DictReader(fh)}
         for lab in ("raabin", "pbc", "bccd"):
             preds = _predictions(ev / lab)
-            classes = sorted({r["true"] for r in preds} | {r["predicted"] for r in preds})
-            y = [classes.index(r["true"]) for r in preds]
-            yhat = [classes.index(r["predicted"]) for r in preds]
-            acc = sum(a == b for a, b in zip(y, yhat)) / len(y)
+            acc, f1 = _scores(preds)
             if lab == "raabin":
                 ne = sum(r["true"] == "Neutrophil" and r["predicted"] == "Eosinophil" for r in preds)
-                cells += [f"{acc:.4f}", f"{macro_f1(y, yhat):.4f}", str(ne)]
+                cells += [f"{acc:.4f}", f"{f1:.4f}", str(ne)]
             else:
-                cells.append(f"{macro_f1(y, yhat):.4f}")
+                cells.append(f"{f1:.4f}")
         curve = out / "shots" / folder / "learning_curve.csv"
         if curve.exists():
             with open(curve, newline="") as fh:
