@@ -92,7 +92,7 @@ def test_a_backbone_for_another_model_or_input_is_refused_in_one_line(backbone, 
 def test_same_command_same_backbone_and_a_killed_run_resumes_exactly(backbone, tmp_path):
     cfg = PretrainConfig(out=str(tmp_path / "bb"), data=[f"sample={SAMPLE}"], unlabelled=[f"bccd={FIELDS}"],
                          model_args=dict(TINY), img_size=64,
-                         epochs=2, batch_size=32, threads=1, cache_dir=None, progress=False)
+                         epochs=2, warmup_epochs=0.5, batch_size=32, threads=1, cache_dir=None, progress=False)
 
     def kill(epoch, row):
         raise KeyboardInterrupt
