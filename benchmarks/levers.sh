@@ -25,6 +25,7 @@ $E --tta --out runs/levers/eval/shipped-tta
 test -f runs/multilab-kd/DONE && $E --checkpoint runs/multilab-kd --out runs/levers/eval/multilab-kd
 # SimCLR pretraining here on the split's train and val cells only (labels unused; no test cell,
 # no BCCD cell), 8 epochs (~70 min on 2 cores), then the recipe from that backbone (~60 min):
+#   mkdir -p runs/pretrain-tv
 #   awk -F, 'NR==1||$4=="train"||$4=="val"' runs/multilab-lf/split.csv > runs/pretrain-tv/trainval.csv
 #   wbcnet pretrain --config configs/multilab.yaml --data raabin=runs/pretrain-tv/trainval.csv \
 #       --data pbc=runs/pretrain-tv/trainval.csv --out runs/pretrain-tv/backbone --epochs 8 --warmup-epochs 1
