@@ -50,8 +50,11 @@ def probe(train_x, train_y, tests: dict, shots: int | None, seed: int) -> dict:
         train_x, train_y = train_x[keep], train_y[keep]
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0 if shots is None else 0.1))
     clf.fit(train_x, train_y)
-    return {name: (accuracy_score(y, clf.predict(x)), f1_score(y, clf.predict(x), average="macro"))
-            for name, (x, y) in tests.items()}
+    scores = {}
+    for name, (x, y) in tests.items():
+        predicted = clf.predict(x)
+        scores[name] = (accuracy_score(y, predicted), f1_score(y, predicted, average="macro"))
+    return scores
 
 
 def main(argv=None) -> int:
@@ -71,14 +74,14 @@ def main(argv=None) -> int:
     from wbcnet.backbone import read_backbone
     from wbcnet.config import TrainConfig
     from wbcnet.data.cache import cached_decode
-    from wbcnet.data.preprocess import Preprocess
+    from wbcnet.data.preprocess import from_meta
     from wbcnet.data.scan import scan
     from wbcnet.train import build_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
     _, meta = read_backbone(args.backbone)
-    prep = Preprocess(size=meta.img_size, **{k: v for k, v in meta.preprocess.items() if k != "finder_weights"})
+    prep = from_meta(meta)  # the backbone's preprocessing, as a checkpoint's is read
     sets = {}
     for name, path, split, source in (("train", args.split, "train", ""), ("raabin", args.split, "test", "raabin"),
                                       ("pbc", args.split, "test", "pbc"), ("bccd", args.bccd, None, "")):
