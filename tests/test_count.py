@@ -293,3 +293,51 @@ def test_few_cells_for_many_fields_is_said():
     for f in fields[:10]:
         f.cells = [object()]
     assert count_warnings(fields) == []
+
+
+def red_cells_only_field() -> np.ndarray:
+    """A 640 x 480 field of BCCD red cells with no white cell: BloodImage_00000's left 250 columns
+    (its one white cell is boxed from x = 260), mirrored out to the full width."""
+    rgb = np.asarray(Image.open(FIELDS / "BloodImage_00000.jpg").convert("RGB"))[:, :250]
+    return np.concatenate([rgb, rgb[:, ::-1], rgb[:, :140]], axis=1)
+
+
+def test_a_field_of_red_cells_only_gives_no_counted_white_cell_and_warns(tmp_path, capsys):
+    Image.fromarray(red_cells_only_field()).save(tmp_path / "red_only.jpg", quality=92)
+    out = tmp_path / "out"
+    assert main(["count", str(tmp_path / "red_only.jpg"), "--out", str(out), "--no-progress", "--no-fields"]) == 3
+    summary = json.loads((out / "count.json").read_text())
+    assert summary["counted"] == 0 and summary["cells_found"] == 0
+    assert "warning: no white cell was found" in capsys.readouterr().err
+    assert summary["warnings"]
+
+
+def test_implausibly_many_white_cells_are_said_and_the_fields_named():
+    from wbcnet.count import count_warnings, is_implausible
+    from wbcnet.results import FieldResult
+
+    # A 1440 x 900 field with red cells 85 px across has room for ~230 of them: 30 "white cells"
+    # there is one per 8, far past blood's one per 500-1,000; 3 is plausible anywhere.
+    assert is_implausible(30, 1440, 900, 85.0) and not is_implausible(3, 1440, 900, 85.0)
+    assert not is_implausible(20, 1440, 900, 30.0)  # a low magnification: ~1,800 red cells' room
+    fields = [FieldResult(f"f{i}.jpg", 1440, 900, cells=[object()] * (40 if i < 2 else 1), red_cell_px=85.0,
+                          implausible=i < 2) for i in range(6)]
+    text = [w for w in count_warnings(fields) if w.startswith("implausibly many")]
+    assert text and "2 of 6 fields" in text[0] and "f0.jpg, f1.jpg" in text[0]
+
+
+def test_an_unsure_scale_is_said_and_the_fields_named():
+    from wbcnet.count import count_warnings
+    from wbcnet.results import FieldResult
+
+    fields = [FieldResult(f"f{i}.jpg", 640, 480, cells=[object()], scale_unsure=i == 3) for i in range(5)]
+    text = [w for w in count_warnings(fields) if "unsure of the scale" in w]
+    assert text and "1 of 5 fields (f3.jpg)" in text[0]
+
+
+def test_count_reports_what_the_finder_rejected_apart(counted):
+    code, out = counted
+    summary = json.loads((out / "count.json").read_text())
+    assert summary["finder"] == "shipped"
+    assert isinstance(summary["rejected"], int) and summary["rejected"] >= 0
+    assert "judged not white cells" in (out / "count.html").read_text()

@@ -13,10 +13,10 @@ from PIL import Image
 
 from conftest import SAMPLE
 from test_locate import framing_paths
-from wbcnet.data.locate import find_cell, find_cells
+from wbcnet.data.locate import find_cell, find_cells, get_finder
 from wbcnet.errors import WbcnetError
 from wbcnet.count import match_boxes
-from wbcnet.finder.evaluate import STRESSES, stress
+from wbcnet.finder.evaluate import FIELD_STRESSES, STRESSES, stress
 from wbcnet.finder.net import load_finder
 
 FIELDS = Path(__file__).resolve().parent / "data" / "fields"
@@ -155,3 +155,83 @@ def test_a_tiny_training_run_writes_a_finder_that_loads_and_runs(tmp_path):
     finder = load_finder(out)
     assert finder.config.trained_on == ("bccd", "raabin")
     assert isinstance(finder.find_cells(load(FIELDS / "BloodImage_00000.jpg")), list)
+
+
+@pytest.mark.parametrize("kind", FIELD_STRESSES)
+def test_fields_rescaled_defocused_and_unevenly_lit_still_give_their_cells(kind):
+    pairs = [stress(rgb, kind, b) for rgb, b in fields_with_boxes()]
+    recall, precision = detection(pairs)
+    assert recall >= 6 / 8 and precision >= 0.6, (kind, recall, precision)
+
+
+def test_the_finder_reads_each_field_s_scale_from_the_field_itself():
+    # No threshold ruler: the network's own reading of the red cells' size must follow the
+    # picture's magnification (BCCD's red-cell boxes are ~110 px across at 640 x 480).
+    finder = get_finder()
+    for path in sorted(FIELDS.glob("*.jpg"))[:3]:
+        rgb = load(path)
+        base = finder.search_field(rgb).red_cell_px
+        assert 70 < base < 160, (path.name, base)
+        for f in (0.4, 2.5):
+            h, w = rgb.shape[:2]
+            scaled = np.asarray(Image.fromarray(rgb).resize((round(w * f), round(h * f)), Image.Resampling.LANCZOS))
+            got = finder.search_field(scaled).red_cell_px
+            assert abs(np.log(got / (base * f))) < np.log(1.35), (path.name, f, got, base * f)
+
+
+def test_a_field_search_keeps_what_it_rejected_apart_from_its_cells():
+    search = get_finder().search_field(load(FIELDS / "BloodImage_00000.jpg"))
+    threshold = get_finder().config.threshold
+    assert all(c.score >= threshold for c in search.cells)
+    assert all(c.score < threshold for c in search.rejected)
+
+
+def write_points(path, names):
+    with open(FIELDS / "wbc_boxes.csv") as fh, open(path, "w", newline="") as out:
+        w = csv.writer(out)
+        w.writerow(["file", "x", "y", "kind"])
+        for row in csv.DictReader(fh):
+            if row["file"] in names:
+                w.writerow([row["file"], (float(row["x0"]) + float(row["x1"])) / 2,
+                            (float(row["y0"]) + float(row["y1"])) / 2, "wbc"])
+        w.writerow([names[0], 5, 5, "not"])
+
+
+def test_a_finder_taught_a_few_fields_is_saved_and_used_by_count(tmp_path):
+    from wbcnet.cli import main
+
+    points = tmp_path / "points.csv"
+    write_points(points, ["BloodImage_00000.jpg", "BloodImage_00001.jpg", "BloodImage_00003.jpg"])
+    lab = tmp_path / "my-lab"
+    assert main(["finder", "adapt", "--fields", str(FIELDS), "--points", str(points), "--out", str(lab),
+                 "--steps", "3", "--no-progress"]) == 0
+    assert sorted(p.name for p in lab.iterdir()) == ["best.json", "best.safetensors", "finder.json",
+                                                      "finder.safetensors"]
+    taught = load_finder(lab / "finder")
+    assert taught.config.extra["adapted_from"] == load_finder().config.name
+    assert not list(tmp_path.glob(".my-lab*"))  # no partial folder left
+    out = tmp_path / "count"
+    assert main(["count", str(FIELDS / "*.jpg"), "--checkpoint", str(lab), "--out", str(out), "--no-progress",
+                 "--no-fields"]) in (0, 3)
+    assert json.loads((out / "count.json").read_text())["finder"] == str(lab / "finder")
+    # A second teaching into the same folder is refused, and the model there kept.
+    assert main(["finder", "adapt", "--fields", str(FIELDS), "--points", str(points), "--out", str(lab),
+                 "--steps", "3", "--no-progress"]) == 2
+    assert load_finder(lab / "finder").sha256 == taught.sha256
+
+
+@pytest.mark.parametrize("text, message", [
+    ("file,x,y,kind\nBloodImage_00000.jpg,10,10,maybe\n", "line 2: kind 'maybe' is not one of wbc, not"),
+    ("file,x,y\nBloodImage_00000.jpg,ten,10\n", "line 2: x and y must be numbers"),
+    ("name,x,y\n", "needs the columns file,x,y"),
+    ("file,x,y,kind\nnot_there.jpg,10,10,wbc\n", "not_there.jpg: a points file names this field"),
+])
+def test_bad_points_are_refused_in_one_line(tmp_path, capsys, text, message):
+    from wbcnet.cli import main
+
+    (tmp_path / "p.csv").write_text(text)
+    assert main(["finder", "adapt", "--fields", str(FIELDS), "--points", str(tmp_path / "p.csv"),
+                 "--out", str(tmp_path / "lab"), "--steps", "3", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "lab").exists()

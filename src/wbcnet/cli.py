@@ -137,7 +137,8 @@ def cmd_count(args) -> int:
     for text in r.warnings:
         print(f"warning: {text}", file=sys.stderr)
     print(f"{len(r.fields) - len(r.unreadable)} of {len(r.fields)} fields read, {r.cells_found} white cells found: "
-          f"{r.counted} counted, {r.referred} referred, {r.edge_skipped} cut by the edge (not counted)")
+          f"{r.counted} counted, {r.referred} referred, {r.edge_skipped} cut by the edge (not counted); "
+          f"{r.rejected} other objects judged not white cells")
     for name, c in r.differential.classes.items():
         print(f"  {name:<12} {c.count:>5}  {c.percent:5.1f}%  [{c.ci_low:.1f}, {c.ci_high:.1f}]  referred {c.referred}")
     if r.target is not None:

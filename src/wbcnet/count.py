@@ -30,11 +30,12 @@ from tqdm import tqdm
 
 from .data.cache import default_workers
 from .data.imageio import ImageReadError, load_rgb
-from .data.locate import CellBox, crop_square, find_cells
+from .data.locate import CellBox, crop_square, search_field
 from .data.preprocess import cell_input, from_meta
 from .errors import WbcnetError
 from .inference import run_model
-from .results import CellResult, ClassCount, ClassError, CountResult, Differential, FieldResult, TruthScore
+from .results import (Candidate, CellResult, ClassCount, ClassError, CountResult, Differential, FieldResult,
+                      TruthScore)
 
 # A found cell is cut out at this many radii around it before the checkpoint's preprocessing
 # finds it again in the window and crops to its own context, exactly as predict does on a crop.
@@ -55,6 +56,16 @@ FIELD_PICTURE_SIDE = 1024
 # classifier learnt from stained colour pictures, and the finder misses cells in grey ones.
 _GREY_SPREAD = 6
 CELL_PICTURE_SIDE = 96
+# The finder's scale is unsure when its map of log red-cell diameters has an interquartile range
+# above this (a factor of ~1.5 between the quartiles).
+_SCALE_SPREAD = 0.4
+# A field holds implausibly many white cells when they outnumber one in _MAX_WBC_PER_RBC of the red
+# cells that would tile it (its area over a red cell's, at the diameter the finder read), and more
+# than _MAX_WBC_ANY. Blood has about one white cell per 500-1,000 red cells; the bound is 60x
+# that, so a heavy leukocytosis passes and a finder firing on red cells does not (the held-back
+# lab of issue 27: 94-100 "white cells" in fields of ~230 red-cell areas).
+_MAX_WBC_PER_RBC = 8
+_MAX_WBC_ANY = 4
 
 
 @dataclass
@@ -66,6 +77,9 @@ class FoundCells:
     width: int = 0
     height: int = 0
     boxes: list[CellBox] = field(default_factory=list)
+    rejected: list[CellBox] = field(default_factory=list)  # looked at, judged not white cells
+    red_cell_px: float | None = None                       # the scale the finder read
+    scale_unsure: bool = False
     edge: list[bool] = field(default_factory=list)
     inputs: list[np.ndarray] = field(default_factory=list)
     error: str = ""
@@ -73,6 +87,7 @@ class FoundCells:
     picture: np.ndarray | None = None   # the field, longer side at most FIELD_PICTURE_SIDE
     scale: float = 1.0                   # picture pixels per field pixel
     cell_pictures: list[np.ndarray] = field(default_factory=list)  # each cell's box, at most CELL_PICTURE_SIDE
+    rejected_pictures: list[np.ndarray] = field(default_factory=list)  # each rejected candidate's box, likewise
 
 
 OnField = Callable[[FieldResult, FoundCells], None]
@@ -103,10 +118,39 @@ def _shrunk(rgb: np.ndarray, side: int) -> np.ndarray:
     return np.asarray(img)
 
 
-def find_field_cells(path: str, prep, pictures: bool = False) -> FoundCells:
+def lab_finder(meta) -> str | None:
+    """The finder a lab taught (`wbcnet finder adapt`): finder.safetensors beside the checkpoint
+    of a lab model; None for any other checkpoint (the shipped finder)."""
+    path = getattr(meta, "path", None)
+    if path is None:
+        return None
+    stem = Path(path).parent / "finder"
+    return str(stem) if stem.with_suffix(".json").is_file() else None
+
+
+def finder_name(meta) -> str:
+    """What count.json and the page say found the cells."""
+    if from_meta(meta).finder == "classic":
+        return "classic"
+    return lab_finder(meta) or "shipped"
+
+
+def scale_is_unsure(search) -> bool:
+    """The finder's looks at a field disagreed on its scale, or its map of red-cell sizes spread
+    wider than _SCALE_SPREAD (a field of mixed content, or one unlike any it learnt from)."""
+    return (not search.scale_settled) or search.scale_spread > _SCALE_SPREAD
+
+
+def _box_picture(rgb: np.ndarray, box: CellBox, width: int, height: int) -> np.ndarray:
+    x0, y0, x1, y1 = box_corners(box, width, height)
+    return _shrunk(rgb[y0:y1, x0:x1], CELL_PICTURE_SIDE) if x1 > x0 and y1 > y0 else np.zeros((0, 0, 3), np.uint8)
+
+
+def find_field_cells(path: str, prep, pictures: bool = False, finder_weights: str | None = None) -> FoundCells:
     """Read one field, find its white cells and make each one's model input (and, with
     `pictures`, keep the field's and the cells' pictures). Never raises for a bad file: the
-    error is kept, so one unreadable field does not stop a count."""
+    error is kept, so one unreadable field does not stop a count. `finder_weights`: a lab's own
+    finder (lab_finder) instead of the shipped one."""
     result = FoundCells(path)
     try:
         rgb = load_rgb(path)
@@ -115,28 +159,32 @@ def find_field_cells(path: str, prep, pictures: bool = False) -> FoundCells:
         return result
     result.height, result.width = rgb.shape[:2]
     result.greyscale = is_greyscale(rgb)
-    for box in find_cells(rgb, prep.finder):
+    search = search_field(rgb, prep.finder, finder_weights)
+    result.rejected = search.rejected
+    result.red_cell_px = search.red_cell_px if search.red_cell_px == search.red_cell_px else None
+    result.scale_unsure = prep.finder != "classic" and scale_is_unsure(search)
+    for box in search.cells:
         window = crop_square(rgb, box, _WINDOW_CONTEXT)
         arr, _ = cell_input(window, prep)
         result.boxes.append(box)
         result.edge.append(is_cut_by_edge(box, result.width, result.height))
         result.inputs.append(arr.transpose(2, 0, 1))
         if pictures:
-            x0, y0, x1, y1 = box_corners(box, result.width, result.height)
-            result.cell_pictures.append(_shrunk(rgb[y0:y1, x0:x1], CELL_PICTURE_SIDE) if x1 > x0 and y1 > y0
-                                        else np.zeros((0, 0, 3), np.uint8))
+            result.cell_pictures.append(_box_picture(rgb, box, result.width, result.height))
     if pictures:
+        result.rejected_pictures = [_box_picture(rgb, b, result.width, result.height) for b in result.rejected]
         result.picture = rgb if max(rgb.shape[:2]) <= FIELD_PICTURE_SIDE else _shrunk(rgb, FIELD_PICTURE_SIDE)
         result.scale = result.picture.shape[1] / result.width
     return result
 
 
-def find_fields(paths: list[str], prep, workers: int | None = None, pictures: bool = False, pool=None) -> list[FoundCells]:
+def find_fields(paths: list[str], prep, workers: int | None = None, pictures: bool = False, pool=None,
+                finder_weights: str | None = None) -> list[FoundCells]:
     """find_field_cells over `paths` in threads, in input order."""
     if pool is not None:
-        return list(pool.map(lambda p: find_field_cells(p, prep, pictures), paths))
+        return list(pool.map(lambda p: find_field_cells(p, prep, pictures, finder_weights), paths))
     with ThreadPoolExecutor(workers or default_workers()) as own:
-        return find_fields(paths, prep, pictures=pictures, pool=own)
+        return find_fields(paths, prep, pictures=pictures, pool=own, finder_weights=finder_weights)
 
 
 def classify_found(model, meta, found: list[FoundCells], min_confidence: float = 0.0, batch_size: int = 64,
@@ -155,7 +203,10 @@ def classify_found(model, meta, found: list[FoundCells], min_confidence: float =
             cells.append(CellResult.from_predictions(f.path, pred, j, referred, classes,
                                                      box=box_corners(box, f.width, f.height), edge=edge))
             j += 1
-        out.append(FieldResult(f.path, f.width, f.height, cells, f.error or None, f.greyscale))
+        rejected = [Candidate(box_corners(b, f.width, f.height), b.score) for b in f.rejected]
+        out.append(FieldResult(f.path, f.width, f.height, cells, f.error or None, f.greyscale, rejected=rejected,
+                               red_cell_px=f.red_cell_px, scale_unsure=f.scale_unsure,
+                               implausible=is_implausible(len(cells), f.width, f.height, f.red_cell_px)))
     return out
 
 
@@ -165,11 +216,13 @@ def count_fields(model, meta, paths: list[str], min_confidence: float = 0.0, bat
     """Find and classify the white cells of every field, in input order. `on_field(field, found)`
     is called for each field once it is classified, with its pictures (see the module's doc)."""
     prep = from_meta(meta)
+    finder_weights = lab_finder(meta)
     fields: list[FieldResult] = []
     bar = tqdm(total=len(paths), desc="counting", unit="field", disable=not progress)
     with ThreadPoolExecutor(workers or default_workers()) as pool:
         for start in range(0, len(paths), _CHUNK):
-            found = find_fields(paths[start:start + _CHUNK], prep, pictures=on_field is not None, pool=pool)
+            found = find_fields(paths[start:start + _CHUNK], prep, pictures=on_field is not None, pool=pool,
+                                finder_weights=finder_weights)
             chunk = classify_found(model, meta, found, min_confidence, batch_size, shift_check)
             for f, seen in zip(chunk, found):
                 if on_field is not None:
@@ -311,7 +364,8 @@ def run_count(model, meta, paths: list[str], min_confidence: float = 0.0, target
     fields = count_fields(model, meta, paths, min_confidence, batch_size, workers, shift_check, progress, on_field)
     classes = list(meta.classes)
     result = CountResult(fields, differential([c for f in fields for c in f.cells], classes), classes,
-                         min_confidence, shift_check and meta.shift_stats is not None, str(meta.path), target)
+                         min_confidence, shift_check and meta.shift_stats is not None, str(meta.path), target,
+                         finder=finder_name(meta))
     if truth is not None:
         result.truth = score_against_truth(fields, truth, classes, str(truth_path))
     result.warnings += count_warnings(fields)
@@ -326,9 +380,34 @@ _FEW_CELLS_PER_FIELD = 0.2
 _FEW_MIN_FIELDS = 5
 
 
+def is_implausible(cells: int, width: int, height: int, red_cell_px: float | None) -> bool:
+    """More white cells than a field of this size can plausibly hold (see _MAX_WBC_PER_RBC); with no
+    scale read, a field's area is taken as 100 red cells."""
+    if cells <= _MAX_WBC_ANY:
+        return False
+    red_cells = width * height / (np.pi / 4 * red_cell_px ** 2) if red_cell_px else 100.0
+    return cells > red_cells / _MAX_WBC_PER_RBC
+
+
+def _named(fields: list[FieldResult], most: int = 5) -> str:
+    names = ", ".join(Path(f.file).name for f in fields[:most])
+    return names + (f" and {len(fields) - most} more" if len(fields) > most else "")
+
+
 def count_warnings(fields: list[FieldResult]) -> list[str]:
     """What a person should know before trusting the count."""
     out = []
+    crowded = [f for f in fields if f.implausible]
+    if crowded:
+        n = sum(len(f.cells) for f in crowded)
+        out.append(f"implausibly many white cells in {len(crowded)} of {len(fields)} fields ({n} in all; "
+                   f"{_named(crowded)}): blood holds about one white cell per 500-1,000 red cells, so the finder is "
+                   f"likely taking red cells or debris for white cells here; check the drawn fields, or teach the "
+                   f"finder this lab (wbcnet finder adapt)")
+    unsure = [f for f in fields if f.scale_unsure and not f.error]
+    if unsure:
+        out.append(f"the finder was unsure of the scale of {len(unsure)} of {len(fields)} fields ({_named(unsure)}): "
+                   f"cells there may be missed or wrongly found; check the drawn fields")
     readable = [f for f in fields if not f.error]
     found = sum(len(f.cells) for f in readable)
     if readable and found == 0:

@@ -179,6 +179,14 @@ class CellResult(Record):
 # --- whole fields and their count -------------------------------------------------------------
 
 @dataclass
+class Candidate(Record):
+    """Something the finder looked at in a field and judged not to be a white cell."""
+
+    box: tuple[int, int, int, int] = _f("x0, y0, x1, y1 in the field's pixels")
+    score: float = _f("the finder's score (below its threshold for a white cell)", digits=3)
+
+
+@dataclass
 class FieldResult(Record):
     """One field of a count: its size and cells, or why it could not be read."""
 
@@ -191,6 +199,13 @@ class FieldResult(Record):
                          "missed or mistyped in it", False)
     picture: str | None = _f("the field drawn with its boxes: its file name in fields/ (wbcnet count), or a JPEG "
                              "data URI (the API, with drawn=true)", None)
+    rejected: list[Candidate] = _f("candidates the finder judged not to be white cells (not classified, not counted)",
+                                   factory=list)
+    red_cell_px: float | None = _f("the red cells' diameter the finder read, in the field's pixels (its scale)", None,
+                                   digits=1)
+    scale_unsure: bool = _f("the finder's reading of the field's scale was unsure: its cells may be missed or "
+                            "wrongly found", False)
+    implausible: bool = _f("more white cells found than a smear field of this size can plausibly hold", False)
 
 
 @dataclass
@@ -267,12 +282,15 @@ class CountResult(Record):
     target: int | None = _f("the number of counted cells asked for (--target)", None)
     truth: TruthScore | None = _f("scores against hand-drawn boxes (--truth)", None, omit_none=True)
     warnings: list[str] = _f("things a person should know about this count", factory=list)
+    finder: str = _f("the finder that found the cells: 'shipped', 'classic', or a lab's own (wbcnet finder adapt)",
+                     "shipped")
 
     COMPUTED = {"cells_found": (int, "white cells found in all fields"),
                 "counted": (int, "cells in the differential"),
                 "referred": (int, "whole cells referred to a person"),
                 "edge_skipped": (int, "cells cut by a field's edge"),
                 "fields_without_cells": (int, "readable fields where no white cell was found"),
+                "rejected": (int, "candidates the finder judged not to be white cells (not counted)"),
                 "target_reached": (bool | None, "at least `target` cells were counted (null: no target)")}
 
     @property
@@ -300,6 +318,10 @@ class CountResult(Record):
         return [(f.file, f.error) for f in self.fields if f.error]
 
     @property
+    def rejected(self) -> int:
+        return sum(len(f.rejected) for f in self.fields)
+
+    @property
     def fields_without_cells(self) -> int:
         return sum(1 for f in self.fields if not f.error and not f.cells)
 
@@ -311,9 +333,12 @@ class CountResult(Record):
         """count.json: the totals and settings (the cells are in cells.csv, the shares in differential.json)."""
         out = {"fields": len(self.fields), "unreadable": [list(u) for u in self.unreadable],
                "fields_without_cells": self.fields_without_cells, "cells_found": self.cells_found,
+               "rejected": self.rejected,
+               "implausible_fields": [f.file for f in self.fields if f.implausible],
+               "scale_unsure_fields": [f.file for f in self.fields if f.scale_unsure],
                "counted": self.counted, "referred": self.referred, "edge_skipped": self.edge_skipped,
                "min_confidence": self.min_confidence, "shift_check": self.shift_check,
-               "checkpoint": self.checkpoint, "classes": list(self.classes),
+               "checkpoint": self.checkpoint, "finder": self.finder, "classes": list(self.classes),
                "target": None if self.target is None else {"cells": self.target, "reached": self.target_reached},
                "warnings": list(self.warnings)}
         if self.truth is not None:

@@ -25,6 +25,22 @@ class CellBox:
     score: float = 1.0
 
 
+@dataclass(frozen=True)
+class FieldSearch:
+    """What a finder saw in one whole field: the white cells (best first), the candidates it
+    looked at and judged not to be white cells (red cells, platelet clumps, stain, dark corners:
+    counted apart so a person can check them), and the scale it read: the red cells' diameter
+    in the field's pixels, the spread of its reading (interquartile range of the log diameter
+    over the field) and whether its looks at the field agreed on the scale."""
+
+    cells: list
+    rejected: list
+    red_cell_px: float = float("nan")
+    scale_spread: float = 0.0
+    looks: int = 1
+    scale_settled: bool = True
+
+
 def crop_square(rgb: np.ndarray, box: CellBox, context: float = DEFAULT_CONTEXT,
                 fill: str = "plasma") -> np.ndarray:
     """The square of side 2 * box.radius * context centred on the cell.

@@ -2,7 +2,9 @@
 
 - `find_cell(rgb)`: a single-cell picture (a lab's crop): the white cell nearest its middle.
   train/evaluate/predict/adapt/serve with crop="cell" (data/preprocess.py) use it.
-- `find_cells(rgb)`: a whole smear field: every white cell. count and serve use it.
+- `search_field(rgb)`: a whole smear field: every white cell, the candidates judged not to be
+  white cells, and the scale the finder read (a `FieldSearch`). count and serve use it;
+  `find_cells(rgb)` is its cells alone.
 
 Both use the learned finder (finder/net.py, weights shipped in assets/finder.*) unless
 `finder="classic"` names the threshold finder of earlier versions (data/locate_classic.py), which
@@ -18,10 +20,10 @@ from functools import lru_cache
 
 import numpy as np
 
-from .cellbox import DEFAULT_CONTEXT, CellBox, crop_square, plasma_colour
+from .cellbox import DEFAULT_CONTEXT, CellBox, FieldSearch, crop_square, plasma_colour
 
-__all__ = ["CellBox", "DEFAULT_CONTEXT", "FINDERS", "crop_square", "find_cell", "find_cells", "finder_id",
-           "get_finder", "plasma_colour"]
+__all__ = ["CellBox", "DEFAULT_CONTEXT", "FINDERS", "FieldSearch", "crop_square", "find_cell", "find_cells",
+           "finder_id", "get_finder", "plasma_colour", "search_field"]
 
 FINDERS = ("learned", "classic")
 
@@ -61,15 +63,21 @@ def find_cell(rgb: np.ndarray, finder: str = "learned") -> CellBox | None:
     return get_finder().find_central([rgb])[0]
 
 
-def find_cells(field_rgb: np.ndarray, finder: str = "learned") -> list[CellBox]:
+def find_cells(field_rgb: np.ndarray, finder: str = "learned", weights: str | None = None) -> list[CellBox]:
     """Every white cell in a whole smear field (HxWx3 uint8 of any size and magnification), in
     its pixels, most confident first; empty when none is found."""
-    if finder == "classic":
-        from .locate_classic import find_cells as classic
+    return search_field(field_rgb, finder, weights).cells
 
-        return classic(field_rgb)
+
+def search_field(field_rgb: np.ndarray, finder: str = "learned", weights: str | None = None) -> FieldSearch:
+    """What the finder sees in a whole field: its white cells, the candidates it rejected and the
+    scale it read. `weights`: a lab's own finder (`wbcnet finder adapt`) instead of the shipped one."""
+    if finder == "classic":
+        from .locate_classic import find_cells as classic, red_cell_diameter
+
+        return FieldSearch(classic(field_rgb), [], red_cell_diameter(field_rgb) or float("nan"))
     _check(finder)
-    return get_finder().find_cells(field_rgb)
+    return get_finder(weights).search_field(field_rgb)
 
 
 def _check(finder: str) -> None:

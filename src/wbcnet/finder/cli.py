@@ -24,12 +24,12 @@ def _named(text: str) -> tuple[str, str]:
     return name, path
 
 
-def _field_set(text: str) -> tuple[str, str, str]:
+def _field_set(text: str) -> tuple[str, str, str, str | None]:
     name, rest = _named(text)
-    if ":" not in rest:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=IMAGES_DIR:BOXES_CSV")
-    images, boxes = rest.rsplit(":", 1)
-    return name, images, boxes
+    parts = rest.split(":")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=IMAGES_DIR:BOXES_CSV[:RED_CELL_BOXES_CSV]")
+    return (name, *parts, None)[:4] if len(parts) == 2 else (name, *parts)
 
 
 def add_parser(sub, parents) -> None:
@@ -39,8 +39,10 @@ def add_parser(sub, parents) -> None:
     p = fsub.add_parser("train", help="train a finder on single-cell pictures and boxed fields", parents=parents)
     p.add_argument("--data", action="append", type=_named, default=[], metavar="LAB=DIR",
                    help="an ImageFolder of single-cell pictures (one white cell in the middle); repeatable")
-    p.add_argument("--fields", action="append", type=_field_set, default=[], metavar="LAB=IMAGES_DIR:BOXES_CSV",
-                   help="whole fields and their white-cell boxes (file,x0,y0,x1,y1); repeatable")
+    p.add_argument("--fields", action="append", type=_field_set, default=[], metavar="LAB=IMAGES_DIR:BOXES_CSV[:OTHERS_CSV]",
+                   help="whole fields and their boxes (file,x0,y0,x1,y1 and a label column, every row a white "
+                        "cell, or a kind column, WBC or RBC); OTHERS_CSV adds red-cell boxes (kind RBC) that "
+                        "teach the field's scale; repeatable")
     p.add_argument("--leave-out", action="append", default=[], metavar="LAB",
                    help="train without this lab's pictures (leave-one-lab-out); repeatable")
     p.add_argument("--out", required=True, help="output stem: OUT.safetensors and OUT.json")
@@ -52,6 +54,19 @@ def add_parser(sub, parents) -> None:
     p.add_argument("--cache-dir", default=".cache/wbcnet/finder")
     p.set_defaults(func=cmd_train)
 
+    p = fsub.add_parser("adapt", help="teach the finder a lab's fields: a few corrected fields -> a lab model",
+                        parents=parents)
+    p.add_argument("--fields", required=True, metavar="DIR", help="the lab's fields (the points file names them)")
+    p.add_argument("--points", required=True, metavar="CSV",
+                   help="file,x,y,kind: every white cell of each corrected field (kind wbc), and optionally "
+                        "things that are not white cells (kind not); a field named here counts as fully marked")
+    p.add_argument("--out", required=True, metavar="DIR", help="the lab model's folder (classifier + the lab's finder)")
+    p.add_argument("--checkpoint", default=None, help="the classifier to put in the lab model (default: the shipped one)")
+    p.add_argument("--finder", default=None, help="the finder to start from (default: the shipped one)")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_adapt)
+
     p = fsub.add_parser("evaluate", help="score finders on fields, a degraded stress set and single-cell pictures",
                         parents=parents)
     p.add_argument("--finder", action="append", type=_named, default=[], metavar="NAME=PATH",
@@ -61,6 +76,8 @@ def add_parser(sub, parents) -> None:
                    help="single-cell pictures (ImageFolder); the share with a cell found in the middle is scored")
     p.add_argument("--fields", action="append", type=_field_set, default=[], metavar="LAB=IMAGES_DIR:BOXES_CSV")
     p.add_argument("--stress", action="store_true", help="also score the fields degraded to each extreme")
+    p.add_argument("--stresses", default=None, metavar="A,B",
+                   help="which degradations --stress scores (default: all; see finder/evaluate.py)")
     p.add_argument("--limit", type=int, default=1000, help="single-cell pictures per lab (seeded draw)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", required=True, help="folder for finder_eval.json and finder_eval.md")
@@ -76,9 +93,9 @@ def _sources(args, leave_out=()):
             continue
         sources.append(load_cell_pictures(path, lab, args.per_lab, args.seed, args.cache_dir,
                                           progress=not args.no_progress))
-    for lab, images, boxes in args.fields:
+    for lab, images, boxes, others in args.fields:
         if lab not in leave_out:
-            sources.append(load_fields(images, boxes, lab))
+            sources.append(load_fields(images, boxes, lab, others))
     return sources
 
 
@@ -86,7 +103,7 @@ def cmd_train(args) -> int:
     from .train import FinderTrainConfig, fit
 
     for lab in args.leave_out:
-        if lab not in {n for n, _ in args.data} | {n for n, _, _ in args.fields}:
+        if lab not in {n for n, _ in args.data} | {f[0] for f in args.fields}:
             raise WbcnetError(f"--leave-out {lab}: no --data or --fields lab of that name")
     sources = _sources(args, set(args.leave_out))
     if not sources:
@@ -96,6 +113,20 @@ def cmd_train(args) -> int:
     cfg = FinderTrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, threads=args.threads,
                             labs=sorted({s.lab for s in sources}))
     out = fit(sources, cfg, args.out, progress=not args.no_progress)
+    print(out)
+    return 0
+
+
+def cmd_adapt(args) -> int:
+    from .adapt import adapt_finder
+
+    if args.steps < 1:
+        raise WbcnetError(f"--steps {args.steps}: must be at least 1")
+    if not Path(args.fields).is_dir():
+        raise WbcnetError(f"{args.fields}: not a folder of fields")
+    out = adapt_finder(args.fields, args.points, args.out, checkpoint=args.checkpoint, base=args.finder,
+                       steps=args.steps, seed=args.seed, progress=not args.no_progress,
+                       log=lambda m: print(m, file=sys.stderr))
     print(out)
     return 0
 
@@ -118,7 +149,7 @@ def cmd_evaluate(args) -> int:
 
     from ..data.imageio import is_candidate, load_rgb
     from .data import load_fields
-    from .evaluate import STRESSES, score_fields, score_pictures
+    from .evaluate import ALL_STRESSES, score_fields, score_pictures
 
     if not args.finder:
         raise WbcnetError("give at least one --finder NAME=PATH")
@@ -131,7 +162,7 @@ def cmd_evaluate(args) -> int:
         if len(paths) > args.limit:
             paths = [paths[i] for i in sorted(rng.choice(len(paths), args.limit, replace=False))]
         pictures[lab] = [load_rgb(p) for p in paths]
-    fields = [load_fields(images, boxes, lab) for lab, images, boxes in args.fields]
+    fields = [load_fields(images, boxes, lab, others) for lab, images, boxes, others in args.fields]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -150,7 +181,11 @@ def cmd_evaluate(args) -> int:
                                         "found": d.found, "matched": d.matched,
                                         "fields_per_s": len(src) / (time.perf_counter() - t)}
             if args.stress:
-                for kind in tqdm(STRESSES, desc=f"{name}: stress", disable=args.no_progress):
+                kinds = ALL_STRESSES if not args.stresses else [k.strip() for k in args.stresses.split(",")]
+                for k in kinds:
+                    if k not in ALL_STRESSES:
+                        raise WbcnetError(f"--stresses: {k!r} is not one of {', '.join(ALL_STRESSES)}")
+                for kind in tqdm(kinds, desc=f"{name}: stress", disable=args.no_progress):
                     d = score_fields(find_cells, src, kind)
                     row[f"{src.lab} {kind}"] = {"recall": d.recall, "precision": d.precision, "true": d.true,
                                                 "found": d.found, "matched": d.matched}

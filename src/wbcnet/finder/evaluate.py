@@ -16,12 +16,21 @@ from .data import BOX_TO_RADIUS, Source
 
 # The stress set (issue 18): BCCD's fields degraded to the extremes measured on labs we cannot see.
 STRESSES = ("contrast x0.2", "50 grey levels", "blur 2 px", "0.5x magnification", "vignetting 40%", "colour cast")
+# Issue 27's: fields rescaled x0.3 to x3, 60% vignetting, defocus (a disc, not the Gaussian the
+# finder trains with), and uneven light as the held-back lab's fields show it (grey middle, pink
+# corners). Made with numpy, scipy and PIL here, never with the training's torch degradations.
+FIELD_STRESSES = ("scale x0.3", "scale x3", "vignetting 60%", "defocus", "uneven light", "pale, defocused, uneven")
+ALL_STRESSES = STRESSES + FIELD_STRESSES
 
 
 def stress(rgb: np.ndarray, kind: str, boxes: np.ndarray, others: list | None = None):
     """`rgb` degraded by `kind` and its boxes (K x 4, x0 y0 x1 y1) moved to match. For
     "0.5x magnification" `others` gives three more (field, boxes) to tile 2 x 2 at half size."""
     x = rgb.astype(np.float32)
+    if kind == "pale, defocused, uneven":  # the three at once, as the held-back lab's fields show them
+        for step in ("contrast x0.2", "defocus", "uneven light"):
+            rgb, boxes = stress(rgb, step, boxes)
+        return rgb, boxes
     if kind == "contrast x0.2":
         od = -np.log((x + 1) / 256)
         plasma = np.quantile(od.reshape(-1, 3), 0.1, axis=0)
@@ -38,6 +47,31 @@ def stress(rgb: np.ndarray, kind: str, boxes: np.ndarray, others: list | None = 
         yy, xx = np.mgrid[0:h, 0:w]
         d2 = ((yy - h / 2) / (h / 2)) ** 2 + ((xx - w / 2) / (w / 2)) ** 2
         x = x * (1 - 0.4 * d2 / 2)[..., None]
+    elif kind in ("scale x0.3", "scale x3"):
+        f = 0.3 if kind == "scale x0.3" else 3.0
+        h, w = rgb.shape[:2]
+        img = Image.fromarray(rgb).resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.LANCZOS)
+        return np.asarray(img), boxes * f
+    elif kind == "vignetting 60%":
+        h, w = x.shape[:2]
+        yy, xx = np.mgrid[0:h, 0:w]
+        d2 = ((yy - h / 2) / (h / 2)) ** 2 + ((xx - w / 2) / (w / 2)) ** 2
+        x = x * (1 - 0.6 * np.clip(d2 / 2, 0, 1))[..., None]
+    elif kind == "defocus":
+        from scipy.ndimage import convolve
+
+        r = max(2, round(max(rgb.shape[:2]) / 160))
+        yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+        disc = (yy ** 2 + xx ** 2 <= r * r).astype(np.float32)
+        disc /= disc.sum()
+        x = np.stack([convolve(x[..., c], disc, mode="nearest") for c in range(3)], axis=-1)
+    elif kind == "uneven light":
+        h, w = x.shape[:2]
+        yy, xx = np.mgrid[0:h, 0:w]
+        d2 = np.clip((((yy - h / 2) / (h / 2)) ** 2 + ((xx - w / 2) / (w / 2)) ** 2) / 2, 0, 1)[..., None]
+        grey = x.mean(axis=2, keepdims=True)
+        x = grey + (x - grey) * (0.4 + 0.6 * d2)           # washed-out, greyer middle
+        x = x * (1 - d2 * np.array([0.15, 0.45, 0.35]))     # corners darker and pink
     elif kind == "colour cast":
         x = x * np.array([1.0, 0.93, 0.7])  # a yellow cast: blue light absorbed, as in an old lamp
     elif kind == "0.5x magnification":
@@ -52,7 +86,7 @@ def stress(rgb: np.ndarray, kind: str, boxes: np.ndarray, others: list | None = 
                 all_boxes.append(b * 0.5 + [dx, dy, dx, dy])
         return canvas, (np.concatenate(all_boxes) if all_boxes else np.zeros((0, 4)))
     else:
-        raise ValueError(f"unknown stress {kind!r}; one of {', '.join(STRESSES)}")
+        raise ValueError(f"unknown stress {kind!r}; one of {', '.join(ALL_STRESSES)}")
     return np.clip(x + 0.5, 0, 255).astype(np.uint8), boxes
 
 

@@ -12,14 +12,27 @@ density, centred and scaled per picture), so a pale picture is stretched to the 
 dark one before the first layer, and it was trained on pictures degraded well past the labs we
 have (finder/train.py).
 
-Scale: the network was trained on cells 14 to 110 working pixels across. A field is scaled so
-its red cells are `rbc_work` pixels across (white cells then ~30-60), or, where they can't be
-measured, to a long side of `field_side`; a single-cell picture, framed in its plasma, to a long
-side of `cell_side` (a Raabin-WBC cell is then ~25 px, a tight crop's ~65).
+Scale: the network was trained on cells 14 to 110 working pixels across. It reads a field's
+scale itself: a fourth head predicts, everywhere on the grid, how many working pixels the red
+cells there are across (trained on the red-cell boxes of BCCD and BCD and on each home lab's
+measured red cells). `Finder.search_field` looks at a working copy, reads the median of that
+map, rescales the field so its red cells are `rbc_work` pixels across (white cells then ~30-60)
+and looks again, up to `scale_passes` times (a field at 0.25x or 4x needs two looks). No
+threshold ruler decides the scale any more: the one in data/locate_classic.py read 36 px for
+red cells of 85 on a pale, unevenly lit lab, and the finder then fired on red-cell rims.
+A single-cell picture, framed in its plasma, goes to a long side of `cell_side` (a Raabin-WBC
+cell is then ~25 px, a tight crop's ~65).
+
+Light: before the first layer, `normalise` also evens the light. In optical density the plasma
+is near zero wherever the lamp is bright; under vignetting or a lamp off-centre it is not. The
+palest value within `FLAT_WINDOW` working pixels (wider than any cell the network is shown at the
+working scale) is taken as the local background and subtracted: a flat-field correction, the
+standard answer to uneven illumination, done per picture with no calibration slide.
 """
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,12 +42,16 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from ..data.cellbox import CellBox, plasma_colour
+from ..data.cellbox import CellBox, FieldSearch, plasma_colour
 from ..errors import WbcnetError
 from ..weights import load_tensors, save_tensors, sha256_file
 
-STRIDE = 4
 from .paths import SHIPPED
+
+STRIDE = 4
+# The flat-field window, in working pixels: wider than a white cell at the working scale (30-60)
+# and than most of the training range, narrow enough to follow a vignette across a field.
+FLAT_WINDOW = 132
 
 
 @dataclass(frozen=True)
@@ -51,6 +68,13 @@ class FinderConfig:
     # A field's red cells are made this many working pixels across (see Finder.find_cells): the
     # middle of the trained range of white cells (14-110 px, geometric middle 39) is ~1.5 red cells.
     rbc_work: float = 26.0
+    # The first look at a field is at this long side (never enlarged); up to `scale_passes` looks
+    # in all, each at the scale the one before it read.
+    coarse_side: int = 384
+    scale_passes: int = 3
+    # Candidates between `reject_floor` and `threshold` are kept as "looked at and not a white
+    # cell": count reports them apart so a person can check them.
+    reject_floor: float = 0.1
     # A heatmap peak above this is a cell (fields); the single-cell pass takes the best peak
     # near the middle above `cell_threshold`.
     threshold: float = 0.3
@@ -72,16 +96,29 @@ def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
+def even_light(od: torch.Tensor) -> torch.Tensor:
+    """Optical density less its local background: the palest value (box-averaged over 4 x 4
+    pixels against noise) within FLAT_WINDOW pixels, smoothed, subtracted."""
+    h, w = od.shape[-2:]
+    small = F.avg_pool2d(od, STRIDE, STRIDE, ceil_mode=True)
+    k = (FLAT_WINDOW // STRIDE) | 1
+    bg = -F.max_pool2d(-small, k, 1, k // 2)
+    bg = F.avg_pool2d(bg, k, 1, k // 2, count_include_pad=False)
+    return od - F.interpolate(bg, size=(h, w), mode="bilinear", align_corners=False)
+
+
 def normalise(rgb: torch.Tensor) -> torch.Tensor:
-    """Nx3xHxW float RGB in [0, 1] -> optical density, per picture centred on each channel's mean
-    and scaled by its overall spread: a pale lab's picture and a dark one's arrive alike."""
-    od = -torch.log(rgb.clamp(min=0) + 1 / 256)
+    """Nx3xHxW float RGB in [0, 1] -> optical density, light evened (`even_light`), per picture
+    centred on each channel's mean and scaled by its overall spread: a pale lab's picture and a
+    dark one's, an evenly lit one and a vignetted one, arrive alike."""
+    od = even_light(-torch.log(rgb.clamp(min=0) + 1 / 256))
     od = od - od.mean(dim=(2, 3), keepdim=True)
     return od / (od.flatten(1).std(dim=1).view(-1, 1, 1, 1) + 0.02)
 
 
 class FinderNet(nn.Module):
-    """Five stride-2 stages (16 to 96 channels), a top-down neck back to stride 4, three heads."""
+    """Five stride-2 stages (16 to 96 channels), a top-down neck back to stride 4, four heads:
+    white-cell heat, its size and offset, and the red cells' size (the field's scale)."""
 
     def __init__(self, widths=(16, 32, 48, 64, 96), neck: int = 32):
         super().__init__()
@@ -98,11 +135,14 @@ class FinderNet(nn.Module):
         self.smooth = _conv(neck, neck)
         self.heat = nn.Sequential(_conv(neck, neck), nn.Conv2d(neck, 1, 1))
         self.size = nn.Sequential(_conv(neck, neck), nn.Conv2d(neck, 3, 1))  # log radius, dy, dx
+        self.scale = nn.Sequential(_conv(neck, neck), nn.Conv2d(neck, 1, 1))  # log red-cell diameter
+        nn.init.constant_(self.scale[-1].bias, math.log(26.0))
         nn.init.constant_(self.heat[-1].bias, -2.2)  # a prior of ~0.1: focal loss starts calm
 
-    def forward(self, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """rgb: Nx3xHxW in [0, 1] (H, W multiples of 32 best). Returns heat logits Nx1xH/4xW/4 and
-        Nx3xH/4xW/4 (log radius in working pixels, centre offset in grid cells)."""
+    def forward(self, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """rgb: Nx3xHxW in [0, 1] (H, W multiples of 32 best). Returns heat logits Nx1xH/4xW/4,
+        Nx3xH/4xW/4 (log radius in working pixels, centre offset in grid cells) and Nx1xH/4xW/4
+        (log diameter of the red cells there, working pixels)."""
         x = normalise(rgb)
         feats = []
         for stage in self.stages:
@@ -112,7 +152,7 @@ class FinderNet(nn.Module):
         for lat, f in zip(reversed(self.lateral[:-1]), reversed(feats[1:-1])):
             top = lat(f) + F.interpolate(top, size=f.shape[-2:], mode="nearest")
         top = self.smooth(top)
-        return self.heat(top), self.size(top)
+        return self.heat(top), self.size(top), self.scale(top)
 
 
 @dataclass(frozen=True)
@@ -172,14 +212,14 @@ class Finder:
     # -- pictures to working copies ----------------------------------------------------------
 
     @staticmethod
-    def working_copy(rgb: np.ndarray, side: int) -> tuple[np.ndarray, float, float]:
-        """`rgb` reduced so its long side is at most `side` (never enlarged), then to a multiple of
-        32 a side.
+    def working_copy(rgb: np.ndarray, side: int, enlarge: bool = False) -> tuple[np.ndarray, float, float]:
+        """`rgb` brought to a long side of `side` (reduced only, unless `enlarge`), then to a
+        multiple of 32 a side.
         Returns (copy, scale_y, scale_x): original pixels per working pixel."""
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise ValueError(f"expected an HxWx3 uint8 image, got {rgb.shape} {rgb.dtype}")
         h, w = rgb.shape[:2]
-        scale = min(1.0, side / max(h, w))
+        scale = side / max(h, w) if enlarge else min(1.0, side / max(h, w))
         th, tw = max(32, int(round(h * scale / 32)) * 32), max(32, int(round(w * scale / 32)) * 32)
         img = Image.fromarray(np.ascontiguousarray(rgb))
         factor = int(min(h / th, w / tw))
@@ -190,7 +230,8 @@ class Finder:
         return np.asarray(img), h / th, w / tw
 
     @torch.inference_mode()
-    def _run(self, batch: np.ndarray, threshold: float) -> list[list[Found]]:
+    def _run(self, batch: np.ndarray, threshold: float, max_cells: int = 100) -> tuple[list[list[Found]], torch.Tensor]:
+        """Cells above `threshold` in each working copy, and each copy's map of log red-cell diameters."""
         x = torch.from_numpy(np.array(batch)).permute(0, 3, 1, 2).float().div_(255)
         # One thread: the network is small, and it is called from decode threads and processes
         # that share the cores; torch's threads in each (OpenMP's setting is per calling thread)
@@ -199,30 +240,47 @@ class Finder:
         if n != 1:
             torch.set_num_threads(1)
         try:
-            heat, size = self.net(x)
+            heat, size, scale = self.net(x)
         finally:
             if n != 1:
                 torch.set_num_threads(n)
-        return decode(heat, size, threshold)
+        return decode(heat, size, threshold, max_cells), scale[:, 0]
 
     # -- the two questions wbcnet asks -------------------------------------------------------
 
-    def find_cells(self, rgb: np.ndarray, threshold: float | None = None) -> list[CellBox]:
-        """Every white cell in a whole field, in `rgb`'s pixels, best first.
+    def search_field(self, rgb: np.ndarray, threshold: float | None = None) -> FieldSearch:
+        """Every white cell in a whole field, in `rgb`'s pixels, best first; the candidates it
+        judged not to be white cells; and the scale it read.
 
-        The field is brought to the scale the network knows best by its own ruler, the red cells:
-        their diameter becomes `rbc_work` working pixels (white cells then ~30-60), whatever the
-        magnification and camera. Where the red cells can't be measured (too few, too pale), the
-        field's long side becomes `field_side`.
+        The network reads the field's scale from its red cells (the scale head's median over the
+        working copy) and the field is looked at again with its red cells `rbc_work` working
+        pixels across (white cells then ~30-60), until a look agrees with the scale it was made
+        at (within 25%) or `scale_passes` looks are spent. A working copy may be enlarged up to
+        twice the field: a low magnification's small cells then reach the size the network knows.
         """
-        from ..data.locate_classic import red_cell_diameter
-
-        rbc = red_cell_diameter(rgb)
+        c = self.config
+        threshold = c.threshold if threshold is None else threshold
         h, w = rgb.shape[:2]
-        side = self.config.field_side if rbc is None else max(h, w) * self.config.rbc_work / rbc
-        small, sy, sx = self.working_copy(rgb, int(round(min(side, 4 * self.config.field_side))))
-        found = self._run(small[None], self.config.threshold if threshold is None else threshold)[0]
-        return [_in_picture(f, sy, sx) for f in found]
+        long = max(h, w)
+        side = min(long, c.coarse_side)
+        for look in range(1, c.scale_passes + 1):
+            small, sy, sx = self.working_copy(rgb, int(round(side)), enlarge=True)
+            found, scale = self._run(small[None], min(threshold, c.reject_floor), max_cells=200)
+            logd = scale[0].flatten()
+            q1, med, q3 = (float(v) for v in torch.quantile(logd, torch.tensor([0.25, 0.5, 0.75])))
+            rbc = math.exp(med) * (sy + sx) / 2                    # red-cell diameter, field pixels
+            made_at = long / ((sy + sx) / 2)                        # the long side this look had
+            want = min(max(long * c.rbc_work / rbc, 64.0), 2.0 * long, 4.0 * c.field_side)
+            if abs(math.log(want / made_at)) < math.log(1.25):
+                break
+            side = want
+        cells = [_in_picture(f, sy, sx) for f in found[0] if f.score >= threshold]
+        rejected = [_in_picture(f, sy, sx) for f in found[0] if f.score < threshold]
+        return FieldSearch(cells, rejected, rbc, q3 - q1, look, abs(math.log(want / made_at)) < math.log(1.25))
+
+    def find_cells(self, rgb: np.ndarray, threshold: float | None = None) -> list[CellBox]:
+        """Every white cell in a whole field, in `rgb`'s pixels, best first (`search_field`'s cells)."""
+        return self.search_field(rgb, threshold).cells
 
     def find_central(self, pictures: list[np.ndarray]) -> list[CellBox | None]:
         """The white cell nearest the middle of each single-cell picture, or None where no peak
@@ -245,7 +303,7 @@ class Finder:
             smalls.append((small, sy, sx, m))
             groups.setdefault(small.shape, []).append(i)
         for idx in groups.values():
-            found = self._run(np.stack([smalls[i][0] for i in idx]), self.config.cell_threshold)
+            found, _ = self._run(np.stack([smalls[i][0] for i in idx]), self.config.cell_threshold)
             for i, cells in zip(idx, found):
                 small, sy, sx, m = smalls[i]
                 best = _central(cells, small.shape[0], small.shape[1])
@@ -291,9 +349,14 @@ def save_finder(net: FinderNet, config: FinderConfig, stem) -> Path:
     return weights
 
 
-def load_finder(path=None) -> Finder:
-    """A finder from `path` (.safetensors or its .json; default: the one shipped in the package).
-    The weights' SHA-256 must match the JSON's."""
+def read_finder_config(path=None) -> FinderConfig:
+    """The settings of the finder at `path` (.safetensors or its .json; default: the shipped one),
+    after checking that its weights are the ones its JSON describes."""
+    return _checked(path)[0]
+
+
+def _checked(path=None) -> tuple[FinderConfig, str]:
+    """(settings, weights' SHA-256) of the finder at `path`, once the two are checked to belong together."""
     path = Path(path) if path is not None else SHIPPED
     weights, meta = path.with_suffix(".safetensors"), path.with_suffix(".json")
     for p in (weights, meta):
@@ -308,7 +371,15 @@ def load_finder(path=None) -> Finder:
     sha = sha256_file(weights)
     if sha != doc["weights_sha256"]:
         raise WbcnetError(f"{weights}: weights do not match the SHA-256 in {meta.name} (damaged or replaced)")
-    config = FinderConfig.from_dict(doc)
+    return FinderConfig.from_dict(doc), sha
+
+
+def load_finder(path=None) -> Finder:
+    """A finder from `path` (.safetensors or its .json; default: the one shipped in the package).
+    The weights' SHA-256 must match the JSON's."""
+    path = Path(path) if path is not None else SHIPPED
+    weights = path.with_suffix(".safetensors")
+    config, sha = _checked(path)
     net = FinderNet(config.widths, config.neck)
     try:
         net.load_state_dict(load_tensors(weights))

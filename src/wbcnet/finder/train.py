@@ -14,14 +14,20 @@ contrast down to 0.15x, 40 grey levels of range, blur, vignetting, stain and bac
 casts, grey pictures, sensor noise and JPEG.
 
 Targets are CenterNet's: a Gaussian at each cell's centre on the stride-4 grid, the log radius
-and the centre's offset there. Cells the labels are unsure of are left out of the loss.
+and the centre's offset there. Cells the labels are unsure of are left out of the loss. A fourth
+target, everywhere on the grid, is the log diameter of the red cells of the picture a tile came
+from at the scale it was drawn at: the field's scale, which the finder reads instead of a
+threshold ruler (finder/net.py). Pictures whose red cells are unknown are left out of it.
+
+Every red cell, platelet and speck of stain in a field is a negative: fields (BCCD, BCD) have
+every white cell boxed, and the focal loss weighs a confident false find most, the hard negatives.
 """
 from __future__ import annotations
 
 import io
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +53,7 @@ class FinderTrainConfig:
     seed: int = 0
     threads: int = 0            # torch threads (0: torch's default)
     mosaic: float = 0.3         # share of canvases that are 2x2 mosaics
-    field_share: float = 0.3    # share of single canvases drawn from whole fields, where there are any
+    field_share: float = 0.4    # share of single canvases drawn from whole fields, where there are any
     widths: tuple = (16, 32, 48, 64, 96)
     neck: int = 32
     labs: list = field(default_factory=list)
@@ -61,8 +67,9 @@ def _plasma(rgb: np.ndarray) -> np.ndarray:
     return np.median(small[b >= np.quantile(b, 0.85)], axis=0)
 
 
-def _place(rng, src: Source, i: int, size: int, diameters) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Picture i of src scaled and shifted onto a size x size canvas: (canvas, cells, ignore)."""
+def _place(rng, src: Source, i: int, size: int, diameters) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Picture i of src scaled and shifted onto a size x size canvas: (canvas, cells, ignore, its
+    red cells' diameter there, nan if unknown)."""
     rgb = src.images[i]
     cells, ignore = src.cells[i], src.ignore[i]
     h, w = rgb.shape[:2]
@@ -75,6 +82,7 @@ def _place(rng, src: Source, i: int, size: int, diameters) -> tuple[np.ndarray, 
         scale = rng.uniform(0.2, 1.0) * size / max(h, w)
         anchor = np.array([w / 2, h / 2])
     scale = min(scale, 4.0)
+    red = src.red_cell(i) * scale
     sw, sh = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
     img = np.asarray(Image.fromarray(rgb).resize((sw, sh), Image.Resampling.BILINEAR, reducing_gap=2.0 if scale < 0.5 else None))
     # Where the anchor cell lands: mostly well inside, sometimes cut by the edge or off the canvas.
@@ -97,7 +105,7 @@ def _place(rng, src: Source, i: int, size: int, diameters) -> tuple[np.ndarray, 
         y1, x1 = min(size, oy + sh), min(size, ox + sw)
         if y1 > y0 and x1 > x0:
             canvas[y0:y1, x0:x1] = img[y0 - oy:y1 - oy, x0 - ox:x1 - ox]
-        return canvas, move(cells, 0, 0), move(ignore, 0, 0)
+        return canvas, move(cells, 0, 0), move(ignore, 0, 0), red
     # Mirror-tiled copies of the picture cover the canvas, as a field would be covered, and every
     # copy's cells are cells (a small picture at a low magnification becomes a field of cells).
     block = np.concatenate([np.concatenate([img, img[:, ::-1]], 1), np.concatenate([img[::-1], img[::-1, ::-1]], 1)], 0)
@@ -110,17 +118,19 @@ def _place(rng, src: Source, i: int, size: int, diameters) -> tuple[np.ndarray, 
             found.append(move(cells, tx, ty))
             unsure.append(move(ignore, tx, ty))
     near = lambda c: c[(c[:, 0] > -c[:, 2]) & (c[:, 0] < size + c[:, 2]) & (c[:, 1] > -c[:, 2]) & (c[:, 1] < size + c[:, 2])]
-    return canvas, near(np.concatenate(found)), near(np.concatenate(unsure))
+    return canvas, near(np.concatenate(found)), near(np.concatenate(unsure)), red
 
 
 def make_canvas(rng, sources: list[Source], size: int, mosaic: float, field_share: float):
-    """One training canvas (size x size x 3 float32, 0-255) with its cells and cells to ignore."""
+    """One training canvas (size x size x 3 float32, 0-255) with its cells, cells to ignore and
+    its red cells' diameter (a 1 x 1, or for a mosaic 2 x 2, map; nan where unknown)."""
     if rng.random() < mosaic:
         half = size // 2
         parts = [make_canvas_single(rng, sources, half, field_share, MOSAIC_DIAMETERS) for _ in range(4)]
         canvas = np.empty((size, size, 3), np.float32)
         cells, ignore = [], []
-        for j, (c, ce, ig) in enumerate(parts):
+        red = np.array([p[3] for p in parts], np.float32).reshape(2, 2)
+        for j, (c, ce, ig, _) in enumerate(parts):
             dy, dx = (j // 2) * half, (j % 2) * half
             canvas[dy:dy + half, dx:dx + half] = c
             # A cell cut by the tile's edge is cut for real: its circle beyond the tile is gone,
@@ -133,8 +143,9 @@ def make_canvas(rng, sources: list[Source], size: int, mosaic: float, field_shar
                     out_but_near = ~inside & _reaches(arr, half)
                     ignore.append(arr[out_but_near] + [dx, dy, 0])
         cat = lambda xs: np.concatenate(xs) if xs else np.zeros((0, 3), np.float32)
-        return canvas, cat(cells), cat(ignore)
-    return make_canvas_single(rng, sources, size, field_share, DIAMETERS)
+        return canvas, cat(cells), cat(ignore), red
+    canvas, cells, ignore, red = make_canvas_single(rng, sources, size, field_share, DIAMETERS)
+    return canvas, cells, ignore, np.array([[red]], np.float32)
 
 
 def _reaches(cells: np.ndarray, size: int) -> np.ndarray:
@@ -169,7 +180,16 @@ def degrade(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     k = torch.where(on(0.75) > 0, k, torch.ones_like(k))
     tint = torch.where(u(n, 1, 1, 1) < 0.5, 0.7 + 0.6 * u(n, 3, 1, 1), torch.ones(n, 3, 1, 1))
     cast = torch.where(u(n, 1, 1, 1) < 0.5, (u(n, 3, 1, 1) - 0.5) * 0.3, torch.zeros(n, 3, 1, 1))
-    od = (plasma + cast).clamp(min=0) + k * tint * (od - plasma)
+    # Stain spectra: each channel's absorption mixed a little into the others and the colour's
+    # saturation changed, so a red cell's and a nucleus's colours move apart or together (BCD's
+    # red cells are a saturated pink that no lab we trained on shows).
+    stain = od - plasma
+    mix = torch.eye(3) + 0.15 * torch.randn(n, 3, 3, generator=gen)
+    mixed = torch.einsum("nij,njhw->nihw", mix, stain)
+    grey = mixed.mean(1, keepdim=True)
+    mixed = grey + (0.4 + 1.2 * u(n, 1, 1, 1)) * (mixed - grey)
+    stain = torch.where(on(0.6) > 0, mixed, stain)
+    od = (plasma + cast).clamp(min=0) + k * tint * stain
     x = (torch.exp(-od) - 1 / 256).clamp(0, 1)
     # Blur (one sigma per call for the chosen pictures; the call is per batch).
     pick = torch.nonzero(u(n) < 0.3).flatten()
@@ -222,9 +242,10 @@ def _jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
 
 # -- targets ----------------------------------------------------------------------------------
 
-def targets(cells_list, ignore_list, size: int):
+def targets(cells_list, ignore_list, size: int, red_maps=None):
     """CenterNet targets on the stride-4 grid for a batch: heat (N x G x G), weight (N x G x G:
-    0 where unsure), and the centre pixels' (batch, y, x) with (log r, dy, dx)."""
+    0 where unsure), the centre pixels' (batch, y, x) with (log r, dy, dx), and the log red-cell
+    diameter (N x G x G, nan where unknown)."""
     g = size // STRIDE
     n = len(cells_list)
     heat = np.zeros((n, g, g), np.float32)
@@ -248,8 +269,12 @@ def targets(cells_list, ignore_list, size: int):
             fx, fy = (cx + 0.5) / STRIDE - 0.5, (cy + 0.5) / STRIDE - 0.5
             weight[b][np.hypot(gx - fx, gy - fy) < max(1.5, 0.6 * r / STRIDE)] = 0
     weight[heat == 1.0] = 1.0
+    red = np.full((n, g, g), np.nan, np.float32)
+    for b, m in enumerate(red_maps if red_maps is not None else []):
+        red[b] = np.log(np.repeat(np.repeat(m, g // m.shape[0], 0), g // m.shape[1], 1))
     return (torch.from_numpy(heat), torch.from_numpy(weight),
-            torch.tensor(where, dtype=torch.long).reshape(-1, 3), torch.tensor(what, dtype=torch.float32).reshape(-1, 3))
+            torch.tensor(where, dtype=torch.long).reshape(-1, 3), torch.tensor(what, dtype=torch.float32).reshape(-1, 3),
+            torch.from_numpy(red))
 
 
 def focal_loss(logits: torch.Tensor, heat: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -261,21 +286,35 @@ def focal_loss(logits: torch.Tensor, heat: torch.Tensor, weight: torch.Tensor) -
     return (pos_loss.sum() + neg_loss.sum()) / pos.sum().clamp(min=1)
 
 
+def finder_loss(logits, size, scale, heat, weight, where, what, red) -> torch.Tensor:
+    """Focal loss on the heat, L1 on each cell's log radius and offset, L1 on the log red-cell
+    diameter wherever it is known."""
+    loss = focal_loss(logits[:, 0], heat, weight)
+    if len(where):
+        pred = size[where[:, 0], :, where[:, 1], where[:, 2]]
+        loss = loss + F.l1_loss(pred[:, 0], what[:, 0]) + F.l1_loss(pred[:, 1:], what[:, 1:])
+    known = ~torch.isnan(red)
+    if known.any():
+        loss = loss + F.l1_loss(scale[:, 0][known], red[known])
+    return loss
+
+
 def make_batch(rng, gen, sources, cfg: FinderTrainConfig):
-    canvases, cells, ignore = [], [], []
+    canvases, cells, ignore, reds = [], [], [], []
     for _ in range(cfg.batch_size):
-        c, ce, ig = make_canvas(rng, sources, cfg.canvas, cfg.mosaic, cfg.field_share)
+        c, ce, ig, red = make_canvas(rng, sources, cfg.canvas, cfg.mosaic, cfg.field_share)
         # Flips and quarter turns, targets along.
         s = cfg.canvas - 1
         if rng.random() < 0.5:
-            c = c[:, ::-1]
+            c, red = c[:, ::-1], red[:, ::-1]
             ce, ig = (np.column_stack([s - a[:, 0], a[:, 1], a[:, 2]]) if len(a) else a for a in (ce, ig))
         if rng.random() < 0.5:
-            c = c.transpose(1, 0, 2)
+            c, red = c.transpose(1, 0, 2), red.T
             ce, ig = (a[:, [1, 0, 2]] if len(a) else a for a in (ce, ig))
         canvases.append(np.ascontiguousarray(c))
         cells.append(ce)
         ignore.append(ig)
+        reds.append(red)
     x = torch.from_numpy(np.stack(canvases)).permute(0, 3, 1, 2).div_(255)
     x = degrade(x, gen)
     # JPEG on a share of the pictures (PIL, per picture).
@@ -284,7 +323,7 @@ def make_batch(rng, gen, sources, cfg: FinderTrainConfig):
         if rng.random() < 0.3:
             arr[i] = _jpeg(arr[i], int(rng.integers(25, 90)))
     x = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255)
-    return x, targets(cells, ignore, cfg.canvas)
+    return x, targets(cells, ignore, cfg.canvas, reds)
 
 
 def _prefetch(make, n: int, depth: int = 2):
@@ -317,8 +356,10 @@ def _prefetch(make, n: int, depth: int = 2):
         stop.set()
 
 
-def fit(sources: list[Source], cfg: FinderTrainConfig, out, progress: bool = True, log=print) -> Path:
-    """Train a finder on `sources` and save it as `out`.safetensors/.json. Returns the weights' path."""
+def fit(sources: list[Source], cfg: FinderTrainConfig, out, progress: bool = True, log=print,
+        start: Path | None = None) -> Path:
+    """Train a finder on `sources` and save it as `out`.safetensors/.json. Returns the weights' path.
+    `start`: a finder's weights to start from (its JSON's settings are kept), for teaching a lab."""
     from tqdm import tqdm
 
     if cfg.threads:
@@ -326,7 +367,16 @@ def fit(sources: list[Source], cfg: FinderTrainConfig, out, progress: bool = Tru
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
+    base = None
+    if start is not None:
+        from ..weights import load_tensors
+        from .net import read_finder_config
+
+        base = read_finder_config(start)
+        cfg.widths, cfg.neck = tuple(base.widths), base.neck
     net = FinderNet(tuple(cfg.widths), cfg.neck)
+    if start is not None:
+        net.load_state_dict(load_tensors(Path(start).with_suffix(".safetensors")))
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warm = max(1, cfg.steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -337,12 +387,9 @@ def fit(sources: list[Source], cfg: FinderTrainConfig, out, progress: bool = Tru
     avg = None
     batches = _prefetch(lambda: make_batch(rng, gen, sources, cfg), cfg.steps)
     for step in bar:
-        x, (heat, weight, where, what) = next(batches)
-        logits, size = net(x)
-        loss = focal_loss(logits[:, 0], heat, weight)
-        if len(where):
-            pred = size[where[:, 0], :, where[:, 1], where[:, 2]]
-            loss = loss + F.l1_loss(pred[:, 0], what[:, 0]) + F.l1_loss(pred[:, 1:], what[:, 1:])
+        x, (heat, weight, where, what, red) = next(batches)
+        logits, size, scale = net(x)
+        loss = finder_loss(logits, size, scale, heat, weight, where, what, red)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -352,8 +399,13 @@ def fit(sources: list[Source], cfg: FinderTrainConfig, out, progress: bool = Tru
         if (step + 1) % max(1, cfg.steps // 10) == 0 and not progress:
             log(f"step {step + 1}/{cfg.steps} loss {avg:.3f} ({time.time() - t0:.0f} s)")
     net.eval()
-    config = FinderConfig(widths=tuple(cfg.widths), neck=cfg.neck, name=Path(out).name,
-                          trained_on=tuple(sorted({s.lab for s in sources})),
-                          extra={"train": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
-                                 "wall_s": round(time.time() - t0, 1)})
+    labs = {s.lab for s in sources}
+    extra = {"train": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+             "wall_s": round(time.time() - t0, 1)}
+    if base is None:
+        config = FinderConfig(widths=tuple(cfg.widths), neck=cfg.neck, name=Path(out).name,
+                              trained_on=tuple(sorted(labs)), extra=extra)
+    else:
+        config = replace(base, name=Path(out).name, trained_on=tuple(sorted(labs | set(base.trained_on))),
+                         extra={**extra, "adapted_from": base.name, "parent": base.extra})
     return save_finder(net, config, out)

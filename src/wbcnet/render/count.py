@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import WbcnetError
 from ..files import write_text_atomic
-from ..results import CellResult, CountResult, Differential, FieldResult
+from ..results import Candidate, CellResult, CountResult, Differential, FieldResult
 from .count_report import FIELDS_SHOWN, GALLERY_PER_CLASS, GALLERY_REFERRED, render_count_report
 from .draw import class_colours, draw_field
 from .tables import write_csv, write_json
@@ -63,6 +63,7 @@ class CountOutput:
         self.shown: list = []  # (file, drawn PIL image) of the first fields with cells
         self._best: dict[str, list] = {c: [] for c in self.classes}  # per class a heap of its most confident cells
         self.referred: list[tuple[CellResult, np.ndarray]] = []
+        self.rejected: list[tuple[Candidate, np.ndarray]] = []  # the first candidates judged not white cells
         self._order = 0
 
     def __enter__(self) -> "CountOutput":
@@ -113,10 +114,13 @@ class CountOutput:
                 heapq.heappush(heap, item) if len(heap) < GALLERY_PER_CLASS else heapq.heappushpop(heap, item)
             elif cell.refer and not cell.edge and len(self.referred) < GALLERY_REFERRED:
                 self.referred.append((cell, picture))
+        for cand, picture in zip(field.rejected, found.rejected_pictures):
+            if len(self.rejected) < GALLERY_REFERRED:
+                self.rejected.append((cand, picture))
         show = field.cells and len(self.shown) < FIELDS_SHOWN
         if not (self.draw_fields or show):
             return
-        img = draw_field(found.picture, field.cells, self.classes, found.scale)
+        img = draw_field(found.picture, field.cells, self.classes, found.scale, field.rejected)
         if self.draw_fields:
             # Fields from two folders may share a name; neither picture may replace the other.
             stem, n = Path(field.file).stem, 1
@@ -146,7 +150,7 @@ class CountOutput:
                 write_json(self.work / "truth.json", result.truth.to_dict())
             chart = plot_differential(result.differential.to_dict(), self.work / "differential.png",
                                       class_colours(self.classes))
-            html = render_count_report(result, chart, self.shown, self.gallery(), self.referred)
+            html = render_count_report(result, chart, self.shown, self.gallery(), self.referred, self.rejected)
             write_text_atomic(self.work / "count.html", html)
             write_json(self.work / "count.json", result.summary())
             self._move_into_place()

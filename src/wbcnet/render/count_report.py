@@ -41,18 +41,26 @@ def _gallery(cells: list[tuple[CellResult, np.ndarray]], caption: str) -> str:
     return f'<figure>{"".join(items)}<figcaption>{caption}</figcaption></figure>'
 
 
+def _rejected_gallery(items: list, caption: str) -> str:
+    pics = [f'<img src="{jpeg_uri(p, 96)}" alt="not a white cell" title="score {c.score:.2f}">'
+            for c, p in items if p.size]
+    return f'<figure>{"".join(pics)}<figcaption>{caption}</figcaption></figure>'
+
+
 def render_count_report(result: CountResult, chart: Path, shown: list, gallery: dict[str, list],
-                        referred: list) -> str:
+                        referred: list, rejected: list = ()) -> str:
     """The page. `chart`: the differential's PNG; `shown`: (file, drawn field) of the first fields
     with cells; `gallery`: per class (cell, picture) of its most confident counted cells;
-    `referred`: (cell, picture) of the first referred cells."""
+    `referred`: (cell, picture) of the first referred cells; `rejected`: (candidate, picture) of
+    the first candidates the finder judged not to be white cells."""
     r = result
     parts = [f"<h1>wbcnet count</h1><p class=\"sub\">{len(r.fields)} fields, {r.cells_found} white cells "
-             f"found, checkpoint <code>{escape(r.checkpoint)}</code></p>"]
+             f"found, checkpoint <code>{escape(r.checkpoint)}</code>, finder <code>{escape(r.finder)}</code></p>"]
     facts = {"counted (in the differential)": r.counted,
              "referred (unfamiliar or below the confidence bar; not counted)": r.referred,
              "cut by the field's edge (listed, not counted)": r.edge_skipped,
              "fields without a white cell": r.fields_without_cells,
+             "looked at and judged not white cells (not counted)": r.rejected,
              "unreadable fields": len(r.unreadable)}
     if r.target is not None:
         facts[f"target of {r.target} cells"] = "reached" if r.target_reached else \
@@ -90,7 +98,8 @@ def render_count_report(result: CountResult, chart: Path, shown: list, gallery: 
                 f'style="margin:2px">' for f, img in shown]
         parts.append(f"<h2>Fields</h2><figure>{''.join(figs)}<figcaption>The first {len(figs)} fields with cells"
                      f"{'; all are drawn in <code>fields/</code>' if any(f.picture for f in r.fields) else ''}. "
-                     f"Grey: cut by the edge; black: referred.</figcaption></figure>")
+                     f"Grey: cut by the edge; black: referred; thin white circles: judged not white cells."
+                     f"</figcaption></figure>")
     parts.append("<h2>Cells by class</h2>")
     for name in r.classes:
         mine = gallery.get(name, [])
@@ -99,6 +108,10 @@ def render_count_report(result: CountResult, chart: Path, shown: list, gallery: 
     parts.append(f"<h2>Referred cells ({r.referred})</h2>" +
                  _gallery(referred, "for a person to classify: unlike the training labs' cells, or below "
                                     "--min-confidence; the title of each names the model's best guess"))
+    parts.append(f"<h2>Judged not white cells ({r.rejected})</h2>" +
+                 _rejected_gallery(rejected, "what the finder looked at and did not count (red cells, platelets, "
+                                             "stain, dark corners): if white cells are among them, teach the finder "
+                                             "this lab (wbcnet finder adapt)"))
     if r.unreadable:
         parts.append("<h2>Unreadable fields</h2>" + table(["file", "reason"], [[escape(p), escape(why)]
                                                                             for p, why in r.unreadable], (0, 1)))

@@ -14,13 +14,17 @@ def class_colours(classes: list[str]) -> list[str]:
     return [PALETTE[k % len(PALETTE)] for k in range(len(classes))]
 
 
-def draw_field(picture: np.ndarray, cells: list[CellResult], classes: list[str], scale: float = 1.0) -> Image.Image:
+def draw_field(picture: np.ndarray, cells: list[CellResult], classes: list[str], scale: float = 1.0,
+               rejected: list = ()) -> Image.Image:
     """The field with its boxes: class colour and name with confidence; edge cells grey and
-    labelled `edge`, referred cells black and labelled `refer`. `picture` is the field at
-    `scale` picture pixels per field pixel (the boxes are in field pixels)."""
+    labelled `edge`, referred cells black and labelled `refer`; `rejected` candidates (judged not
+    white cells) as thin white circles. `picture` is the field at `scale` picture pixels per
+    field pixel (the boxes are in field pixels)."""
     img = Image.fromarray(picture)
     draw = ImageDraw.Draw(img)
     width = max(2, round(max(img.size) / 320))
+    for r in rejected:
+        draw.ellipse(tuple(int(round(v * scale)) for v in r.box), outline="#ffffff", width=max(1, width // 2))
     font = ImageFont.load_default(size=max(12, round(max(img.size) / 45)))
     for c in cells:
         k = classes.index(c.class_name)

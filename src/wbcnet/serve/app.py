@@ -6,9 +6,9 @@ are async and never run the model or decode on the event loop: decoding goes to 
 default pool (asyncio.to_thread), the model to the app's ModelWorker.
 
 Besides the model it was made with, the app answers with the models adapted in it (`?model=NAME`
-on classify, count and explain; registry.py), and teaches itself a lab through labapi.py's routes,
-whose files live in the data folder (datadir.py) and whose long work runs on one job thread
-(jobs.py).
+on classify, count and explain; registry.py), and teaches itself a lab through labapi.py's routes
+(the classifier) and finderapi.py's (the cell finder), whose files live in the data folder
+(datadir.py) and whose long work runs on one job thread (jobs.py).
 
 Status codes: 413 for a request over --max-upload-mb or with more than --max-files files; 415
 when none of the files sent is an image that can be read (one unreadable file among good ones
@@ -37,7 +37,7 @@ from fastapi_offline import FastAPIOffline
 from PIL import Image
 
 from .. import __version__
-from ..count import classify_found, count_warnings, differential, find_fields
+from ..count import classify_found, count_warnings, differential, find_fields, lab_finder
 from ..data.cache import default_workers
 from ..data.preprocess import from_meta
 from ..errors import WbcnetError
@@ -48,6 +48,7 @@ from ..render.draw import class_colours, draw_field
 from ..results import CellResult, CountResult
 from ..shift import unfamiliar_warning
 from .datadir import LabStore, Refused
+from .finderapi import finder_router
 from .jobs import Jobs
 from .labapi import lab_router
 from .registry import Loaded, Models
@@ -276,7 +277,8 @@ def create_app(model, meta, max_upload_mb: float = 20.0, max_files: int = 64, mi
             paths = [str(u.path) for u in uploads]
             # Reading and searching the fields runs in a thread of its own, each field decoded
             # once (its picture kept for drawing); only the classification holds the model's thread.
-            found = await asyncio.to_thread(find_fields, paths, prep, min(len(paths), default_workers()), drawn)
+            found = await asyncio.to_thread(find_fields, paths, prep, min(len(paths), default_workers()), drawn,
+                                            finder_weights=lab_finder(meta))
         if all(f.error for f in found):
             raise _unreadable([(u.name, f.error) for u, f in zip(uploads, found)])
         fields = await on_model(lambda m, mt: classify_found(m, mt, found, bar, batch_size), chosen)
@@ -289,7 +291,8 @@ def create_app(model, meta, max_upload_mb: float = 20.0, max_files: int = 64, mi
             if drawn:
                 for f, seen in zip(fields, found):
                     if not f.error:
-                        f.picture = _image_uri(draw_field(seen.picture, f.cells, classes, seen.scale), fmt="JPEG")
+                        f.picture = _image_uri(draw_field(seen.picture, f.cells, classes, seen.scale, f.rejected),
+                                               fmt="JPEG")
             result = CountResult(fields, differential([c for f in fields for c in f.cells], classes), classes, bar,
                                  meta.shift_stats is not None, warnings=count_warnings(fields))
             return result.to_dict()
@@ -297,6 +300,7 @@ def create_app(model, meta, max_upload_mb: float = 20.0, max_files: int = 64, mi
         return await asyncio.to_thread(finish)
 
     app.include_router(lab_router(data, labs, models, jobs, check_count))
+    app.include_router(finder_router(data, labs, models, jobs))
     return app
 
 

@@ -6,6 +6,9 @@
                                      writes them
     DATA/labs/LAB/labels.csv         the lab's label sheet: every round's rows, paths relative to the
                                      sheet, labels filled in by the page (or by hand: the same sheet)
+    DATA/labs/LAB/fields.json        the fields a person corrected for the finder (finderapi.py): per
+                                     upload id, its points (x, y in the field's pixels, kind wbc or
+                                     not) and when it was saved; a saved field is fully labelled
     DATA/models/, DATA/jobs.json     the adapted models (registry.py) and the jobs (jobs.py)
 
 A client's strings are never joined into a path: a lab, a model or a cell is named by an id that
@@ -52,6 +55,11 @@ class Unavailable(Refused):
     status = 503
 
 
+class Broken(Refused):
+    """A file of the data folder edited past reading: said in one line, not a traceback."""
+    status = 500
+
+
 def check_id(value: str, what: str) -> str:
     if not isinstance(value, str) or not ID.fullmatch(value):
         raise Refused(f"{what} {value!r}: use 1-40 lowercase letters, digits and '-', starting with a letter or "
@@ -67,6 +75,28 @@ class Upload:
     width: int
     height: int
     round: int | None = None   # the suggestion round that looked at it; None: not yet
+
+
+# A point a person put on a field for the finder: a white cell (`wbc`), or a find that is none (`not`).
+POINT_KINDS = ("wbc", "not")
+
+
+def field_size(path: Path) -> tuple[int, int]:
+    """(width, height) of a picture as load_rgb turns it (EXIF orientation applied), from its
+    header alone: the frame a field's points are in."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        w, h = img.size
+        turned = img.getexif().get(0x0112) in (5, 6, 7, 8)  # the orientations that swap the sides
+    return (h, w) if turned else (w, h)
+
+
+def is_field(width: int, height: int) -> bool:
+    """A whole field rather than a single cell, by lab.suggest's rule for `kind=auto`."""
+    from ..lab import FIELD_ASPECT, FIELD_MIN_SIDE
+
+    return max(width, height) >= FIELD_ASPECT * min(width, height) or min(width, height) >= FIELD_MIN_SIDE
 
 
 @dataclass
@@ -163,6 +193,15 @@ class LabStore:
 
     def upload_path(self, lab: str, up: Upload) -> Path:
         return self.folder(lab) / "uploads" / up.file
+
+    def upload(self, lab: str, upload_id: str) -> Upload:
+        """One of the lab's pictures by its id (404 if there is none)."""
+        check_id(upload_id, "field")
+        self.existing(lab)
+        found = next((u for u in self.uploads(lab) if u.id == upload_id), None)
+        if found is None:
+            raise NotFound(f"lab {lab!r} has no picture {upload_id!r} (GET /v1/labs/{lab}/fields lists its fields)")
+        return found
 
     def new_uploads(self, lab: str) -> list[Upload]:
         """Uploads no suggestion round has looked at, nor is looking at now."""
@@ -271,6 +310,53 @@ class LabStore:
         with atomic_write(out) as tmp:
             tmp.write_text(buf.getvalue(), encoding="utf-8")
         return len(rows)
+
+    # --- fields corrected for the finder ---------------------------------------------------------------
+
+    def corrections(self, lab: str) -> dict[str, dict]:
+        """upload id -> {"points": [{"x", "y", "kind"}], "saved": time}: the fields saved as corrected."""
+        path = self.folder(lab) / "fields.json"
+        if not path.exists():
+            return {}
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(saved, dict) or not all(isinstance(v.get("points"), list) for v in saved.values()):
+                raise ValueError("not an object of fields with their points")
+        except (ValueError, AttributeError) as e:
+            raise Broken(f"lab {lab!r}: its fields.json is not a fields file wbcnet can read ({e}); move it away "
+                         f"to start the lab's corrections afresh") from None
+        return saved
+
+    def set_points(self, lab: str, upload_id: str, points: list[tuple[float, float, str]], saved: str) -> dict:
+        """Save a field as corrected, with all its points (replacing what was saved before)."""
+        with self._lock:
+            self.upload(lab, upload_id)
+            fields_saved = self.corrections(lab)
+            entry = {"points": [{"x": x, "y": y, "kind": k} for x, y, k in points], "saved": saved}
+            fields_saved[upload_id] = entry
+            write_text_atomic(self.folder(lab) / "fields.json", json.dumps(fields_saved, indent=1))
+        return entry
+
+    def points_csv(self, lab: str) -> tuple[str, int, int, int]:
+        """The corrected fields as finder.adapt reads them (`file,x,y,kind`, file: the stored
+        picture's name in uploads/), and (fields, wbc points, not points). A field saved with no
+        point at all is one row with empty x and y: "checked, no white cell here"."""
+        stored = {u.id: u.file for u in self.uploads(lab)}
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["file", "x", "y", "kind"])
+        n_fields = n_wbc = n_not = 0
+        for upload_id, entry in sorted(self.corrections(lab).items()):
+            if upload_id not in stored:
+                continue
+            n_fields += 1
+            if not entry["points"]:
+                w.writerow([stored[upload_id], "", "", "none"])
+            for p in entry["points"]:
+                w.writerow([stored[upload_id], f"{float(p['x']):.1f}", f"{float(p['y']):.1f}", p["kind"]])
+                n_wbc += p["kind"] == "wbc"
+                n_not += p["kind"] == "not"
+        return buf.getvalue(), n_fields, n_wbc, n_not
 
     def counts(self, lab: str) -> dict[str, int]:
         """Labelled cells per class, and SKIP, in the model's class order."""

@@ -1,4 +1,5 @@
-"""The server's long work (suggesting cells, adapting a model): one job at a time, in the background.
+"""The server's long work (suggesting cells, adapting a model, teaching the finder): one job at a
+time, in the background.
 
 A job is queued by a request that is answered at once (202 and the job's id); one thread takes
 the jobs in turn, and the page polls GET /v1/jobs/ID for its state and progress. One at a time
@@ -36,13 +37,13 @@ KEEP = 200  # job records kept in jobs.json, newest
 @dataclass
 class Job:
     id: str
-    kind: str                     # "suggest" or "adapt"
+    kind: str                     # "suggest", "adapt" or "finder"
     lab: str
     state: str = QUEUED
     progress: float = 0.0         # 0..1
     message: str = "waiting for the job before it"
-    model: str | None = None      # adapt: the new model's name; suggest: the model that chose the cells
-    parent: str | None = None     # adapt: the model it starts from
+    model: str | None = None      # adapt, finder: the new model's name; suggest: the model that chose the cells
+    parent: str | None = None     # adapt, finder: the model it starts from
     created: str | None = None
     started: str | None = None
     finished: str | None = None

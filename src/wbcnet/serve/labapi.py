@@ -9,6 +9,7 @@ adapt a model on them, and list the models and the jobs.
     PUT  /v1/labs/{lab}/labels/{id}          label one cell ({"label": "Neutrophil"}, "skip" or null)
     GET  /v1/labs/{lab}/labels(.csv)         the labels; the lab's sheet as lab.suggest writes it
     POST /v1/adapt                           a job: a new model from a lab's labels (adapt.adapt_lab)
+                                             (teaching the finder a lab's fields: finderapi.py)
     GET  /v1/jobs, /v1/jobs/{id}             state, progress, message, error
 
 Handlers read and write the data folder in a thread (asyncio.to_thread), and the long work runs on
@@ -200,9 +201,10 @@ def lab_router(data: Path, labs: LabStore, models: Models, jobs: Jobs, check_cou
         labs.existing(lab)
         parent = req.parent or models.default.name
         start = models.checkpoint(parent)
+        finder = models.finder(parent)  # a lab model's finder goes with its classifier into the new model
 
         def taken() -> set[str]:
-            return {j.model for j in jobs.pending("adapt")}
+            return {j.model for kind in ("adapt", "finder") for j in jobs.pending(kind)}
 
         models.check_new_name(req.name, taken())
         pictures = [str(labs.upload_path(lab, u)) for u in await asyncio.to_thread(labs.uploads, lab)]
@@ -224,10 +226,16 @@ def lab_router(data: Path, labs: LabStore, models: Models, jobs: Jobs, check_cou
                           progress=False)
                 on_progress(1.0, "saving the model")  # the last point at which a stopping server ends it
                 info = json.loads((out / "best.json").read_text(encoding="utf-8"))
+                kept = None
+                if finder is not None:
+                    for suffix in (".safetensors", ".json"):
+                        shutil.copyfile(finder.with_suffix(suffix), out / f"finder{suffix}")
+                    was = models.record(parent)
+                    kept = {**((was.finder or {}) if was else {}), "kept_from": parent}
                 models.publish(out, ModelRecord(
                     req.name, list(info["classes"]), created=now(), parent=parent, lab=lab, labelled=labelled,
                     unlabelled=len(pictures), budget=req.budget, job=job.id,
-                    adapted_from=without_paths(info.get("adapted_from") or {})))
+                    adapted_from=without_paths(info.get("adapted_from") or {}), finder=kept))
             except BaseException:
                 shutil.rmtree(out, ignore_errors=True)
                 raise

@@ -3,7 +3,8 @@
 // server is set with textContent, never as markup.
 "use strict";
 
-const state = { card: null, cells: [], fields: null, models: [], lab: null, keys: {} };
+const state = { card: null, cells: [], fields: null, models: [], lab: null, keys: {},
+                finder: { lab: null, fields: [], at: -1, field: null, marks: [], undo: [], dirty: false, token: 0 } };
 const $ = (id) => document.getElementById(id);
 
 function el(tag, props = {}, ...children) {
@@ -326,11 +327,12 @@ async function sendJson(method, path, body) {
 // Fill both model lists (the chooser and adapt's "start from"), keeping what was chosen.
 async function loadModels(select = null) {
   state.models = (await getJson("/v1/models")).models;
-  for (const id of ["model-choice", "adapt-parent"]) {
+  for (const id of ["model-choice", "adapt-parent", "finder-parent"]) {
     const list = $(id);
     const keep = select && id === "model-choice" ? select : list.value;
     list.replaceChildren(...state.models.map((m) => el("option", { value: m.name },
-      m.default ? `${m.name} (the server's own)` : `${m.name} (adapted to ${m.lab}, ${m.created.slice(0, 10)})`)));
+      m.default ? `${m.name} (the server's own)` :
+        `${m.name} (adapted to ${m.lab}${m.finder ? ", with its finder" : ""}, ${m.created.slice(0, 10)})`)));
     if (state.models.some((m) => m.name === keep)) list.value = keep;
   }
   suggestName();
@@ -372,10 +374,11 @@ async function loadLab() {
   } catch (e) {
     labStatus("Could not read the lab: " + e.message, true);
   }
-  if (state.lab) { showLab(); return; }
+  if (state.lab) { showLab(); await loadFields(); return; }
   $("lab-uploads").textContent = "No pictures in this lab yet.";
   $("lab-counts").textContent = "";
   $("lab-suggest").disabled = true;
+  await loadFields();
 }
 
 function showLab() {
@@ -529,13 +532,16 @@ async function suggest() {
   await loadLab();
 }
 
+// A free name for each new model: LAB-1, LAB-2... for adapting, LAB-finder-1... for the finder.
 function suggestName() {
-  const input = $("adapt-name");
-  if (input.dataset.edited === "yes") return;
-  const lab = labName() || "lab";
-  let k = 1;
-  while (state.models.some((m) => m.name === `${lab}-${k}`)) k += 1;
-  input.value = `${lab}-${k}`.slice(0, 40);
+  for (const [id, stem] of [["adapt-name", ""], ["finder-name", "-finder"]]) {
+    const input = $(id);
+    if (input.dataset.edited === "yes") continue;
+    const lab = (labName() || "lab").slice(0, 30);
+    let k = 1;
+    while (state.models.some((m) => m.name === `${lab}${stem}-${k}`)) k += 1;
+    input.value = `${lab}${stem}-${k}`;
+  }
 }
 
 async function adapt() {
@@ -555,8 +561,10 @@ async function adapt() {
 
 async function finishAdapt(job) {
   if (job.state !== "done") return;
-  $("adapt-name").dataset.edited = "";
+  $(job.kind === "finder" ? "finder-name" : "adapt-name").dataset.edited = "";
   await loadModels();
+  $("finder-parent").value = job.model;  // the lab's newest model: teaching the finder keeps its classifier
+  if (!state.finder.dirty) showField();  // found by the new model's finder
   $("lab-ready").textContent = `Model ${job.model} is ready.`;
   $("lab-ready").className = "";
   const use = $("use-adapted");
@@ -576,7 +584,7 @@ async function useAdapted() {
 async function resumeJobs() {
   const { jobs } = await getJson("/v1/jobs");
   for (const job of jobs.filter((j) => j.lab === labName() && (j.state === "queued" || j.state === "running"))) {
-    if (job.kind === "adapt") follow(job, "adapt").then(finishAdapt);
+    if (job.kind === "adapt" || job.kind === "finder") follow(job, job.kind).then(finishAdapt);
     else follow(job, "suggest").then(loadLab);
   }
 }
@@ -590,6 +598,215 @@ async function startLab() {
   await resumeJobs();
 }
 
+// --- teach the finder: a lab's fields ----------------------------------------------------------
+
+const SVG = "http://www.w3.org/2000/svg";
+
+function svgEl(tag, attrs = {}) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
+  return node;
+}
+
+// The models' ?model= for a field's finds: the chosen "Find with" model, left out for the server's own.
+function finderModel(path) {
+  const name = $("finder-parent").value;
+  const model = state.models.find((m) => m.name === name);
+  return !name || (model && model.default) ? path : `${path}?model=${encodeURIComponent(name)}`;
+}
+
+function fieldsUrl(tail = "") { return `/v1/labs/${encodeURIComponent(labName())}/fields${tail}`; }
+
+// The lab's fields and how many are corrected; the field shown stays, else the first one not corrected.
+async function loadFields() {
+  const F = state.finder;
+  let list = { fields: [], corrected: 0, white_cells: 0 };
+  if (state.lab) {
+    try {
+      list = await getJson(fieldsUrl());
+    } catch (e) {
+      labStatus("Could not list the fields: " + e.message, true);
+    }
+  }
+  const shown = F.field && F.lab === labName() ? F.field.id : null;
+  F.fields = list.fields;
+  F.corrected = list.corrected;
+  F.whiteCells = list.white_cells;
+  showFieldCounts();
+  const keep = F.fields.findIndex((f) => f.id === shown);
+  if (keep >= 0) { F.at = keep; showFieldName(); return; }
+  const open = F.fields.findIndex((f) => !f.corrected);
+  F.at = F.fields.length ? (open >= 0 ? open : 0) : -1;
+  await showField();
+}
+
+function showFieldCounts() {
+  const F = state.finder;
+  const n = F.fields.length, w = F.whiteCells;
+  $("field-counts").textContent = n ? `${F.corrected} of ${n} field${n === 1 ? "" : "s"} corrected ` +
+    `(${w} white cell${w === 1 ? "" : "s"} marked)` +
+    (F.corrected && F.corrected < 5 ? "; five or more teach the finder best." : ".") : "";
+  $("finder-go").disabled = F.corrected < 1;
+  for (const id of ["field-prev", "field-next"]) $(id).disabled = F.fields.length < 2;
+}
+
+function showFieldName() {
+  const F = state.finder;
+  const f = F.fields[F.at];
+  $("field-name").textContent = f ? `Field ${F.at + 1} of ${F.fields.length}: ${f.name}` +
+    (f.corrected ? " (saved)" : "") : "No fields in this lab yet: upload whole smear fields in step 1.";
+  $("field-save").disabled = $("field-undo").disabled = !F.field;
+  if (F.field) $("field-undo").disabled = !F.undo.length;
+}
+
+// One field with the finder's finds (or, once saved, the points saved for it), drawn over its picture.
+async function showField() {
+  const F = state.finder;
+  const token = ++F.token;
+  const f = F.fields[F.at];
+  F.field = null;
+  F.marks = [];
+  F.undo = [];
+  F.dirty = false;
+  showFieldName();
+  if (!f) { $("field-figure").hidden = $("field-legend").hidden = true; return; }
+  $("field-caption").textContent = "Finding the white cells…";
+  let field;
+  try {
+    field = await getJson(finderModel(fieldsUrl(`/${f.id}`)));
+  } catch (e) {
+    if (token === F.token) labStatus("Could not show the field: " + e.message, true);
+    return;
+  }
+  if (token !== F.token) return;  // another field was asked for meanwhile
+  F.field = field;
+  F.lab = labName();
+  const near = (x, y) => field.found.find((c) => Math.hypot(c.x - x, c.y - y) <= c.radius);
+  if (field.corrected) {
+    F.marks = field.points.map((p) => {
+      const c = near(p.x, p.y);
+      return { x: p.x, y: p.y, r: c ? c.radius : defaultRadius(), kind: p.kind, from: c ? "found" : "added" };
+    });
+  } else {
+    F.marks = field.found.map((c) => ({ x: c.x, y: c.y, r: c.radius, kind: "wbc", from: "found" }));
+  }
+  showFieldName();
+  drawField();
+}
+
+// An added cell's size: the finder's finds in this field, else 0.8 red-cell diameters (as the finder's training).
+function defaultRadius() {
+  const field = state.finder.field;
+  const radii = field.found.map((c) => c.radius).sort((a, b) => a - b);
+  if (radii.length) return radii[Math.floor(radii.length / 2)];
+  if (field.red_cell_px) return 0.8 * field.red_cell_px;
+  return Math.min(field.width, field.height) / 20;
+}
+
+function drawField() {
+  const F = state.finder, field = F.field;
+  const svg = $("field-svg");
+  svg.setAttribute("viewBox", `0 0 ${field.width} ${field.height}`);
+  const picture = svgEl("image", { href: field.picture, x: 0, y: 0, width: field.width, height: field.height,
+                                   preserveAspectRatio: "none" });
+  picture.addEventListener("load", () => { svg.dataset.shown = field.id; });
+  picture.addEventListener("error", () => labStatus(`Could not show the picture of ${field.name}.`, true));
+  const marks = [];
+  for (const m of F.marks) {
+    const cls = m.kind === "not" ? "not" : m.from;
+    const circle = svgEl("circle", { cx: m.x, cy: m.y, r: m.r, class: `mark ${cls}` });
+    circle.dataset.kind = m.kind;
+    marks.push(circle);
+    if (m.kind === "not") {
+      const d = m.r * 0.7;
+      marks.push(svgEl("line", { x1: m.x - d, y1: m.y - d, x2: m.x + d, y2: m.y + d, class: "not" }),
+                 svgEl("line", { x1: m.x - d, y1: m.y + d, x2: m.x + d, y2: m.y - d, class: "not" }));
+    }
+  }
+  svg.replaceChildren(picture, ...marks);
+  const wbc = F.marks.filter((m) => m.kind === "wbc").length, not = F.marks.length - wbc;
+  const finder = field.finder === "lab" ? `${field.model}'s lab finder` : "the shipped finder";
+  $("field-caption").textContent = `${field.found.length} found by ${finder}; now ${wbc} white cell` +
+    `${wbc === 1 ? "" : "s"}` + (not ? `, ${not} struck out` : "") +
+    (F.dirty ? " (not saved yet)" : field.corrected ? " (saved)" : "") + ".";
+  $("field-figure").classList.toggle("corrected", field.corrected && !F.dirty);
+  $("field-figure").hidden = $("field-legend").hidden = false;
+  showFieldName();
+}
+
+// A click on a circle strikes it out (or takes back a cell you added, or undoes a strike); elsewhere it adds a cell.
+function fieldClick(e) {
+  const F = state.finder, svg = $("field-svg");
+  if (!F.field) return;
+  const at = new DOMPoint(e.clientX, e.clientY).matrixTransform(svg.getScreenCTM().inverse());
+  const x = Math.min(F.field.width, Math.max(0, at.x)), y = Math.min(F.field.height, Math.max(0, at.y));
+  F.undo.push(F.marks.map((m) => ({ ...m })));
+  let hit = null, best = Infinity;
+  for (const m of F.marks) {
+    const d = Math.hypot(m.x - x, m.y - y);
+    if (d <= Math.max(m.r, 6) && d < best) { hit = m; best = d; }
+  }
+  if (!hit) F.marks.push({ x, y, r: defaultRadius(), kind: "wbc", from: "added" });
+  else if (hit.kind === "not") hit.kind = "wbc";
+  else if (hit.from === "added") F.marks.splice(F.marks.indexOf(hit), 1);
+  else hit.kind = "not";
+  F.dirty = true;
+  drawField();
+}
+
+function fieldUndo() {
+  const F = state.finder;
+  if (!F.undo.length) return;
+  F.marks = F.undo.pop();
+  F.dirty = true;
+  drawField();
+}
+
+// Every white cell circled now is a `wbc` point; struck-out finds are `not` points. Stored at once.
+async function saveField() {
+  const F = state.finder, field = F.field;
+  if (!field) return;
+  const points = F.marks.map((m) => ({ x: Math.round(m.x * 10) / 10, y: Math.round(m.y * 10) / 10, kind: m.kind }));
+  $("field-save").disabled = true;
+  try {
+    const saved = await sendJson("PUT", fieldsUrl(`/${field.id}/points`), { points });
+    Object.assign(F.fields[F.at], saved);
+    field.corrected = true;
+    field.points = points;
+    F.dirty = false;
+    labStatus("");
+    drawField();
+    await loadFields();
+  } catch (e) {
+    labStatus("Could not save the field: " + e.message, true);
+  } finally {
+    $("field-save").disabled = false;
+  }
+}
+
+function stepField(step) {
+  const F = state.finder;
+  if (F.fields.length < 2) return;
+  if (F.dirty) labStatus(`The changes to ${F.fields[F.at].name} were not saved.`);
+  F.at = (F.at + step + F.fields.length) % F.fields.length;
+  showField();
+}
+
+async function teachFinder() {
+  const steps = Math.max(1, Math.min(3000, parseInt($("finder-steps").value, 10) || 300));
+  const body = { lab: labName(), name: $("finder-name").value.trim(), parent: $("finder-parent").value || null, steps };
+  $("finder-go").disabled = true;
+  try {
+    const job = await sendJson("POST", "/v1/adapt-finder", body);
+    labStatus("");
+    await finishAdapt(await follow(job, "finder"));
+  } catch (e) {
+    labStatus("Could not start teaching the finder: " + e.message, true);
+  } finally {
+    showFieldCounts();
+  }
+}
+
 const labDrop = $("lab-drop");
 ["dragenter", "dragover"].forEach((t) => labDrop.addEventListener(t, (e) => { e.preventDefault(); labDrop.classList.add("over"); }));
 ["dragleave", "drop"].forEach((t) => labDrop.addEventListener(t, () => labDrop.classList.remove("over")));
@@ -601,6 +818,14 @@ $("lab-suggest").addEventListener("click", suggest);
 $("adapt-name").addEventListener("input", () => { $("adapt-name").dataset.edited = "yes"; });
 $("adapt-go").addEventListener("click", adapt);
 $("use-adapted").addEventListener("click", useAdapted);
+$("field-svg").addEventListener("click", fieldClick);
+$("field-undo").addEventListener("click", fieldUndo);
+$("field-save").addEventListener("click", saveField);
+$("field-prev").addEventListener("click", () => stepField(-1));
+$("field-next").addEventListener("click", () => stepField(1));
+$("finder-parent").addEventListener("change", showField);
+$("finder-name").addEventListener("input", () => { $("finder-name").dataset.edited = "yes"; });
+$("finder-go").addEventListener("click", teachFinder);
 
 async function start() {
   try {

@@ -1,7 +1,9 @@
 """The models a server answers with: the one it started with, and those adapted in it.
 
     DATA/models/NAME/            an ordinary checkpoint run folder (adapt_lab's), loadable by
-                                 checkpoint.load_model, and model-info.json (a ModelRecord)
+                                 checkpoint.load_model, and model-info.json (a ModelRecord); a lab
+                                 model (finder.adapt_finder's) also holds the lab's finder,
+                                 finder.safetensors/.json, which counting with it uses
     DATA/models/.partial-JOB/    an adapt job's folder while it runs; renamed to NAME when it has
                                  finished, so a model is either whole or not listed at all
 
@@ -21,6 +23,7 @@ from pathlib import Path
 
 from ..checkpoint import SHIPPED, load_model
 from ..files import write_text_atomic
+from ..finder.paths import SHIPPED_JSON as SHIPPED_FINDER
 from .datadir import ID, Conflict, NotFound, check_id
 
 INFO = "model-info.json"
@@ -44,6 +47,7 @@ class ModelRecord:
     budget: str | None = None
     job: str | None = None
     adapted_from: dict = field(default_factory=dict)   # the checkpoint's own record, without paths
+    finder: dict | None = None       # a lab's finder beside the classifier: fields, points and steps it learnt from
 
 
 @dataclass
@@ -96,6 +100,9 @@ class Models:
         adapted = [r for r in map(self._record, self.root.glob(f"*/{INFO}")) if r is not None]
         return [first, *sorted(adapted, key=lambda r: (r.created or "", r.name))]
 
+    def record(self, name: str) -> ModelRecord | None:
+        return next((r for r in self.records() if r.name == name), None)
+
     def _record(self, info: Path) -> ModelRecord | None:
         """A model's record; None for a folder that is not one of ours, or a record edited past reading."""
         name = info.parent.name
@@ -118,6 +125,18 @@ class Models:
         if name is None or name == self.default.name:
             return self.default.meta.path
         return self.folder(name)
+
+    def finder(self, name: str | None) -> Path | None:
+        """The finder a model counts with, as a path without suffix: its lab's (finder.json beside
+        its checkpoint, count.lab_finder's rule), or None for the shipped finder."""
+        if name is None or name == self.default.name:
+            path = self.default.meta.path
+            stem = Path(path).parent / "finder" if path is not None else None
+            if stem is None or stem.with_suffix(".json").resolve() == SHIPPED_FINDER.resolve():
+                return None  # the shipped model's folder is the package's assets, the shipped finder beside it
+        else:
+            stem = self.folder(name) / "finder"
+        return stem if stem.with_suffix(".json").is_file() and stem.with_suffix(".safetensors").is_file() else None
 
     def check_new_name(self, name: str, pending: set[str]) -> str:
         check_id(name, "model name")

@@ -123,6 +123,9 @@ class ModelInfo(BaseModel):
     job: str | None = Field(None, description="the job that made it")
     adapted_from: dict[str, Any] = Field(default_factory=dict, description="the checkpoint's own record of its "
                                          "adaptation (method, counts), without paths")
+    finder: dict[str, Any] | None = Field(None, description="a lab model: the finder the lab taught it (fields, "
+                                          "white cells and 'not' points it learnt from, steps); /v1/count with "
+                                          "this model finds cells with it. null: the shipped finder")
 
 
 class ModelList(BaseModel):
@@ -131,14 +134,15 @@ class ModelList(BaseModel):
 
 class JobAnswer(BaseModel):
     id: str
-    kind: Literal["suggest", "adapt"]
+    kind: Literal["suggest", "adapt", "finder"] = Field(description="suggest cells, adapt the classifier, or "
+                                                        "teach the finder")
     lab: str
     state: Literal["queued", "running", "done", "failed"]
     progress: float = Field(description="0 to 1")
     message: str = Field(description="what it is doing, or how it ended")
-    model: str | None = Field(None, description="adapt: the new model's name (usable once done); suggest: the "
-                                                "model that chose the cells")
-    parent: str | None = Field(None, description="adapt: the model it starts from")
+    model: str | None = Field(None, description="adapt, finder: the new model's name (usable once done); "
+                                                "suggest: the model that chose the cells")
+    parent: str | None = Field(None, description="adapt, finder: the model it starts from")
     created: str | None = None
     started: str | None = None
     finished: str | None = None
@@ -223,4 +227,65 @@ class AdaptRequest(BaseModel):
     name: str = Field(description="the new model's name: 1-40 lowercase letters, digits and '-'")
     parent: str | None = Field(None, description="the model to start from (default: the server's own)")
     budget: Literal["tiny", "normal"] = Field("normal", description="tiny: a few seconds, for trying the page")
+    seed: int = 0
+
+
+# --- teaching the finder: a lab's fields and the points a person put on them (finderapi.py) --------
+
+class LabField(BaseModel):
+    id: str = Field(description="the picture's id in the lab")
+    name: str = Field(description="the file name it was sent with")
+    width: int = Field(description="in the field's pixels, as the finder reads it (EXIF orientation applied)")
+    height: int
+    picture: str = Field(description="the field as the finder sees it, a JPEG: a URL on this server")
+    corrected: bool = Field(description="saved by a person: its `wbc` points are all its white cells")
+    saved: str | None = Field(None, description="when it was saved (UTC, ISO 8601)")
+    white_cells: int = Field(0, description="its `wbc` points, once saved")
+    not_cells: int = Field(0, description="its `not` points (finds that are no white cell), once saved")
+
+
+class FieldList(BaseModel):
+    lab: str
+    fields: list[LabField] = Field(description="the lab's pictures that are whole fields (not square, or 1000 px "
+                                               "and more a side), in upload order")
+    corrected: int = Field(description="fields saved as corrected with at least one point: what teaching the finder "
+                                       "learns from (a field saved with no point can't be taught: the points "
+                                       "file has no row to say 'no white cell here')")
+    white_cells: int = Field(description="`wbc` points over the corrected fields")
+
+
+class FoundCell(BaseModel):
+    x: float = Field(description="centre, in the field's pixels")
+    y: float
+    radius: float = Field(description="in the field's pixels")
+    score: float = Field(description="the finder's confidence")
+
+
+class FieldPoint(BaseModel):
+    x: float = Field(description="in the field's pixels, 0 to its width")
+    y: float = Field(description="in the field's pixels, 0 to its height")
+    kind: str = Field(description="`wbc`: a white cell; `not`: a find that is no white cell",
+                      json_schema_extra={"enum": ["wbc", "not"]})
+
+
+class FieldAnswer(LabField):
+    model: str = Field(description="the model whose finder found the cells")
+    finder: Literal["shipped", "lab"] = Field(description="the shipped finder, or one a lab taught (the model's)")
+    found: list[FoundCell] = Field(description="the white cells the finder found, best first")
+    red_cell_px: float | None = Field(None, description="the red cells' diameter as the finder read it (pixels)")
+    points: list[FieldPoint] = Field(description="what a person saved for the field (empty until it is saved)")
+
+
+class FieldPoints(BaseModel):
+    points: list[FieldPoint] = Field(description="every white cell of the field (`wbc`: the finds that are right "
+                                                 "and the ones it missed) and, if any, the finds that are no white "
+                                                 "cell (`not`); replaces what was saved before", max_length=2000)
+
+
+class FinderRequest(BaseModel):
+    lab: str = Field(description="the lab whose corrected fields teach the finder")
+    name: str = Field(description="the new model's name: 1-40 lowercase letters, digits and '-'")
+    parent: str | None = Field(None, description="the model whose classifier (and finder, if a lab taught it one) "
+                               "the new model starts from (default: the server's own)")
+    steps: int = Field(300, ge=1, le=3000, description="training steps (300: a few minutes on a CPU)")
     seed: int = 0
