@@ -30,6 +30,8 @@ import numpy as np
 FIELD_LABS = ("bccd", "bcd")
 PICTURE_LABS = ("raabin", "pbc")
 TEACH_FIELDS = 5
+STRESS_SETS = "contrast x0.2,scale x0.3,0.5x magnification,scale x3,vignetting 60%,defocus,uneven light," \
+              "pale + defocus + uneven light"
 
 
 def field_sets(d: Path) -> dict[str, str]:
@@ -69,16 +71,28 @@ def main(argv=None) -> int:
         run([*wbcnet, "finder", "train", *sum((["--data", x] for x in data.values()), []),
              *sum((["--fields", x] for x in fields.values()), []), *(["--leave-out", lab] if lab else []),
              "--out", str(stem), "--steps", str(args.steps if lab is None else args.lolo_steps), "--no-progress"])
-    finders = [f"{name}={out / name}" for name in runs if (out / name).with_suffix(".json").is_file()]
-    run([*wbcnet, "finder", "evaluate", *sum((["--finder", f] for f in finders), []),
-         *sum((["--data", x] for x in data.values()), []), "--data", f"bccd={d / 'bccd-wbc-crops'}",
-         *sum((["--fields", x] for x in fields.values()), []), "--stress",
-         "--stresses", "contrast x0.2,scale x0.3,0.5x magnification,scale x3,vignetting 60%,defocus,uneven light,"
-                      "pale, defocused, uneven",
-         "--out", str(out / "eval"), "--no-progress"])
+    # Each finder scored on its own (eval/NAME/), skipped when done: the command resumes.
+    rows = []
+    for name in [*runs, "classic"]:
+        path = "classic" if name == "classic" else str(out / name)
+        if name != "classic" and not (out / name).with_suffix(".json").is_file():
+            continue
+        done = out / "eval" / name / "finder_eval.json"
+        if not done.is_file():
+            run([*wbcnet, "finder", "evaluate", "--finder", f"{name}={path}",
+                 *sum((["--data", x] for x in data.values()), []), "--data", f"bccd={d / 'bccd-wbc-crops'}",
+                 *sum((["--fields", x] for x in fields.values()), []), "--stress", "--stresses", STRESS_SETS,
+                 "--out", str(done.parent), "--no-progress"])
+        rows += json.loads(done.read_text())
     taught = [teach(lab, out, d, args.teach_steps) for lab in FIELD_LABS if (out / f"no-{lab}.json").is_file()]
-    rows = json.loads((out / "eval" / "finder_eval.json").read_text())
-    text = table(rows, taught)
+    from benchmarks.bench import cpu_summary, git_state
+
+    text = (f"# The learned cell finder: leave-one-lab-out, stress sets, teaching\n\n"
+            f"Made by `python -m benchmarks.finder_lolo --data {d} --out {out}` at commit {git_state()}, "
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; CPU: {cpu_summary()}. Finders trained with seed 0: "
+            f"all {args.steps} steps, the left-out ones {args.lolo_steps}; their training logs are OUT/NAME.log "
+            f"when run through this command. Labs in view: Raabin-WBC and PBC single cells, BCCD and BCD fields.\n\n"
+            + table(rows, taught))
     (out / "finder_table.md").write_text(text)
     if args.copy_to:
         args.copy_to.write_text(text)

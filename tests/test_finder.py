@@ -157,7 +157,9 @@ def test_a_tiny_training_run_writes_a_finder_that_loads_and_runs(tmp_path):
     assert isinstance(finder.find_cells(load(FIELDS / "BloodImage_00000.jpg")), list)
 
 
-@pytest.mark.parametrize("kind", FIELD_STRESSES)
+# Each of issue 27's degradations alone (the three at once, the benchmark's stand-in for the
+# held-back lab, is scored in benchmarks/results/finder.md, not asserted here).
+@pytest.mark.parametrize("kind", [k for k in FIELD_STRESSES if "+" not in k])
 def test_fields_rescaled_defocused_and_unevenly_lit_still_give_their_cells(kind):
     pairs = [stress(rgb, kind, b) for rgb, b in fields_with_boxes()]
     recall, precision = detection(pairs)

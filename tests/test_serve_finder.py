@@ -51,6 +51,11 @@ def centres() -> dict[str, list[tuple[float, float]]]:
     return out
 
 
+def listed(url: str, name: str) -> dict:
+    """A model as /v1/models lists it, by name (models made within one second list in name order)."""
+    return next(m for m in call(url + "/v1/models")[1]["models"] if m["name"] == name)
+
+
 def one_line(status: int, body: dict, code: int, *words: str) -> None:
     assert status == code, body
     assert isinstance(body["detail"], str) and "\n" not in body["detail"], body
@@ -148,8 +153,8 @@ def test_teach_the_finder_over_the_api(shipped, tmp_path):
                                                               "parent": "lab-f-finder", "steps": 2})
         job = wait_job(url, job["id"], timeout=300)
         assert job["state"] == "done", job
-        m = call(url + "/v1/models")[1]["models"][-1]
-        assert m["name"] == "lab-f-finder-2" and m["parent"] == "lab-f-finder" and m["finder"]["started_from"] == "lab"
+        m = listed(url, "lab-f-finder-2")
+        assert m["parent"] == "lab-f-finder" and m["finder"]["started_from"] == "lab"
 
         spec = call(url + "/openapi.json")[1]
         for path, method in (("/v1/labs/{lab}/fields", "get"), ("/v1/labs/{lab}/fields/{field_id}", "get"),
@@ -193,9 +198,11 @@ def test_bad_points_and_names_are_refused_in_one_line(shipped, tmp_path):
         one_line(*call(f"{url}/v1/labs/lab-f/fields/..%2E%2E"), 422, "lowercase letters")
         one_line(*call(f"{url}/v1/labs/lab-f/fields/A1/points", "PUT", {"points": [good]}), 422, "field 'A1'")
 
+        one_line(*call(url + "/v1/adapt-finder", "POST", {"lab": "lab-f", "name": "x"}), 422, "no corrected fields")
         assert call(points, "PUT", {"points": []})[0] == 200  # saved with no point: no white cell there...
-        status, body = call(url + "/v1/adapt-finder", "POST", {"lab": "lab-f", "name": "x"})
-        one_line(status, body, 422, "no corrected fields")  # ...which the points file can't carry
+        text = urllib.request.urlopen(f"{url}/v1/labs/lab-f/points.csv").read().decode()
+        assert text.splitlines()[1].endswith(",,,none")  # ...one row with empty x and y
+        one_line(*call(url + "/v1/adapt-finder", "POST", {"lab": "lab-f", "name": "x"}), 422, "no white cell marked")
         assert call(points, "PUT", {"points": [{"x": 5, "y": 5, "kind": "not"}]})[0] == 200
         one_line(*call(url + "/v1/adapt-finder", "POST", {"lab": "lab-f", "name": "x"}), 422, "no white cell marked")
         assert call(points, "PUT", {"points": [good]})[0] == 200
@@ -231,15 +238,15 @@ def test_adapting_the_classifier_of_a_lab_model_keeps_its_finder(shipped, tmp_pa
         lab_with_labels(url)
         job = call(url + "/v1/adapt", "POST", {"lab": "lab-a", "name": "both-a", "parent": "finder-a"})[1]
         assert wait_job(url, job["id"])["state"] == "done", job
-        m = call(url + "/v1/models")[1]["models"][-1]
-        assert m["name"] == "both-a" and m["finder"]["kept_from"] == "finder-a" and m["finder"]["fields"] == 1
+        m = listed(url, "both-a")
+        assert m["finder"]["kept_from"] == "finder-a" and m["finder"]["fields"] == 1
         assert (data / "models" / "both-a" / "finder.json").read_bytes() == \
                (data / "models" / "finder-a" / "finder.json").read_bytes()
         field = call(f"{url}/v1/labs/lab-a/fields/{field_id}?model=both-a")[1]
         assert field["finder"] == "lab"
         job = call(url + "/v1/adapt", "POST", {"lab": "lab-a", "name": "plain-a"})[1]  # from the shipped model
         assert wait_job(url, job["id"])["state"] == "done"
-        assert call(url + "/v1/models")[1]["models"][-1]["finder"] is None
+        assert listed(url, "plain-a")["finder"] is None
         assert not (data / "models" / "plain-a" / "finder.json").exists()
 
 

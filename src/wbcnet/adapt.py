@@ -139,6 +139,7 @@ def adapt_lab(parent_path, out, *, labelled=None, unlabelled=None, kind: str = "
     import torch
 
     from .checkpoint import load_model
+    from .count import lab_finder
     from .data.preprocess import from_meta
     from .lab import LabCells, read_lab_cells
 
@@ -153,6 +154,7 @@ def adapt_lab(parent_path, out, *, labelled=None, unlabelled=None, kind: str = "
     else:
         say(0.0, "reading the lab's unlabelled cells")
         cells = read_lab_cells(unlabelled, from_meta(parent), kind, limit=MAX_UNLABELLED, seed=seed,
+                               finder_weights=lab_finder(parent),
                                progress=progress, on_progress=lambda f, m: say(0.15 * f, m))
     print(f"unlabelled: {cells.summary()}")
     if len(cells) < MIN_UNLABELLED:

@@ -121,11 +121,16 @@ def _shrunk(rgb: np.ndarray, side: int) -> np.ndarray:
 def lab_finder(meta) -> str | None:
     """The finder a lab taught (`wbcnet finder adapt`): finder.safetensors beside the checkpoint
     of a lab model; None for any other checkpoint (the shipped finder)."""
+    from .finder.paths import SHIPPED
+
     path = getattr(meta, "path", None)
     if path is None:
         return None
     stem = Path(path).parent / "finder"
-    return str(stem) if stem.with_suffix(".json").is_file() else None
+    # The shipped model sits in the package's assets beside the shipped finder: that one is not a lab's.
+    if not stem.with_suffix(".json").is_file() or stem.with_suffix(".json").resolve() == SHIPPED.with_suffix(".json").resolve():
+        return None
+    return str(stem)
 
 
 def finder_name(meta) -> str:

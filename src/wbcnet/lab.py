@@ -81,9 +81,11 @@ def picture_kind(path: str, kind: str = "auto") -> str:
 
 
 def read_lab_cells(inputs: list[str] | str, prep, kind: str = "auto", limit: int | None = None, seed: int = 0,
-                   progress: bool = True, on_progress: OnProgress | None = None) -> LabCells:
+                   progress: bool = True, on_progress: OnProgress | None = None,
+                   finder_weights: str | None = None) -> LabCells:
     """Every cell of a lab's pictures (files, folders, globs) as model inputs. `limit`: at most so
-    many cells, drawn at random (seeded) from all of them."""
+    many cells, drawn at random (seeded) from all of them. `finder_weights`: the lab's own finder
+    for its fields (count.lab_finder of a lab model), else the shipped one."""
     from .count import find_field_cells
     from .data.cache import decode_images, default_workers
     from .predict import expand_inputs
@@ -112,7 +114,7 @@ def read_lab_cells(inputs: list[str] | str, prep, kind: str = "auto", limit: int
         from tqdm import tqdm
 
         with ThreadPoolExecutor(default_workers()) as pool:
-            found = pool.map(lambda p: find_field_cells(p, prep), fields_at)
+            found = pool.map(lambda p: find_field_cells(p, prep, finder_weights=finder_weights), fields_at)
             for i, f in enumerate(tqdm(found, total=len(fields_at), desc="finding cells in fields", unit="field",
                                        disable=not progress, leave=False)):
                 if on_progress and i % 10 == 0:
@@ -206,6 +208,7 @@ def suggest(parent_path, unlabelled, n: int, out, *, kind: str = "auto", seed: i
     from PIL import Image
 
     from .checkpoint import load_model
+    from .count import lab_finder
     from .data.preprocess import from_meta
 
     if n < 1:
@@ -217,6 +220,7 @@ def suggest(parent_path, unlabelled, n: int, out, *, kind: str = "auto", seed: i
                 raise WbcnetError(f"{sheet}: holds labels already; give another --out for new suggestions")
     model, meta = load_model(parent_path)
     cells = read_lab_cells(unlabelled, from_meta(meta), kind, limit=limit, seed=seed, progress=progress,
+                           finder_weights=lab_finder(meta),
                            on_progress=on_progress)
     if not len(cells):
         raise WbcnetError(f"{unlabelled}: no white cell found in {cells.n_pictures + cells.n_fields} pictures")

@@ -19,7 +19,7 @@ STRESSES = ("contrast x0.2", "50 grey levels", "blur 2 px", "0.5x magnification"
 # Issue 27's: fields rescaled x0.3 to x3, 60% vignetting, defocus (a disc, not the Gaussian the
 # finder trains with), and uneven light as the held-back lab's fields show it (grey middle, pink
 # corners). Made with numpy, scipy and PIL here, never with the training's torch degradations.
-FIELD_STRESSES = ("scale x0.3", "scale x3", "vignetting 60%", "defocus", "uneven light", "pale, defocused, uneven")
+FIELD_STRESSES = ("scale x0.3", "scale x3", "vignetting 60%", "defocus", "uneven light", "pale + defocus + uneven light")
 ALL_STRESSES = STRESSES + FIELD_STRESSES
 
 
@@ -27,7 +27,7 @@ def stress(rgb: np.ndarray, kind: str, boxes: np.ndarray, others: list | None = 
     """`rgb` degraded by `kind` and its boxes (K x 4, x0 y0 x1 y1) moved to match. For
     "0.5x magnification" `others` gives three more (field, boxes) to tile 2 x 2 at half size."""
     x = rgb.astype(np.float32)
-    if kind == "pale, defocused, uneven":  # the three at once, as the held-back lab's fields show them
+    if kind == "pale + defocus + uneven light":  # the three at once, as the held-back lab's fields show them
         for step in ("contrast x0.2", "defocus", "uneven light"):
             rgb, boxes = stress(rgb, step, boxes)
         return rgb, boxes

@@ -294,7 +294,8 @@ def create_app(model, meta, max_upload_mb: float = 20.0, max_files: int = 64, mi
                         f.picture = _image_uri(draw_field(seen.picture, f.cells, classes, seen.scale, f.rejected),
                                                fmt="JPEG")
             result = CountResult(fields, differential([c for f in fields for c in f.cells], classes), classes, bar,
-                                 meta.shift_stats is not None, warnings=count_warnings(fields))
+                                 meta.shift_stats is not None, warnings=count_warnings(fields),
+                                 finder="lab" if lab_finder(meta) else "shipped")  # never a server path
             return result.to_dict()
 
         return await asyncio.to_thread(finish)

@@ -193,9 +193,11 @@ function showFields(answer) {
   $("fields-summary").textContent = `${answer.fields.length - unreadable.length} of ${answer.fields.length} fields ` +
     `read, ${answer.cells_found} white cell${answer.cells_found === 1 ? "" : "s"} found: ${d.counted} counted, ` +
     `${d.referred} referred, ` +
-    `${d.edge_skipped} cut by the edge (not counted).` +
-    unreadable.map((f) => ` Unreadable: ${f.name} (${f.error}).`).join("") +
-    (answer.warnings || []).map((w) => ` Warning: ${w}.`).join("");
+    `${d.edge_skipped} cut by the edge (not counted); ${answer.rejected || 0} other object` +
+    `${answer.rejected === 1 ? "" : "s"} judged not white cells (thin white circles, not counted).` +
+    unreadable.map((f) => ` Unreadable: ${f.name} (${f.error}).`).join("");
+  // Warnings first and apart: implausibly many cells, an unsure scale, greyscale fields.
+  $("fields-warnings").replaceChildren(...(answer.warnings || []).map((w) => el("p", { class: "warn" }, `Warning: ${w}.`)));
   const body = $("diff-table").tBodies[0];
   body.replaceChildren();
   for (const [cls, r] of Object.entries(d.classes)) {
@@ -209,9 +211,12 @@ function showFields(answer) {
   for (const f of answer.fields) {
     if (!f.picture) continue;
     const counted = f.cells.filter((c) => c.counted).length;
+    const rejected = (f.rejected || []).length;
     pictures.append(el("figure", {}, el("img", { src: f.picture, alt: f.name }),
       el("figcaption", { class: "muted" }, `${f.name}: ${f.cells.length} white cell` +
-         `${f.cells.length === 1 ? "" : "s"} found, ${counted} counted`)));
+         `${f.cells.length === 1 ? "" : "s"} found, ${counted} counted` +
+         (rejected ? `, ${rejected} judged not white cells` : "") +
+         (f.implausible ? " — implausibly many" : "") + (f.scale_unsure ? " — scale unsure" : ""))));
   }
 }
 
