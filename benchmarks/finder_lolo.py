@@ -90,8 +90,8 @@ def main(argv=None) -> int:
     text = (f"# The learned cell finder: leave-one-lab-out, stress sets, teaching\n\n"
             f"Made by `python -m benchmarks.finder_lolo --data {d} --out {out}` at commit {git_state()}, "
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; CPU: {cpu_summary()}. Finders trained with seed 0: "
-            f"all {args.steps} steps, the left-out ones {args.lolo_steps}; their training logs are OUT/NAME.log "
-            f"when run through this command. Labs in view: Raabin-WBC and PBC single cells, BCCD and BCD fields.\n\n"
+            f"all {args.steps} steps, the left-out ones {args.lolo_steps}. Labs in view: Raabin-WBC and PBC single cells, "
+            f"BCCD and BCD fields. Heatmap threshold 0.3 (fixed before any scoring).\n\n"
             + table(rows, taught))
     (out / "finder_table.md").write_text(text)
     if args.copy_to:
