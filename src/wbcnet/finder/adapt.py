@@ -68,7 +68,7 @@ def taught_fields(fields_dir, points: dict, finder, lab: str = "lab") -> Source:
     """The corrected fields as a training source: each field's white-cell points with a radius,
     and its red cells' size as the finder reads it (so the lab's scale is kept, not relearnt)."""
     fields_dir = Path(fields_dir)
-    images, cells, paths, rbc, pending = [], [], [], [], []
+    images, cells, paths, rbc = [], [], [], []
     for name, marks in sorted(points.items()):
         path = fields_dir / name
         if not path.is_file():
@@ -89,7 +89,6 @@ def taught_fields(fields_dir, points: dict, finder, lab: str = "lab") -> Source:
         cells.append(np.array(mine, np.float32).reshape(-1, 3))
         paths.append(str(path))
         rbc.append(search.red_cell_px)
-        pending.append([b.radius for b in search.cells])
     known = [r for c in cells for r in c[:, 2] if r == r]
     fallback = float(np.median(known)) if known else None
     for c, red in zip(cells, rbc):

@@ -23,7 +23,6 @@ from pathlib import Path
 
 from ..checkpoint import SHIPPED, load_model
 from ..files import write_text_atomic
-from ..finder.paths import SHIPPED_JSON as SHIPPED_FINDER
 from .datadir import ID, Conflict, NotFound, check_id
 
 INFO = "model-info.json"
@@ -130,12 +129,11 @@ class Models:
         """The finder a model counts with, as a path without suffix: its lab's (finder.json beside
         its checkpoint, count.lab_finder's rule), or None for the shipped finder."""
         if name is None or name == self.default.name:
-            path = self.default.meta.path
-            stem = Path(path).parent / "finder" if path is not None else None
-            if stem is None or stem.with_suffix(".json").resolve() == SHIPPED_FINDER.resolve():
-                return None  # the shipped model's folder is the package's assets, the shipped finder beside it
-        else:
-            stem = self.folder(name) / "finder"
+            from ..count import lab_finder  # the shipped model's own folder holds the shipped finder: not a lab's
+
+            found = lab_finder(self.default.meta)
+            return Path(found) if found else None
+        stem = self.folder(name) / "finder"
         return stem if stem.with_suffix(".json").is_file() and stem.with_suffix(".safetensors").is_file() else None
 
     def check_new_name(self, name: str, pending: set[str]) -> str:
