@@ -72,9 +72,10 @@ def test_a_count_summary_is_count_json():
     r = count_result()
     s = r.summary()
     assert s == {"fields": 3, "unreadable": [["b.jpg", "truncated"]], "fields_without_cells": 1, "cells_found": 2,
+                 "rejected": 0, "implausible_fields": [], "scale_unsure_fields": [],
                  "counted": 1, "referred": 0, "edge_skipped": 1, "min_confidence": 0.5, "shift_check": True,
-                 "checkpoint": "ckpt.safetensors", "classes": CLASSES, "target": {"cells": 5, "reached": False},
-                 "warnings": []}
+                 "checkpoint": "ckpt.safetensors", "finder": "shipped", "classes": CLASSES,
+                 "target": {"cells": 5, "reached": False}, "warnings": []}
     d = r.to_dict()
     assert "checkpoint" not in d  # a server's paths are not the client's business
     assert d["fields"][0]["cells"][1]["flag"] == "edge" and d["differential"]["classes"]["Basophil"]["count"] == 1
