@@ -310,7 +310,7 @@ def test_wbcnet_serve_command_serves_the_page_until_ctrl_c(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.communicate()
+            proc.communicate(timeout=30)  # a killed process's pipes close; never wait on a busy machine forever
 
 
 def test_page_in_headless_chromium(server, shipped, tmp_path):
