@@ -17,6 +17,7 @@ one WbcnetError line, and the unfinished folder is removed.
 from __future__ import annotations
 
 import errno
+import glob
 import heapq
 import os
 import shutil
@@ -52,6 +53,16 @@ def write_differential(out: Path, diff: Differential) -> None:
     write_json(out / "differential.json", diff.to_dict())
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
 class CountOutput:
     """Collects what `wbcnet count` shows while the count runs, and writes the folder at the end."""
 
@@ -66,7 +77,17 @@ class CountOutput:
         self.rejected: list[tuple[Candidate, np.ndarray]] = []  # the first candidates judged not white cells
         self._order = 0
 
+    def _clear_leftovers(self) -> None:
+        """The unfinished folders of earlier counts into this OUT whose process is gone (killed, or
+        the machine went down): nothing in them was ever finished, and nothing else cleans them."""
+        whole = self.out.resolve()
+        for old in whole.parent.glob(f".{glob.escape(whole.name)}.unfinished-*"):
+            pid = old.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                shutil.rmtree(old, ignore_errors=True)
+
     def __enter__(self) -> "CountOutput":
+        self._clear_leftovers()
         with self._writing():
             try:
                 self.work.mkdir()
