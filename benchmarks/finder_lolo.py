@@ -34,10 +34,15 @@ STRESS_SETS = "contrast x0.2,scale x0.3,0.5x magnification,scale x3,vignetting 6
               "pale + defocus + uneven light"
 
 
+def field_files(d: Path) -> dict[str, tuple[Path, Path, Path | None]]:
+    """Each field lab's images folder, box list and extra red-cell boxes (finder.data.load_fields' arguments)."""
+    return {"bccd": (d / "bccd-fields" / "images", d / "bccd-fields" / "wbc_boxes.csv", d / "bccd-fields" / "other_boxes.csv"),
+            "bcd": (d / "bcd-fields" / "images", d / "bcd-fields" / "boxes.csv", None)}
+
+
 def field_sets(d: Path) -> dict[str, str]:
-    return {"bccd": f"bccd={d / 'bccd-fields' / 'images'}:{d / 'bccd-fields' / 'wbc_boxes.csv'}:"
-                    f"{d / 'bccd-fields' / 'other_boxes.csv'}",
-            "bcd": f"bcd={d / 'bcd-fields' / 'images'}:{d / 'bcd-fields' / 'boxes.csv'}"}
+    """The same as `--fields LAB=IMAGES:BOXES[:OTHERS]` flags."""
+    return {lab: f"{lab}=" + ":".join(str(p) for p in files if p is not None) for lab, files in field_files(d).items()}
 
 
 def run(cmd: list[str]) -> None:
@@ -100,30 +105,16 @@ def main(argv=None) -> int:
     return 0
 
 
-def _boxes(lab: str, d: Path) -> tuple[Path, dict[str, list]]:
-    """A field lab's images folder and its white-cell boxes per field."""
-    if lab == "bccd":
-        images, csv_path, kind = d / "bccd-fields" / "images", d / "bccd-fields" / "wbc_boxes.csv", None
-    else:
-        images, csv_path, kind = d / "bcd-fields" / "images", d / "bcd-fields" / "boxes.csv", "WBC"
-    boxes: dict[str, list] = {}
-    with open(csv_path, newline="") as fh:
-        for row in csv.DictReader(fh):
-            if kind is None or row.get("kind") == kind:
-                boxes.setdefault(row["file"], []).append([float(row[k]) for k in ("x0", "y0", "x1", "y1")])
-    return images, boxes
-
-
 def teach(lab: str, out: Path, d: Path, steps: int, seed: int = 0) -> dict:
-    """The left-out finder taught TEACH_FIELDS of the lab's fields, scored on the others."""
-    from wbcnet.count import match_boxes
-    from wbcnet.data.imageio import load_rgb
-    from wbcnet.finder.evaluate import Detection
+    """The left-out finder taught TEACH_FIELDS of the lab's fields (points at its boxes' centres),
+    scored on the others as `wbcnet finder evaluate` scores fields (finder.evaluate.score_fields)."""
+    from wbcnet.finder.data import Source, load_fields
+    from wbcnet.finder.evaluate import score_fields
     from wbcnet.finder.net import load_finder
 
-    images, boxes = _boxes(lab, d)
-    names = sorted(p.name for p in images.iterdir() if p.suffix.lower() in (".jpg", ".png"))
-    with_cells = [n for n in names if n in boxes]
+    images, boxes, others = field_files(d)[lab]
+    src = load_fields(images, boxes, lab, others)
+    with_cells = [i for i in range(len(src)) if len(src.cells[i])]
     rng = np.random.default_rng(seed)
     chosen = sorted(rng.choice(with_cells, TEACH_FIELDS, replace=False).tolist())
     work = out / f"teach-{lab}"
@@ -132,30 +123,22 @@ def teach(lab: str, out: Path, d: Path, steps: int, seed: int = 0) -> dict:
     with open(points, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["file", "x", "y", "kind"])
-        for n in chosen:
-            for x0, y0, x1, y1 in boxes[n]:
-                w.writerow([n, (x0 + x1) / 2, (y0 + y1) / 2, "wbc"])
+        for i in chosen:
+            w.writerows([Path(src.paths[i]).name, cx, cy, "wbc"] for cx, cy, _ in src.cells[i].tolist())
     model = work / "model"
-    t = time.time()
     if not (model / "finder.json").is_file():
         run([sys.executable, "-m", "wbcnet", "finder", "adapt", "--fields", str(images), "--points", str(points),
              "--finder", str(out / f"no-{lab}"), "--out", str(model), "--steps", str(steps), "--no-progress"])
-    wall = time.time() - t
-    result = {"lab": lab, "fields_taught": chosen, "steps": steps,
+    rest = [i for i in range(len(src)) if i not in chosen]
+    others_only = Source(lab, "fields", [src.images[i] for i in rest], [src.cells[i] for i in rest],
+                         [src.ignore[i] for i in rest], [src.paths[i] for i in rest])
+    result = {"lab": lab, "fields_taught": [Path(src.paths[i]).name for i in chosen], "steps": steps,
               "wall_s": json.loads((model / "finder.json").read_text())["extra"]["wall_s"]}
     for name, finder in (("before", load_finder(out / f"no-{lab}")), ("after", load_finder(model / "finder"))):
-        det = Detection()
-        for n in names:
-            if n in chosen:
-                continue
-            rgb = load_rgb(images / n)
-            found = [[c.cx - c.radius, c.cy - c.radius, c.cx + c.radius, c.cy + c.radius] for c in finder.find_cells(rgb)]
-            truth = boxes.get(n, [])
-            det.true, det.found = det.true + len(truth), det.found + len(found)
-            det.matched += len(match_boxes(found, truth))
+        det = score_fields(finder.find_cells, others_only)
         result[name] = {"recall": det.recall, "precision": det.precision, "true": det.true, "found": det.found,
                         "matched": det.matched}
-    print(json.dumps(result), f"(command {wall:.0f} s)", flush=True)
+    print(json.dumps(result), flush=True)
     return result
 
 

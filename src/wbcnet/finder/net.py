@@ -65,7 +65,7 @@ class FinderConfig:
     field_side: int = 320
     cell_side: int = 96
     cell_margin: float = 0.2
-    # A field's red cells are made this many working pixels across (see Finder.find_cells): the
+    # A field's red cells are made this many working pixels across (see Finder.search_field): the
     # middle of the trained range of white cells (14-110 px, geometric middle 39) is ~1.5 red cells.
     rbc_work: float = 26.0
     # The first look at a field is at this long side (never enlarged); up to `scale_passes` looks
@@ -281,12 +281,13 @@ class Finder:
             rbc = math.exp(med) * (sy + sx) / 2                    # red-cell diameter, field pixels
             made_at = long / ((sy + sx) / 2)                        # the long side this look had
             want = min(max(long * c.rbc_work / rbc, 64.0), 2.0 * long, 4.0 * c.field_side)
-            if abs(math.log(want / made_at)) < math.log(1.25):
+            settled = abs(math.log(want / made_at)) < math.log(1.25)
+            if settled:
                 break
             side = want
         cells = [_in_picture(f, sy, sx) for f in found[0] if f.score >= threshold]
         rejected = [_in_picture(f, sy, sx) for f in found[0] if f.score < threshold]
-        return FieldSearch(cells, rejected, rbc, q3 - q1, look, abs(math.log(want / made_at)) < math.log(1.25))
+        return FieldSearch(cells, rejected, rbc, q3 - q1, look, settled)
 
     def find_cells(self, rgb: np.ndarray, threshold: float | None = None) -> list[CellBox]:
         """Every white cell in a whole field, in `rgb`'s pixels, best first (`search_field`'s cells)."""
