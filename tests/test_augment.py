@@ -77,8 +77,13 @@ from wbcnet.errors import WbcnetError  # noqa: E402
 
 STILL = AugmentConfig(rotation=0, shift=0, shear=0, zoom=0, hflip=False, vflip=False, rot90=False, brightness=0,
                       contrast=0, saturation=0, hue=0, channel_gain=0)
-NEW_ON = {"blur": 1.0, "downscale": 3.0, "jpeg": 1.0, "hed": 0.1}
-NEW_OFF = {"blur": 0.0, "downscale": 1.0, "jpeg": 0.0, "hed": 0.0}
+NEW_ON = {"blur": 1.0, "downscale": 3.0, "jpeg": 1.0, "hed": 0.1,
+          # issue 28: pictures as labs take them
+          "defocus": 1.0, "pale": 1.0, "tint": 1.0, "temperature": 1.0, "gamma": 1.0, "uneven_light": 1.0, "noise": 1.0}
+NEW_OFF = {"blur": 0.0, "downscale": 1.0, "jpeg": 0.0, "hed": 0.0,
+           "defocus": 0.0, "pale": 0.0, "tint": 0.0, "temperature": 0.0, "gamma": 0.0, "uneven_light": 0.0, "noise": 0.0}
+# stages whose random strength can come out close to none (a lamp near daylight, gamma near 1, faint noise)
+SOMETIMES_FAINT = {"temperature", "gamma", "noise"}
 
 
 def cells(n=8, s=48):
@@ -116,8 +121,8 @@ def test_each_new_stage_changes_the_image_when_on_and_is_bit_exact_when_off(fiel
     on = augment_batch(x, dataclasses.replace(STILL, **{field: NEW_ON[field]}), torch.Generator().manual_seed(0))
     assert torch.equal(off, still)
     changed = (on - still).abs().flatten(1).amax(1) > 2 / 255
-    # blur, jpeg and hed are on for every image here; downscale picks half of them
-    assert changed.float().mean() >= (0.25 if field == "downscale" else 1.0)
+    # the others are on for every image here; downscale picks half of them
+    assert changed.float().mean() >= (0.25 if field == "downscale" else 0.5 if field in SOMETIMES_FAINT else 1.0)
     assert on.shape == still.shape and on.dtype == torch.float32 and on.min() >= 0 and on.max() <= 1
 
 
@@ -133,7 +138,7 @@ def test_blur_and_downscale_soften_edges():
     x = torch.zeros(16, 3, 32, 32, dtype=torch.uint8)
     x[:, :, :, 16:] = 255  # a sharp vertical edge
     sharpness = lambda y: (y[..., 1:] - y[..., :-1]).abs().amax((1, 2, 3))
-    for field, value in (("blur", 1.0), ("downscale", 3.0)):
+    for field, value in (("blur", 1.0), ("downscale", 3.0), ("defocus", 1.0)):
         y = augment_batch(x, dataclasses.replace(STILL, **{field: value}), torch.Generator().manual_seed(0))
         assert (sharpness(y) < 0.95).float().mean() >= 0.4, field
 
@@ -183,3 +188,72 @@ def test_new_fields_are_checked_and_come_from_yaml():
             AugmentConfig(**bad)
     cfg = TrainConfig.from_dict({"augment": {"hed": 0.05, "blur": 0.3, "downscale": 2.5, "jpeg": 0.3}})
     assert (cfg.augment.hed, cfg.augment.blur, cfg.augment.downscale, cfg.augment.jpeg) == (0.05, 0.3, 2.5, 0.3)
+
+
+# --- issue 28: defocus, pallor, tints, lamp colour, gamma, uneven light, noise -------------------
+
+from wbcnet.data.augment import disc_kernels  # noqa: E402
+
+
+def test_disc_kernels_are_normalised_discs_of_their_radius():
+    k = disc_kernels(torch.tensor([1.0, 3.0, 5.0]), 11)
+    assert k.shape == (3, 11, 11) and torch.allclose(k.sum((1, 2)), torch.ones(3))
+    covered = (k > 0).float().sum((1, 2))
+    assert covered[0] < covered[1] < covered[2]
+    # flat inside (a pillbox, not a Gaussian): the centre weighs as much as a pixel 2 px out
+    assert torch.isclose(k[2, 5, 5], k[2, 5, 7]) and k[0, 5, 8] == 0
+
+
+def test_pale_fades_stain_towards_the_background():
+    x = torch.full((16, 3, 32, 32), 245, dtype=torch.uint8)
+    x[:, :, 8:24, 8:24] = torch.tensor([90, 40, 140], dtype=torch.uint8).view(3, 1, 1)  # a violet nucleus
+    y = augment_batch(x, dataclasses.replace(STILL, pale=1.0, pale_min=0.2), torch.Generator().manual_seed(0))
+    contrast = (y[:, :, 0, 0] - y[:, :, 16, 16]).abs().sum(1)
+    before = (x[0, :, 0, 0].float() - x[0, :, 16, 16].float()).abs().sum() / 255
+    assert (contrast < before).all() and contrast.min() < 0.5 * before  # down to a fifth of the density
+
+
+def test_tint_only_absorbs_and_colours_a_white_background():
+    x = torch.full((32, 3, 16, 16), 250, dtype=torch.uint8)
+    y = augment_batch(x, dataclasses.replace(STILL, tint=1.0, tint_od=0.35), torch.Generator().manual_seed(0))
+    assert (y <= 250 / 255 + 1e-6).all()                   # a filter takes light away, never adds it
+    spread = y[:, :, 0, 0].amax(1) - y[:, :, 0, 0].amin(1)
+    assert (spread > 0.02).float().mean() > 0.5            # and it has a colour
+    assert ((y[:, 2, 0, 0] < y[:, 0, 0, 0] - 0.05) & (y[:, 2, 0, 0] < y[:, 1, 0, 0] - 0.05)).any()  # yellow ones
+
+
+def test_kornia_stages_repeat_for_a_seed_whatever_the_global_generator_did():
+    cfg = dataclasses.replace(STILL, temperature=1.0, uneven_light=1.0)
+    x = cells(16)
+    torch.manual_seed(1)
+    a = augment_batch(x, cfg, torch.Generator().manual_seed(3))
+    torch.manual_seed(2)
+    state = torch.random.get_rng_state()
+    b = augment_batch(x, cfg, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    assert torch.equal(state, torch.random.get_rng_state())  # and it leaves the global generator alone
+
+
+def test_uneven_light_makes_a_uniform_field_uneven_and_noise_keeps_its_mean():
+    x = torch.full((16, 3, 32, 32), 128, dtype=torch.uint8)
+    lit = augment_batch(x, dataclasses.replace(STILL, uneven_light=1.0), torch.Generator().manual_seed(0))
+    assert (lit.std((1, 2, 3)) > 0.01).float().mean() > 0.5
+    noisy = augment_batch(x, dataclasses.replace(STILL, noise=1.0), torch.Generator().manual_seed(0))
+    assert (noisy.mean((1, 2, 3)) - 128 / 255).abs().max() < 0.01 and noisy.std() > 0.005
+
+
+def test_gamma_keeps_black_and_white_and_moves_the_middle():
+    x = torch.zeros(32, 3, 8, 8, dtype=torch.uint8)
+    x[:, :, :, 4:] = 255
+    x[:, :, 4:, :4] = 128
+    y = augment_batch(x, dataclasses.replace(STILL, gamma=1.0), torch.Generator().manual_seed(0))
+    assert y[:, :, 0, 0].max() < 1e-6 and y[:, :, 0, 7].min() > 1 - 1e-6
+    mid = y[:, 0, 5, 0]
+    assert mid.min() < 0.45 and mid.max() > 0.55
+
+
+def test_issue_28_fields_are_checked():
+    for bad in ({"defocus": 2.0}, {"pale": -0.1}, {"pale_min": 0.0}, {"tint_od": 3.0}, {"defocus_radius": 40},
+                {"noise": "0.1"}, {"uneven_light": 1.5}):
+        with pytest.raises(WbcnetError, match="augment"):
+            AugmentConfig(**bad)

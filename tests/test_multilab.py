@@ -65,7 +65,8 @@ def test_sampling_balances_classes_and_labs():
     sources = np.array([0] * 90 + [1] * 10 + [0] * 50)
     w = sampling_weights(labels, sources).numpy()
     assert np.isclose(w[labels == 0].sum(), w[labels == 1].sum())          # classes even
-    assert np.isclose(w[:90].sum(), w[90:100].sum())                         # labs even within a class
+    assert np.isclose(w[:90].sum() / w[90:100].sum(), 3.0)                   # labs by the root of their cells
+    assert np.allclose(w[:90], w[0]) and np.allclose(w[90:100], w[90])       # every cell of a lab alike
 
 
 def test_a_two_lab_run_splits_within_each_lab_and_reports_each(two_lab_run):
