@@ -116,6 +116,9 @@ OTHER_BENCHMARKS = """
 | data-parallel training, 1 vs 2 processes (torchrun, gloo) | `python -m benchmarks.ddp` | [results/ddp.md](results/ddp.md) |
 | the backbone comparison | `python -m benchmarks.backbones train/speed/table` | [results/backbones.md](results/backbones.md) |
 | leave-one-lab-out ablation (each change for other labs on and off; GPU, stain rows on CPU) | `python -m benchmarks.ablation` | [results/ablation.md](results/ablation.md) |
+| the shipped recipe leave-one-lab-out: each lab from the model that never saw it, and its stand-ins | `python -m benchmarks.lolo` | [results/lolo.md](results/lolo.md) |
+| adapting on day one: 10 labels a class + ~500 unlabelled cells of a lab the parent never saw | `python -m benchmarks.adapt_lab` | [results/adapt_lab.md](results/adapt_lab.md) |
+| augmentation throughput before and after issue 28, beside a training step | `python -m benchmarks.augment_speed` | [results/augment_speed.md](results/augment_speed.md) |
 """
 
 

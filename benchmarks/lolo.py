@@ -40,6 +40,7 @@ def fold_config(recipe: dict, left_out: str | None, epochs: int | None) -> dict:
     cfg["data"] = {lab: path for lab, path in recipe["data"].items() if lab != left_out}
     if epochs:
         cfg["epochs"] = epochs
+    cfg["progress"] = False  # one line an epoch in the log and on the screen, not a bar
     return cfg
 
 
@@ -58,6 +59,7 @@ def train(name: str, cfg: dict, out: Path) -> float:
     t0 = time.time()
     with open(out / f"{name}.log", "a") as log:
         proc = subprocess.Popen([sys.executable, "-m", "wbcnet", "train", *how], stdout=subprocess.PIPE,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"},
                                 stderr=subprocess.STDOUT, text=True, bufsize=1)
         for line in proc.stdout:
             log.write(line)
@@ -94,7 +96,8 @@ def write_table(rows: list[dict], out: Path, args, recipe_path: Path, seconds: d
         "# The recipe, leave-one-lab-out (issue 28)",
         "",
         "```bash",
-        f"python -m benchmarks.lolo --out {args.out}" + (f" --epochs {args.epochs}" if args.epochs else ""),
+        f"python -m benchmarks.lolo --out {args.out}" + (f" --epochs {args.epochs}" if args.epochs else "") +
+        "".join(f" --set {kv}" for kv in args.set) + (f" --only {args.only}" if args.only else ""),
         "```",
         "",
         f"- Recipe: `{recipe_path.relative_to(REPO) if recipe_path.is_relative_to(REPO) else recipe_path}`; "
@@ -121,6 +124,7 @@ def write_table(rows: list[dict], out: Path, args, recipe_path: Path, seconds: d
     lines += ["", "Training time (this machine, minutes): " +
               ", ".join(f"{k} {v / 60:.1f}" for k, v in seconds.items() if v) or "(trained before)", ""]
     text = "\n".join(lines) + "\n"
+    out.mkdir(parents=True, exist_ok=True)
     (out / "lolo.md").write_text(text)
     with open(out / "lolo.csv", "w", newline="") as fh:
         w = csv.writer(fh)
@@ -143,9 +147,19 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, help="override the recipe's epochs")
     ap.add_argument("--only", help="comma-separated runs of " + ", ".join(FOLDS) + " (default: all of them)")
     ap.add_argument("--train-only", action="store_true", help="train, don't score")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="change the recipe for a comparison, e.g. --set stain=nucleus (YAML value; repeatable); "
+                    "the runs are named NAME+KEY=VALUE")
     ap.add_argument("--copy-to", type=Path, help="also write the table here")
     args = ap.parse_args(argv)
     recipe = yaml.safe_load(args.config.read_text())
+    suffix = ""
+    for kv in args.set:
+        key, sep, value = kv.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {kv}: write KEY=VALUE")
+        recipe[key] = yaml.safe_load(value)
+        suffix += f"+{key}={value}"
     paths = {lab: Path(p) if Path(p).is_absolute() else (REPO / p) for lab, p in recipe["data"].items()}
     missing = [str(p) for p in paths.values() if not p.is_dir()]
     if missing:
@@ -154,7 +168,7 @@ def main(argv=None) -> int:
     folds = [f for f in FOLDS if not args.only or f in args.only.split(",")]
     seconds = {}
     for name in folds:
-        seconds[name] = train(name, fold_config(recipe, FOLDS[name], args.epochs), args.out)
+        seconds[name + suffix] = train(name + suffix, fold_config(recipe, FOLDS[name], args.epochs), args.out)
     if args.train_only:
         return 0
     rows = []
@@ -162,18 +176,19 @@ def main(argv=None) -> int:
         lab = FOLDS[name]
         if lab is None:
             continue
+        name += suffix
         print(f"{name}: scoring on {lab} (never seen) and its stand-ins", flush=True)
         draws = standins.make(paths[lab], args.out / "standins" / lab, n=STANDIN_N)
         log = args.out / f"{name}.log"
         whole = evaluate(args.out / name, {lab: paths[lab]}, args.out / "eval" / name / "whole", log)[lab]
         kinds = evaluate(args.out / name, {standins.slug(k): d for k, d in draws.items()},
                          args.out / "eval" / name / "standins", log)
-        rows.append({"lab": lab, "trained_on": ", ".join(l for l in recipe["data"] if l != lab), "whole": whole,
+        rows.append({"lab": lab, "trained_on": ", ".join(l for l in recipe["data"] if l != lab) + suffix, "whole": whole,
                      "ci": ci_of(whole), "standins": {k: kinds[standins.slug(k)] for k in draws}})
         print(f"  {lab}: macro-F1 {whole['macro_f1']:.3f}; stand-ins " +
               ", ".join(f"{k} {v['macro_f1']:.3f}" for k, v in rows[-1]["standins"].items()), flush=True)
     if rows:
-        text = write_table(rows, args.out, args, args.config.resolve(), seconds)
+        text = write_table(rows, args.out / f"lolo{suffix}" if suffix else args.out, args, args.config.resolve(), seconds)
         print(text)
         if args.copy_to:
             args.copy_to.write_text(text)
