@@ -8,7 +8,9 @@ augmentation):
 - 10 cells of each class are drawn as the labelled ones (seeded; a class with fewer keeps one to
   score), up to 500 others are the lab's unlabelled cells, and those others are scored, as the
   issue measured the blurred lab;
-- `none`: the parent as it is; `labels`: `wbcnet adapt --data LABELLED`; `labels + unlabelled`:
+- `none`: the parent as it is; `prototypes`: the parent's features unchanged, each cell given the
+  class whose labelled cells' mean feature is nearest (cosine; no training, a linear head on the
+  lab's features); `labels`: `wbcnet adapt --data LABELLED`; `labels + unlabelled`:
   `wbcnet adapt --data LABELLED --unlabelled OTHERS` (fine-tuning on the labels, then
   self-training on the others); each timed on this machine.
 Writes OUT/adapt_lab.md (and --copy-to). Resumable: a finished adaptation or score is kept.
@@ -29,7 +31,7 @@ from benchmarks import standins
 REPO = Path(__file__).resolve().parent.parent
 LABELS_PER_CLASS = 10
 UNLABELLED = 500
-METHODS = ("none", "labels", "labels + unlabelled")
+METHODS = ("none", "prototypes", "labels", "labels + unlabelled")
 # (lab, stand-in kind): the lab's own pictures, and the degraded copies the issue asks for
 SETTINGS = (("pbc", "clean"), ("pbc", "blur + pale"), ("pbc", "yellow cast"), ("bccd", "clean"),
             ("raabin", "clean"), ("raabin", "blur + pale"))
@@ -74,6 +76,44 @@ def score(checkpoint: Path, data: Path, out: Path, log: Path) -> dict:
     return json.loads((out / "metrics.json").read_text())
 
 
+def prototypes(parent: Path, labelled: Path, others: Path, out: Path) -> dict:
+    """Nearest class mean in the parent's feature space (cosine), from the labelled cells."""
+    if (out / "metrics.json").exists():
+        return json.loads((out / "metrics.json").read_text())
+    import numpy as np
+
+    from wbcnet.checkpoint import load_model
+    from wbcnet.data.cache import decode_images
+    from wbcnet.data.preprocess import from_meta
+    from wbcnet.data.scan import scan
+    from wbcnet.inference import predict_logits
+    from wbcnet.metrics import compute_metrics
+
+    t0 = time.time()
+    model, meta = load_model(parent)
+    feats = {}
+    for name, folder in (("labelled", labelled), ("others", others)):
+        found = scan(str(folder), meta.classes)
+        paths = [s.path for s in found.samples]
+        dec = decode_images(paths, from_meta(meta), progress=False)
+        _, f = predict_logits(model, dec.images, meta.mean, meta.std, with_features=True)
+        f = f / np.linalg.norm(f, axis=1, keepdims=True)
+        feats[name] = (f, np.array([found.samples[i].label for i in dec.index]))
+    f_lab, y_lab = feats["labelled"]
+    centres = np.stack([f_lab[y_lab == c].mean(0) if (y_lab == c).any() else np.zeros(f_lab.shape[1])
+                        for c in range(len(meta.classes))])
+    f_rest, y_rest = feats["others"]
+    pred = (f_rest @ centres.T).argmax(1)
+    m = compute_metrics(y_rest, pred, meta.classes)
+    from wbcnet.analysis import top_confusions
+
+    m = {"macro_f1": m["macro_f1"], "accuracy": m["accuracy"], "seconds": time.time() - t0,
+         "top_confusions": top_confusions(m["confusion_matrix"], meta.classes)}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(m))
+    return m
+
+
 def adapt(parent: Path, labelled: Path, others: Path | None, out: Path, log: Path) -> float:
     """Adapt into `out` unless done before; returns the seconds it took (read back when kept)."""
     stamp = out / "seconds.txt"
@@ -116,6 +156,13 @@ def main(argv=None) -> int:
                "others": sum(1 for _ in others.rglob("*.*"))}
         for method in METHODS:
             print(f"{lab}/{kind}: {method}", flush=True)
+            if method == "prototypes":
+                m = prototypes(parent, labelled, others, here / "eval" / "prototypes")
+                row[method] = {"macro_f1": m["macro_f1"], "accuracy": m["accuracy"], "seconds": m["seconds"],
+                               "top": ", ".join(f"{c['true'][0]}→{c['predicted'][0]} {c['count']}"
+                                                for c in m["top_confusions"][:2])}
+                print(f"  macro-F1 {m['macro_f1']:.3f}", flush=True)
+                continue
             if method == "none":
                 ckpt, secs = parent, 0.0
             else:
