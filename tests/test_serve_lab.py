@@ -197,6 +197,83 @@ def test_a_labs_uploads_suggestions_and_labels_outlive_a_restart(shipped, tmp_pa
     assert (data / "labs" / "lab-a" / first[0]).is_file()
 
 
+def test_the_data_folder_is_made_when_something_is_first_stored(shipped, tmp_path):
+    """Classifying, reading and refused requests store nothing, so they make no folder; the first
+    upload makes the folder with its parts."""
+    model, meta = shipped
+    data = tmp_path / "later" / "data"
+    cell = sample_paths(1)[:1]
+    with live(create_app(model, meta, max_files=16, data_dir=data, threads=1, create_data=False)) as url:
+        for route in ("/v1/models", "/v1/labs", "/v1/jobs", "/v1/model"):
+            assert call(url + route)[0] == 200, route
+        for route in ("/v1/labs/lab-a", "/v1/labs/lab-a/labels", "/v1/labs/lab-a/labels.csv", "/v1/labs/lab-a/fields",
+                      "/v1/labs/lab-a/points.csv", "/v1/jobs/0123456789ab", "/v1/labs/lab-a/cells/1-0001/picture"):
+            one_line_404(*call(url + route))
+        one_line_404(*call(url + "/v1/labs/lab-a/labels/1-0001", "PUT", {"label": "Neutrophil"}))
+        one_line_404(*call(url + "/v1/labs/lab-a/suggest", "POST"))
+        one_line_404(*call(url + "/v1/adapt", "POST", {"lab": "lab-a", "name": "m"}))
+        one_line_404(*call(url + "/v1/adapt-finder", "POST", {"lab": "lab-a", "name": "m"}))
+        assert post(url + "/v1/classify", as_files(cell))[0] == 200
+        assert not (tmp_path / "later").exists()
+        status, up = post(f"{url}/v1/labs/lab-a/uploads", as_files(cell))
+        assert status == 200 and len(up["saved"]) == 1
+        assert sorted(p.name for p in data.iterdir()) == ["labs", "models", "tmp"]
+        assert [p.name for p in (data / "labs" / "lab-a" / "uploads").iterdir()] == ["0001.jpg"]
+    assert not any((data / "tmp").iterdir())
+
+
+def test_wbcnet_serve_makes_no_data_folder_until_told_to_store(tmp_path):
+    """`wbcnet serve` in a folder, used only to classify: it says where it would keep a lab's files,
+    and leaves the folder it ran in as it was."""
+    with serve_command(["--port", "0"], cwd=tmp_path) as (url, lines):
+        assert call(url + "/v1/labs")[1] == {"labs": []} and call(url + "/healthz")[0] == 200
+        assert post(url + "/v1/classify", as_files(sample_paths(1)[:2]))[0] == 200
+    said = [line for line in lines if "kept in" in line]
+    assert said == [f"wbcnet serve: labs, labels and adapted models are kept in {tmp_path.resolve() / 'wbcnet-data'}, made "
+                    f"when the first is stored"], lines
+    assert not any(tmp_path.iterdir())
+
+
+@contextmanager
+def serve_command(args: list[str], cwd: Path, env: dict | None = None, timeout: float = 90):
+    """`wbcnet serve ARGS` as a process in `cwd`; yields (its URL, the lines it wrote to stderr, which
+    grow while it runs), and stops it with Ctrl+C (SIGINT) after, expecting exit 0."""
+    import signal
+    import subprocess
+    import sys
+
+    environ = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               **(env or {})}
+    proc = subprocess.Popen([sys.executable, "-m", "wbcnet", "serve", *args], cwd=cwd, env=environ,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(line.rstrip("\n") for line in proc.stderr), daemon=True)
+    reader.start()
+    try:
+        deadline, url = time.monotonic() + timeout, None
+        while True:  # its address is said before it listens: asked until it answers
+            first = next((line for line in lines if line.startswith("wbcnet serve: http://")), None)
+            url = first.split()[2].rstrip("/") if first else None
+            try:
+                if url and urllib.request.urlopen(url + "/healthz", timeout=5).status == 200:
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                reader.join(10)
+                pytest.fail("wbcnet serve did not come up: " + "\n".join(lines[-20:]))
+            time.sleep(0.1)
+        yield url, lines
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0, lines
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+        reader.join(10)
+
+
 def test_client_named_paths_are_refused(shipped, tmp_path, monkeypatch):
     monkeypatch.setattr(wbcnet.lab, "suggest", fake_suggest)
     data = tmp_path / "data"

@@ -175,12 +175,21 @@ def cmd_tune(args) -> int:
 
 def cmd_serve(args) -> int:
     opts, o = InferenceOptions.from_args(args), from_flags(ServeOptions, args)  # FastAPI and uvicorn there
-    from .serve.app import listen, serve
+    from .serve.access import password_line, server_access
 
+    if o.hash_password is not None:  # a line for --users, and nothing else
+        print(password_line(o.hash_password))
+        return 0
+    from .serve.app import DEFAULT_DATA_DIR, is_loopback, listen, serve
+
+    # Off loopback the API needs a credential: the users file is read, or a token made, before anything listens.
+    access = server_access(not is_loopback(o.host), o.token, o.users)
     sock = listen(o.host, o.port, o.allow_remote)  # a busy port or a refused host fails before the model loads
     model, meta = opts.load_model()  # --threads: the model thread's torch threads too
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn stops cleanly, then passes Ctrl+C on: not a failure
-        serve(model, meta, sock, o.max_upload_mb, o.max_files, opts.min_confidence, o.data_dir, opts.threads)
+        # A --data-dir named is made at start; the default one when something is first stored.
+        serve(model, meta, sock, o.max_upload_mb, o.max_files, opts.min_confidence, o.data_dir or DEFAULT_DATA_DIR,
+              opts.threads, create_data=o.data_dir is not None, access=access)
     print("wbcnet serve: stopped", file=sys.stderr)
     return 0
 

@@ -385,11 +385,20 @@ class ServeOptions:
     host: str = flag("127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     port: int = flag(8000, type=int, help="port (default 8000)")
     allow_remote: bool = flag(False, help="allow a --host other than a loopback address, so that other machines can "
-                              "reach the server (it has no login)")
+                              "reach the server; its API then needs a token (made and printed at start, or "
+                              "--token) or a user's password (--users)")
+    token: str | None = flag(help="the token API requests must send (Authorization: Bearer TOKEN), 16 characters or "
+                             "more; default $WBCNET_TOKEN (which other users can't read in the process list), else "
+                             "one made at start when the server is reachable from other machines", metavar="TOKEN")
+    users: str | None = flag(help="a password file, user:HASH lines (from --hash-password): each user may sign in "
+                             "with their password", metavar="FILE")
+    hash_password: str | None = flag(help="print a --users line for USER, with the password asked for (or read from "
+                                     "standard input), and exit", metavar="USER")
     max_upload_mb: float = flag(20.0, type=float, help="largest request body, MB (default 20; larger gets 413)")
     max_files: int = flag(64, type=int, help="most files per request (default 64)")
-    data_dir: str = flag("wbcnet-data", help="folder for what the page's \"Teach it your lab\" keeps: uploads, labels, "
-                         "adapted models, jobs (default ./wbcnet-data, created on start)", metavar="DIR")
+    data_dir: str | None = flag(help="folder for what the page's \"Teach it your lab\" keeps: uploads, labels, "
+                                "adapted models, jobs; made on start (default ./wbcnet-data, made only when "
+                                "something is first stored)", metavar="DIR")
 
     def __post_init__(self):
         needs("serve", "fastapi", "uvicorn", "python_multipart|multipart",

@@ -6,6 +6,7 @@
     schemas.py  the answers' Pydantic models, built from the records of results.py (/openapi.json)
     labapi.py   teaching it a lab (the page's second tab): uploads, suggested cells, labels, adapt, jobs
     finderapi.py teaching the finder a lab: its fields with the finds, a person's points, the finder job
+    access.py   who may use it off loopback: a token or a password file on every /v1 route (401 otherwise)
     datadir.py  the data folder (--data-dir): a lab's uploads and label sheet; client names are checked ids
     registry.py the models it answers with (?model=): its own, and those adapted in it, loaded lazily
     jobs.py     the one background thread for suggest and adapt jobs; jobs.json survives a restart

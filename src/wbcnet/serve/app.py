@@ -13,7 +13,9 @@ on classify, count and explain; registry.py), and teaches itself a lab through l
 Status codes: 413 for a request over --max-upload-mb or with more than --max-files files; 415
 when none of the files sent is an image that can be read (one unreadable file among good ones
 gets an `error` in its own entry, and the rest are answered); 422 for a request without files;
-404 for an unknown ?model=, lab, cell or job. Errors are {"detail": "one line"}.
+404 for an unknown ?model=, lab, cell or job; 401 for a /v1 request without the credential of a
+server that asks for one (access.py). Errors are {"detail": "one line"}, and each route declares
+those it can answer in /openapi.json (schemas.errors).
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from fastapi import FastAPI, File, HTTPException, Query, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, HTTPException, Query, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from PIL import Image
@@ -47,12 +49,13 @@ from ..inference import run_model
 from ..render.draw import class_colours, draw_field
 from ..results import CellResult, CountResult
 from ..shift import unfamiliar_warning
-from .datadir import LabStore, Refused
+from .access import Access, Guard
+from .datadir import LabStore, Refused, check_data_folder, make_data_folder
 from .finderapi import finder_router
 from .jobs import Jobs
 from .labapi import lab_router
 from .registry import Loaded, Models
-from .schemas import ClassifyAnswer, CountAnswer, ExplainAnswer, Health, ModelCard
+from .schemas import ClassifyAnswer, CountAnswer, ExplainAnswer, Health, ModelCard, errors
 from .uploads import BodyLimit, decode_cells, save_uploads
 from .worker import ModelWorker
 
@@ -108,15 +111,21 @@ def job_threads(threads: int | None = None) -> int:
 
 
 def create_app(model, meta, max_upload_mb: float = 20.0, max_files: int = 64, min_confidence: float = 0.0,
-               batch_size: int = 64, data_dir=None, threads: int | None = None) -> FastAPI:
+               batch_size: int = 64, data_dir=None, threads: int | None = None, create_data: bool = True,
+               access: Access | None = None) -> FastAPI:
     """The app for one loaded model (from checkpoint.load_model). Its model thread and job thread
     start when the server starts the app and stop with it. `data_dir`: where labs, adapted models
-    and jobs are kept (created here); None: a temporary folder, removed when the app stops."""
+    and jobs are kept, made here (`create_data`), or only checked here and made when something is
+    first stored (datadir.py); None: a temporary folder, removed when the app stops. `access`: the
+    token or users every /v1 route then needs (access.py); None: open, as on loopback."""
     page = _asset("page.html")
     assets = {name: _asset(name) for name in ASSETS}
     temporary = data_dir is None
     data = Path(tempfile.mkdtemp(prefix="wbcnet-serve-data-") if temporary else data_dir)
-    ensure_writable_dir(data, "data folder (--data-dir)")
+    if temporary or create_data:
+        make_data_folder(ensure_writable_dir(data, "data folder (--data-dir)"))
+    else:
+        check_data_folder(data)
     models = Models(data, model, meta)
     labs = LabStore(data, list(meta.classes))
     jobs = Jobs(data / "jobs.json", job_threads(threads))  # a job a restart stopped is failed here
@@ -137,6 +146,9 @@ def create_app(model, meta, max_upload_mb: float = 20.0, max_files: int = 64, mi
     app = FastAPIOffline(title="wbcnet", version=__version__, lifespan=lifespan,
                          description="White blood cell classification: single cells, whole fields and Grad-CAM maps. "
                                      "The page is at /.")
+    access = access or Access()
+    if access.on:  # inside BodyLimit: the cap holds for refused requests too
+        app.add_middleware(Guard, access=access)
     app.add_middleware(BodyLimit, max_bytes=int(max_upload_mb * 1e6))
 
     @app.exception_handler(Refused)
@@ -193,13 +205,15 @@ def create_app(model, meta, max_upload_mb: float = 20.0, max_files: int = 64, mi
         """`classified`: requests, the batches (forward passes) they were run in, and images."""
         return {"status": "ok", "classified": dict(app.state.worker.stats)}
 
-    @app.get("/v1/model", summary="The model card: classes, training sources, temperature, version, limits",
-             response_model=ModelCard)
+    api = APIRouter()  # the /v1 routes of this file; labapi.py and finderapi.py have their own
+
+    @api.get("/v1/model", summary="The model card: classes, training sources, temperature, version, limits",
+             response_model=ModelCard, responses=errors(404))
     async def model_info(model: str | None = choice):
         return model_card((await choose(model)).meta, server_bar, max_upload_mb, max_files)
 
-    @app.post("/v1/classify", summary="Classify images of single cells", response_model=ClassifyAnswer,
-              response_model_exclude_unset=True)
+    @api.post("/v1/classify", summary="Classify images of single cells", response_model=ClassifyAnswer,
+              response_model_exclude_unset=True, responses=errors(404, 413, 415))
     async def classify(files: list[UploadFile] = File(..., description="one or more cell images"),
                        min_confidence: float | None = Query(None, ge=0, le=1, description="refer cells below this "
                                                             "confidence (default: the server's --min-confidence)"),
@@ -228,8 +242,8 @@ def create_app(model, meta, max_upload_mb: float = 20.0, max_files: int = 64, mi
         warning = unfamiliar_warning(pred.unfamiliar, [s.get("name", "?") for s in meta.sources])
         return {"results": results, "warning": warning}
 
-    @app.post("/v1/explain", summary="Where the model looked: Grad-CAM over one cell", response_model=ExplainAnswer,
-              response_model_exclude_unset=True)
+    @api.post("/v1/explain", summary="Where the model looked: Grad-CAM over one cell", response_model=ExplainAnswer,
+              response_model_exclude_unset=True, responses=errors(404, 413, 415))
     async def explain(file: UploadFile = File(..., description="one cell image"), model: str | None = choice):
         """The cell as the model saw it, its class, and PNG data URIs of the Grad-CAM map for that
         class over it (and the attention-pooling map, for models that have one)."""
@@ -258,8 +272,8 @@ def create_app(model, meta, max_upload_mb: float = 20.0, max_files: int = 64, mi
                                              cell_found=decoded.found[0]).to_dict()
         return {**answer, **pictures}
 
-    @app.post("/v1/count", summary="Find, classify and count the white cells of whole fields",
-              response_model=CountAnswer, response_model_exclude_unset=True)
+    @api.post("/v1/count", summary="Find, classify and count the white cells of whole fields",
+              response_model=CountAnswer, response_model_exclude_unset=True, responses=errors(404, 413, 415))
     async def count(files: list[UploadFile] = File(..., description="one or more field images"),
                     min_confidence: float | None = Query(None, ge=0, le=1),
                     drawn: bool = Query(False, description="add `picture`: the field with its boxes, "
@@ -300,8 +314,11 @@ def create_app(model, meta, max_upload_mb: float = 20.0, max_files: int = 64, mi
 
         return await asyncio.to_thread(finish)
 
-    app.include_router(lab_router(data, labs, models, jobs, check_count))
-    app.include_router(finder_router(data, labs, models, jobs))
+    # With a token or users, every /v1 route takes the check as a dependency too: /openapi.json then
+    # declares the schemes and the 401 (Guard has answered a request without the credential already).
+    secured = {"dependencies": [Depends(access.dependency())], "responses": errors(401)} if access.on else {}
+    for router in (api, lab_router(data, labs, models, jobs, check_count), finder_router(data, labs, models, jobs)):
+        app.include_router(router, **secured)
     return app
 
 
@@ -320,7 +337,8 @@ def listen(host: str, port: int, allow_remote: bool = False) -> socket.socket:
     without `allow_remote`). Bound here rather than by uvicorn so the error is ours, not a log."""
     if not is_loopback(host) and not allow_remote:
         raise WbcnetError(f"--host {host} is not a loopback address: anyone who can reach it could send files to "
-                          f"the model; add --allow-remote if that is what you mean")
+                          f"the model; add --allow-remote if that is what you mean (the API then needs a token or a "
+                          f"user's password)")
     try:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -331,15 +349,27 @@ def listen(host: str, port: int, allow_remote: bool = False) -> socket.socket:
     return sock
 
 
+DEFAULT_DATA_DIR = "wbcnet-data"
+
+
 def serve(model, meta, sock: socket.socket, max_upload_mb: float = 20.0, max_files: int = 64,
-          min_confidence: float = 0.0, data_dir="wbcnet-data", threads: int | None = None,
-          log_level: str = "info") -> None:
-    """Run the page and API on `sock` (from listen()) until Ctrl+C."""
+          min_confidence: float = 0.0, data_dir=DEFAULT_DATA_DIR, threads: int | None = None,
+          log_level: str = "info", create_data: bool = True, access: Access | None = None) -> None:
+    """Run the page and API on `sock` (from listen()) until Ctrl+C. `create_data`: make the data
+    folder now (False: when something is first stored in it, as for the default ./wbcnet-data);
+    `access`: the credential the API needs (access.server_access), None: none."""
     import uvicorn
 
-    app = create_app(model, meta, max_upload_mb, max_files, min_confidence, data_dir=data_dir, threads=threads)
+    existed = Path(data_dir).is_dir()
+    app = create_app(model, meta, max_upload_mb, max_files, min_confidence, data_dir=data_dir, threads=threads,
+                     create_data=create_data, access=access)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"wbcnet serve: http://{shown}:{port}/ (model {meta.path.name if meta.path else meta.model}; "
           f"API docs at /docs); Ctrl+C to stop", file=sys.stderr)
+    when = "" if existed or create_data else ", made when the first is stored"
+    print(f"wbcnet serve: labs, labels and adapted models are kept in {Path(data_dir).absolute()}{when}",
+          file=sys.stderr)
+    for line in (access.said_at_start() if access else []):
+        print(f"wbcnet serve: {line}", file=sys.stderr)
     uvicorn.Server(uvicorn.Config(app, log_level=log_level)).run(sockets=[sock])

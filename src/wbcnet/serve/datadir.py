@@ -10,6 +10,11 @@
                                      upload id, its points (x, y in the field's pixels, kind wbc or
                                      not) and when it was saved; a saved field is fully labelled
     DATA/models/, DATA/jobs.json     the adapted models (registry.py) and the jobs (jobs.py)
+    DATA/tmp/                        uploads on their way in (the same disk as the labs: a rename)
+
+The folder is made when something is first stored in it (make_data_folder(), by an upload: every
+other thing stored belongs to a lab), so a server that only classifies and counts leaves none
+behind; a folder named with --data-dir is made at start, where the user said.
 
 A client's strings are never joined into a path: a lab, a model or a cell is named by an id that
 check_id accepts (lowercase letters, digits and '-', up to 40), and the file behind a cell is read
@@ -21,6 +26,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 import threading
 from dataclasses import asdict, dataclass, fields
@@ -58,6 +64,34 @@ class Unavailable(Refused):
 class Broken(Refused):
     """A file of the data folder edited past reading: said in one line, not a traceback."""
     status = 500
+
+
+# The data folder's parts, made together the first time something is stored.
+LAYOUT = ("labs", "models", "tmp")
+
+
+def make_data_folder(root: Path) -> Path:
+    """The data folder with its parts (LAYOUT), made if they are not there yet; cheap to call again."""
+    for part in LAYOUT:
+        (root / part).mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def check_data_folder(root: Path) -> Path:
+    """Refuse, in one line and before anyone uploads, a data folder that could not be made or
+    written to when the first thing is stored; makes nothing."""
+    root = Path(root)
+    if root.exists():
+        if not root.is_dir():
+            raise WbcnetError(f"{root}: is a file, not a folder; give a folder as the data folder (--data-dir)")
+        where = root
+    else:
+        where = next((p for p in root.absolute().parents if p.exists()), Path("/"))
+        if not where.is_dir():
+            raise WbcnetError(f"{root}: cannot make the data folder (--data-dir) there: {where} is a file")
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise WbcnetError(f"{root}: cannot write the data folder (--data-dir) there ({where} is not writable)")
+    return root
 
 
 def check_id(value: str, what: str) -> str:
@@ -136,8 +170,7 @@ class LabStore:
     and two requests (or a request and a finishing job) must not interleave their read and write."""
 
     def __init__(self, root: Path, classes: list[str]):
-        self.root = root / "labs"
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root = root / "labs"  # made by the first upload (make_data_folder)
         self.classes = list(classes)
         self._lock = threading.RLock()
         self._reserved: dict[str, set[str]] = {}  # uploads a queued or running suggestion job has taken
@@ -146,6 +179,8 @@ class LabStore:
         return self.root / check_id(lab, "lab")
 
     def labs(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and ID.fullmatch(p.name))
 
     def existing(self, lab: str) -> Path:

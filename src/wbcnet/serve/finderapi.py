@@ -34,7 +34,7 @@ from .datadir import POINT_KINDS, LabStore, Refused, field_size, is_field
 from .jobs import Job, Jobs
 from .labapi import job_answer
 from .registry import ModelRecord, Models, now, without_paths
-from .schemas import FieldAnswer, FieldList, FieldPoints, FinderRequest, JobAnswer, LabField
+from .schemas import FieldAnswer, FieldList, FieldPoints, FinderRequest, JobAnswer, LabField, errors
 
 PICTURE_MAX_SIDE = 2048   # the picture a page draws on; the points stay in the field's own pixels
 MIN_FIELDS = 1            # corrected fields (with a point) a finder job needs; a handful teach it better
@@ -79,7 +79,7 @@ def finder_router(data: Path, labs: LabStore, models: Models, jobs: Jobs) -> API
         return up, path, width, height
 
     @router.get("/v1/labs/{lab}/fields", summary="A lab's whole fields, and which are corrected",
-                response_model=FieldList)
+                response_model=FieldList, responses=errors(404))
     async def list_fields(lab: str):
         """The lab's uploads that are whole fields, each with whether a person saved it as corrected;
         `corrected` of them teach the finder (POST /v1/adapt-finder)."""
@@ -101,7 +101,7 @@ def finder_router(data: Path, labs: LabStore, models: Models, jobs: Jobs) -> API
         return await asyncio.to_thread(work)
 
     @router.get("/v1/labs/{lab}/fields/{field_id}", summary="A field, the cells the finder found in it, and its "
-                "saved points", response_model=FieldAnswer)
+                "saved points", response_model=FieldAnswer, responses=errors(404))
     async def get_field(lab: str, field_id: str,
                         model: str | None = Query(None, description="whose finder finds the cells: a name from GET "
                                                   "/v1/models (default: the server's own model)")):
@@ -133,7 +133,7 @@ def finder_router(data: Path, labs: LabStore, models: Models, jobs: Jobs) -> API
         return await asyncio.to_thread(work)
 
     @router.get("/v1/labs/{lab}/fields/{field_id}/picture", summary="A field as the finder sees it (JPEG)",
-                response_class=Response, responses={200: {"content": {"image/jpeg": {}}}})
+                response_class=Response, responses={200: {"content": {"image/jpeg": {}}}, **errors(404)})
     async def field_picture(lab: str, field_id: str):
         """Decoded and EXIF-turned as the finder reads it, so its pixels are the frame of the points
         (shrunk to at most 2048 px a side: draw it at the field's width and height)."""
@@ -152,7 +152,7 @@ def finder_router(data: Path, labs: LabStore, models: Models, jobs: Jobs) -> API
         return Response(await asyncio.to_thread(work), media_type="image/jpeg", headers={"Cache-Control": "no-cache"})
 
     @router.put("/v1/labs/{lab}/fields/{field_id}/points", summary="Save a field as corrected, with all its points",
-                response_model=LabField)
+                response_model=LabField, responses=errors(404, 413))
     async def put_points(lab: str, field_id: str, body: FieldPoints):
         """Every white cell of the field as a `wbc` point (the finds that are right and those it
         missed), and `not` points on finds that are no white cell. Replaces what was saved; the
@@ -165,7 +165,7 @@ def finder_router(data: Path, labs: LabStore, models: Models, jobs: Jobs) -> API
         return await asyncio.to_thread(work)
 
     @router.get("/v1/labs/{lab}/points.csv", summary="The corrected fields' points (file,x,y,kind), as `wbcnet "
-                "finder adapt` reads them")
+                "finder adapt` reads them", responses=errors(404))
     async def get_points(lab: str):
         """`file` is the server's name for the picture (GET /v1/labs/{lab}/fields maps ids to the names they
         were sent with: the id is the file's stem)."""
@@ -176,7 +176,7 @@ def finder_router(data: Path, labs: LabStore, models: Models, jobs: Jobs) -> API
         return Response(await asyncio.to_thread(work), media_type="text/csv",
                         headers={"Content-Disposition": f'attachment; filename="{lab}-points.csv"'})
 
-    @router.post("/v1/adapt-finder", status_code=202, response_model=JobAnswer,
+    @router.post("/v1/adapt-finder", status_code=202, response_model=JobAnswer, responses=errors(404, 409, 413, 503),
                  summary="Start a job that teaches the finder a lab's corrected fields")
     async def adapt_finder_job(req: FinderRequest):
         """The points as they are now go to the job. The new model is the parent's classifier with the

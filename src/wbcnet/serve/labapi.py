@@ -28,7 +28,7 @@ from typing import Literal
 from fastapi import APIRouter, File, Query, UploadFile
 from fastapi.responses import FileResponse, Response
 
-from .datadir import SKIP, Cell, LabStore, NotFound, Refused, check_id
+from .datadir import SKIP, Cell, LabStore, NotFound, Refused, check_id, make_data_folder
 from .jobs import Job, Jobs
 from .registry import ModelRecord, Models, now, without_paths
 from .schemas import (
@@ -42,6 +42,7 @@ from .schemas import (
     LabList,
     ModelList,
     UploadAnswer,
+    errors,
 )
 from .uploads import save_uploads
 
@@ -67,8 +68,7 @@ def cell_answer(lab: str, cell: Cell) -> dict:
 def lab_router(data: Path, labs: LabStore, models: Models, jobs: Jobs, check_count) -> APIRouter:
     router = APIRouter()
     tmp_root = data / "tmp"  # uploads land here first: the same disk as the lab, so moving one is a rename
-    shutil.rmtree(tmp_root, ignore_errors=True)
-    tmp_root.mkdir()
+    shutil.rmtree(tmp_root, ignore_errors=True)  # what a stopped server left there
 
     @router.get("/v1/models", summary="The models this server answers with", response_model=ModelList)
     async def list_models():
@@ -80,7 +80,8 @@ def lab_router(data: Path, labs: LabStore, models: Models, jobs: Jobs, check_cou
     async def list_jobs():
         return {"jobs": [job_answer(jobs, j) for j in reversed(jobs.all())]}
 
-    @router.get("/v1/jobs/{job_id}", summary="A job's state and progress", response_model=JobAnswer)
+    @router.get("/v1/jobs/{job_id}", summary="A job's state and progress", response_model=JobAnswer,
+                responses=errors(404))
     async def get_job(job_id: str):
         job = jobs.get(check_id(job_id, "job"))
         if job is None:
@@ -95,7 +96,8 @@ def lab_router(data: Path, labs: LabStore, models: Models, jobs: Jobs, check_cou
 
         return {"labs": await asyncio.to_thread(work)}
 
-    @router.get("/v1/labs/{lab}", summary="A lab: its pictures, suggested cells and labels", response_model=LabAnswer)
+    @router.get("/v1/labs/{lab}", summary="A lab: its pictures, suggested cells and labels", response_model=LabAnswer,
+                responses=errors(404))
     async def get_lab(lab: str):
         def work():
             labs.existing(lab)
@@ -108,7 +110,7 @@ def lab_router(data: Path, labs: LabStore, models: Models, jobs: Jobs, check_cou
         return await asyncio.to_thread(work)
 
     @router.post("/v1/labs/{lab}/uploads", summary="Add pictures of a lab: single cells or whole fields",
-                 response_model=UploadAnswer)
+                 response_model=UploadAnswer, responses=errors(413))
     async def upload(lab: str, files: list[UploadFile] = File(..., description="one or more pictures")):
         """Kept in the server's data folder under names of its own; a file that is not a picture is
         listed in `refused`. Suggest cells from them with POST /v1/labs/{lab}/suggest."""
@@ -116,6 +118,7 @@ def lab_router(data: Path, labs: LabStore, models: Models, jobs: Jobs, check_cou
         check_count(files)
 
         def work():
+            make_data_folder(data)  # the first thing stored: the data folder is made now, not at start
             with tempfile.TemporaryDirectory(dir=tmp_root) as tmp:
                 saved = save_uploads(files, Path(tmp))
                 kept, refused = labs.add_uploads(lab, [(u.name, u.path) for u in saved])
@@ -125,7 +128,7 @@ def lab_router(data: Path, labs: LabStore, models: Models, jobs: Jobs, check_cou
 
         return await asyncio.to_thread(work)
 
-    @router.post("/v1/labs/{lab}/suggest", status_code=202, response_model=JobAnswer,
+    @router.post("/v1/labs/{lab}/suggest", status_code=202, response_model=JobAnswer, responses=errors(404, 409, 503),
                  summary="Start a job that chooses the cells worth labelling")
     async def suggest_cells(lab: str, n: int = Query(24, ge=1, le=200, description="how many cells"),
                             model: str | None = Query(None, description="the model that chooses (default: the "
@@ -161,12 +164,13 @@ def lab_router(data: Path, labs: LabStore, models: Models, jobs: Jobs, check_cou
         return job_answer(jobs, job)
 
     @router.get("/v1/labs/{lab}/cells/{cell_id}/picture", summary="A suggested cell's picture",
-                response_class=FileResponse)
+                response_class=FileResponse, responses=errors(404))
     async def cell_picture(lab: str, cell_id: str):
         path = await asyncio.to_thread(labs.picture, lab, cell_id)
         return FileResponse(path, headers={"Cache-Control": "no-cache"})
 
-    @router.get("/v1/labs/{lab}/labels", summary="The labelled cells of a lab", response_model=LabelList)
+    @router.get("/v1/labs/{lab}/labels", summary="The labelled cells of a lab", response_model=LabelList,
+                responses=errors(404))
     async def get_labels(lab: str):
         def work():
             labs.existing(lab)
@@ -176,7 +180,7 @@ def lab_router(data: Path, labs: LabStore, models: Models, jobs: Jobs, check_cou
         return await asyncio.to_thread(work)
 
     @router.get("/v1/labs/{lab}/labels.csv", summary="The lab's label sheet (path,label,rank,predicted,"
-                "confidence,reason), as lab.suggest writes it")
+                "confidence,reason), as lab.suggest writes it", responses=errors(404))
     async def get_sheet(lab: str):
         def work():
             path = labs.existing(lab) / "labels.csv"
@@ -185,14 +189,15 @@ def lab_router(data: Path, labs: LabStore, models: Models, jobs: Jobs, check_cou
         return Response(await asyncio.to_thread(work), media_type="text/csv",
                         headers={"Content-Disposition": f'attachment; filename="{lab}-labels.csv"'})
 
-    @router.put("/v1/labs/{lab}/labels/{cell_id}", summary="Label one cell", response_model=LabCell)
+    @router.put("/v1/labs/{lab}/labels/{cell_id}", summary="Label one cell", response_model=LabCell,
+                responses=errors(404, 413))
     async def put_label(lab: str, cell_id: str, body: LabelBody):
         """A class, 'skip' (not a white cell, or can't tell: never used to adapt), or null to take the
         label away. Written to the lab's sheet at once."""
         cell = await asyncio.to_thread(labs.set_label, lab, cell_id, body.label)
         return cell_answer(lab, cell)
 
-    @router.post("/v1/adapt", status_code=202, response_model=JobAnswer,
+    @router.post("/v1/adapt", status_code=202, response_model=JobAnswer, responses=errors(404, 409, 413, 503),
                  summary="Start a job that adapts a model to a lab's labelled cells")
     async def adapt(req: AdaptRequest):
         """The labels as they are now go to the job; when it is done, `model` is the new model's name,

@@ -41,10 +41,94 @@ async function errorText(response) {
   return `${response.status} ${response.statusText}`;
 }
 
+// --- signing in -------------------------------------------------------------------------------
+
+// A server that other machines can reach asks for its token or a user's password (401, and its
+// WWW-Authenticate says which). The page asks once, keeps the answer for this tab (sessionStorage)
+// and sends it with every request.
+const SIGNED = "wbcnet-authorization";
+let authorization = sessionStorage.getItem(SIGNED);
+let signingIn = null;  // the one dialog every request refused meanwhile waits for
+
+function signIn(challenge, why) {
+  if (signingIn) return signingIn;
+  signingIn = new Promise((resolve) => {
+    const dialog = $("sign-in"), form = $("sign-in-form"), error = $("sign-in-error");
+    const token = /bearer/i.test(challenge), password = /basic/i.test(challenge) || !token;
+    $("sign-in-token").hidden = !token;
+    $("sign-in-user").hidden = !password;
+    $("sign-in-or").hidden = !(token && password);
+    const say = (text) => { error.textContent = text; error.hidden = !text; };
+    say(why);
+    const submit = (e) => {
+      e.preventDefault();
+      const given = $("sign-in-token-value").value.trim();
+      const user = $("sign-in-name").value.trim(), pass = $("sign-in-password").value;
+      let value = null;
+      if (token && given) value = "Bearer " + given;
+      else if (password && user && pass) {
+        // HTTP Basic as browsers and the server read it: printable ASCII only.
+        if (!/^[\x20-\x7e]*$/.test(user + pass)) { say("Use printable ASCII characters only."); return; }
+        value = "Basic " + btoa(user + ":" + pass);
+      }
+      if (!value) {
+        say(token && password ? "Give the token, or a user name and password." :
+            token ? "Give the token." : "Give your user name and password.");
+        return;
+      }
+      form.removeEventListener("submit", submit);
+      $("sign-in-token-value").value = $("sign-in-password").value = "";
+      dialog.close();
+      authorization = value;
+      sessionStorage.setItem(SIGNED, value);
+      signingIn = null;
+      resolve();
+    };
+    form.addEventListener("submit", submit);
+    dialog.showModal();
+    (token ? $("sign-in-token-value") : $("sign-in-name")).focus();
+  });
+  return signingIn;
+}
+
+$("sign-in").addEventListener("cancel", (e) => e.preventDefault());  // Escape: nothing works without signing in
+
+// The fetch API with this tab's credential. A 401 asks for it (again, saying why, when one was
+// sent) and sends the request again. credentials "omit": the browser never answers a Basic
+// challenge with a login box of its own, and sends no credential but the header set here.
+async function api(path, init = {}) {
+  for (;;) {
+    const sent = authorization;
+    const headers = new Headers(init.headers || {});
+    if (sent) headers.set("Authorization", sent);
+    const response = await fetch(path, { ...init, headers, credentials: "omit" });
+    if (response.status !== 401) return response;
+    if (authorization !== sent) continue;  // signed in meanwhile: sent again with that
+    const why = sent ? await errorText(response) : "";
+    authorization = null;
+    sessionStorage.removeItem(SIGNED);
+    await signIn(response.headers.get("WWW-Authenticate") || "", why);
+  }
+}
+
+// Show a picture of the API in an <img> (or an SVG <image>): its URL on an open server; else, as an
+// <img> can't send a credential, the picture fetched with it, as a blob: URL.
+function showPicture(node, path, attribute = "src") {
+  if (!authorization) { node.setAttribute(attribute, path); return; }
+  api(path).then(async (response) => {
+    if (!response.ok) throw new Error(await errorText(response));
+    const url = URL.createObjectURL(await response.blob());
+    node.addEventListener("load", () => URL.revokeObjectURL(url), { once: true });
+    node.setAttribute(attribute, url);
+  }).catch(() => node.dispatchEvent(new Event("error")));
+}
+
+// --- requests ---------------------------------------------------------------------------------
+
 async function post(path, files, field = "files") {
   const form = new FormData();
   for (const f of files) form.append(field, f, f.name);
-  const response = await fetch(path, { method: "POST", body: form });
+  const response = await api(path, { method: "POST", body: form });
   if (!response.ok) throw new Error(await errorText(response));
   return response.json();
 }
@@ -62,7 +146,7 @@ function withModel(path) {
 // --- the model card ---------------------------------------------------------------------------
 
 async function loadCard() {
-  const response = await fetch(withModel("/v1/model"));
+  const response = await api(withModel("/v1/model"));
   if (!response.ok) { setStatus("Could not read the model card: " + await errorText(response), true); return; }
   const c = state.card = await response.json();
   const labs = c.sources.map((s) => s.name).join(", ") || "unrecorded data";
@@ -317,14 +401,14 @@ for (const tab of document.querySelectorAll("[role=tab]")) {
 // --- the models -------------------------------------------------------------------------------
 
 async function getJson(path) {
-  const response = await fetch(path);
+  const response = await api(path);
   if (!response.ok) throw new Error(await errorText(response));
   return response.json();
 }
 
 async function sendJson(method, path, body) {
-  const response = await fetch(path, { method, headers: { "Content-Type": "application/json" },
-                                       body: JSON.stringify(body) });
+  const response = await api(path, { method, headers: { "Content-Type": "application/json" },
+                                     body: JSON.stringify(body) });
   if (!response.ok) throw new Error(await errorText(response));
   return response.json();
 }
@@ -424,7 +508,9 @@ function cellCard(cell) {
     b.addEventListener("click", () => setLabel(card, cell, cell.label === label ? "" : label));
     choices.append(b);
   }
-  card.append(el("img", { src: cell.picture, alt: `cell ${cell.id}` }),
+  const picture = el("img", { alt: `cell ${cell.id}` });
+  showPicture(picture, cell.picture);
+  card.append(picture,
     el("div", { class: "said" }, el("span", { class: "swatch", style: `background:${colour(cell.predicted)}` }),
        cell.predicted + (cell.confidence === null ? "" : " " + pct(cell.confidence))),
     el("div", { class: "reason muted", title: cell.reason }, cell.reason), choices);
@@ -712,10 +798,11 @@ function drawField() {
   const F = state.finder, field = F.field;
   const svg = $("field-svg");
   svg.setAttribute("viewBox", `0 0 ${field.width} ${field.height}`);
-  const picture = svgEl("image", { href: field.picture, x: 0, y: 0, width: field.width, height: field.height,
+  const picture = svgEl("image", { x: 0, y: 0, width: field.width, height: field.height,
                                    preserveAspectRatio: "none" });
   picture.addEventListener("load", () => { svg.dataset.shown = field.id; });
   picture.addEventListener("error", () => labStatus(`Could not show the picture of ${field.name}.`, true));
+  showPicture(picture, field.picture, "href");
   const marks = [];
   for (const m of F.marks) {
     const cls = m.kind === "not" ? "not" : m.from;

@@ -82,8 +82,7 @@ def _is_path(value) -> bool:
 
 class Models:
     def __init__(self, root: Path, model, meta, cache_size: int = 3):
-        self.root = root / "models"
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root = root / "models"  # made with the data folder, by the first upload
         for partial in self.root.glob(PARTIAL + "*"):  # an adapt job a restart stopped: never a model
             shutil.rmtree(partial, ignore_errors=True)
         self.default = Loaded(default_name(meta), model, meta)

@@ -102,6 +102,33 @@ class ModelCard(BaseModel):
     colours: list[str] = Field(description="a colour per class, as the page and count.html draw them")
 
 
+class ErrorAnswer(BaseModel):
+    detail: str = Field(description="what went wrong, and what to do, in one line")
+
+
+# The errors a route may answer, declared on the routes where they can happen (errors()).
+ERRORS = {
+    401: "no credential, or a wrong one: a server reachable from other machines takes its token (Bearer) or a "
+         "user's password (HTTP Basic) on every /v1 route",
+    404: "no such model (?model=), lab, cell, field or job",
+    409: "it conflicts with what is there: a model name taken, or nothing new to suggest from",
+    413: "the request is over the server's --max-upload-mb, or has more files than its --max-files",
+    415: "none of the files sent is a picture that can be read",
+    503: "the server is stopping and takes no new jobs",
+}
+
+
+def errors(*codes: int) -> dict[int, dict]:
+    """FastAPI `responses` for these error statuses: {"detail": one line} each."""
+    out = {}
+    for code in codes:
+        out[code] = {"model": ErrorAnswer, "description": ERRORS[code]}
+        if code == 401:
+            out[code]["headers"] = {"WWW-Authenticate": {
+                "description": "the schemes the server takes: Bearer, Basic or both", "schema": {"type": "string"}}}
+    return out
+
+
 class Health(BaseModel):
     status: str
     classified: dict[str, int] = Field(description="requests, the batches (forward passes) they were run in, "
