@@ -5,14 +5,13 @@ keeps its traceback. Parsing imports neither torch nor numpy: each command impor
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 from datetime import datetime
 from pathlib import Path
 
 from .errors import WbcnetError
-from .files import disk_full, disk_full_message
+from .files import disk_full, disk_full_message, earlier_outputs_kept
 from .finder.cli import add_parser as add_finder_commands
 from .options import (AdaptOptions, AuditOptions, CountOptions, DemoOptions, EvaluateOptions, ExportOptions,
                       InferenceOptions, PlotOptions, PredictOptions, PretrainOptions, ServeOptions, TrainOptions,
@@ -175,23 +174,9 @@ def cmd_tune(args) -> int:
 
 def cmd_serve(args) -> int:
     opts, o = InferenceOptions.from_args(args), from_flags(ServeOptions, args)  # FastAPI and uvicorn there
-    from .serve.access import password_line, server_access
+    from .serve.app import run_command
 
-    if o.hash_password is not None:  # a line for --users, and nothing else
-        print(password_line(o.hash_password))
-        return 0
-    from .serve.app import DEFAULT_DATA_DIR, is_loopback, listen, serve
-
-    # Off loopback the API needs a credential: the users file is read, or a token made, before anything listens.
-    access = server_access(not is_loopback(o.host), o.token, o.users)
-    sock = listen(o.host, o.port, o.allow_remote)  # a busy port or a refused host fails before the model loads
-    model, meta = opts.load_model()  # --threads: the model thread's torch threads too
-    with contextlib.suppress(KeyboardInterrupt):  # uvicorn stops cleanly, then passes Ctrl+C on: not a failure
-        # A --data-dir named is made at start; the default one when something is first stored.
-        serve(model, meta, sock, o.max_upload_mb, o.max_files, opts.min_confidence, o.data_dir or DEFAULT_DATA_DIR,
-              opts.threads, create_data=o.data_dir is not None, access=access)
-    print("wbcnet serve: stopped", file=sys.stderr)
-    return 0
+    return run_command(opts, o)
 
 
 def cmd_export(args) -> int:
@@ -278,10 +263,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def interrupted(args) -> str:
+    """What Ctrl-C says: for train, where the run stands."""
+    if args.command != "train":
+        return "interrupted"
+    run = getattr(args, "resume", None) or getattr(args, "out", None)
+    if run and (Path(run) / "last.safetensors").exists():
+        return f"interrupted; resume with: wbcnet train --resume {run}"
+    if run and not Path(run).exists():
+        return f"interrupted before the first checkpoint: nothing of the run was kept ({run} is not there)"
+    return "interrupted; resume with: wbcnet train --resume <run folder>"
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        # A folder --overwrite replaces is put back as it was if the command is stopped or fails.
+        with earlier_outputs_kept():
+            return args.func(args)
     except BrokenPipeError:  # `wbcnet predict ... | head`: the reader left; that is not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
@@ -292,8 +291,7 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted" + ("; resume with: wbcnet train --resume <run folder>" if args.command == "train" else ""),
-              file=sys.stderr)
+        print("\n" + interrupted(args), file=sys.stderr)
         return 130
 
 

@@ -223,8 +223,9 @@ def count_fields(model, meta, paths: list[str], min_confidence: float = 0.0, bat
     prep = from_meta(meta)
     finder_weights = lab_finder(meta)
     fields: list[FieldResult] = []
-    bar = tqdm(total=len(paths), desc="counting", unit="field", disable=not progress)
-    with ThreadPoolExecutor(workers or default_workers()) as pool:
+    # Closed however the count ends: a bar left open redraws itself after Ctrl-C's "interrupted".
+    with tqdm(total=len(paths), desc="counting", unit="field", disable=not progress) as bar, \
+            ThreadPoolExecutor(workers or default_workers()) as pool:
         for start in range(0, len(paths), _CHUNK):
             found = find_fields(paths[start:start + _CHUNK], prep, pictures=on_field is not None, pool=pool,
                                 finder_weights=finder_weights)
@@ -235,7 +236,6 @@ def count_fields(model, meta, paths: list[str], min_confidence: float = 0.0, bat
             del found  # classified and shown: let the crops and pictures go
             fields.extend(chunk)
             bar.update(len(chunk))
-    bar.close()
     return fields
 
 

@@ -115,7 +115,8 @@ SHARED_FLAGS = {
                                                "the training labs' cells")),
     "tta": (["--tta"], dict(action="store_true", help="test-time augmentation: average each cell's 8 turns and "
                             "mirror images (8x slower)")),
-    "overwrite": (["--overwrite"], dict(action="store_true", help="empty --out first if it holds files")),
+    "overwrite": (["--overwrite"], dict(action="store_true", help="replace what --out holds (kept as it was until "
+                                        "the new output is finished: Ctrl-C or an error leaves it)")),
 }
 
 

@@ -373,3 +373,25 @@ def serve(model, meta, sock: socket.socket, max_upload_mb: float = 20.0, max_fil
     for line in (access.said_at_start() if access else []):
         print(f"wbcnet serve: {line}", file=sys.stderr)
     uvicorn.Server(uvicorn.Config(app, log_level=log_level)).run(sockets=[sock])
+
+
+def run_command(opts, o) -> int:
+    """`wbcnet serve` from its options (options.InferenceOptions and ServeOptions), until Ctrl+C;
+    with --hash-password, a line for a --users file instead."""
+    from .access import password_line, server_access
+
+    if o.hash_password is not None:
+        print(password_line(o.hash_password))
+        return 0
+    # Off loopback the API needs a credential: the users file is read, or a token made, before anything listens.
+    access = server_access(not is_loopback(o.host), o.token, o.users)
+    sock = listen(o.host, o.port, o.allow_remote)  # a busy port or a refused host fails before the model loads
+    model, meta = opts.load_model()  # --threads: the model thread's torch threads too
+    try:
+        # A --data-dir named is made at start; the default one when something is first stored.
+        serve(model, meta, sock, o.max_upload_mb, o.max_files, opts.min_confidence, o.data_dir or DEFAULT_DATA_DIR,
+              opts.threads, create_data=o.data_dir is not None, access=access)
+    except KeyboardInterrupt:  # uvicorn stops cleanly, then passes Ctrl+C on: not a failure
+        pass
+    print("wbcnet serve: stopped", file=sys.stderr)
+    return 0
