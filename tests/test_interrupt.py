@@ -202,3 +202,56 @@ def test_ctrl_c_stops_train_in_mid_epoch_and_the_run_resumes(tmp_path):
     stopped_cleanly(s, f"interrupted; resume with: wbcnet train --resume {run}")
     assert folder_state(run) == before
     nothing_beside(tmp_path, "run", "cache")
+
+
+@pytest.mark.parametrize("where", ["folder", "link", "working folder"])
+def test_overwrite_replaces_an_output_only_once_the_command_has_finished(tmp_path, monkeypatch, where):
+    """prepare_output_dir(overwrite=True) inside earlier_outputs_kept (every CLI command): the
+    earlier files are put back if the command raises, and gone once it returns; a linked --out,
+    or the folder the command runs in, has its files moved aside inside it instead."""
+    from wbcnet.files import earlier_outputs_kept, prepare_output_dir
+
+    real = tmp_path / "real"
+    before = earlier_output(real)
+    out = real
+    if where == "link":
+        out = tmp_path / "link"
+        out.symlink_to(real)
+    elif where == "working folder":
+        monkeypatch.chdir(real)
+        out = Path(".")
+    with pytest.raises(KeyboardInterrupt), earlier_outputs_kept():
+        prepare_output_dir(out, overwrite=True)
+        assert not [p for p in Path(out).iterdir() if not p.name.startswith(".")]
+        (Path(out) / "half-written.csv").write_text("x")
+        raise KeyboardInterrupt
+    assert folder_state(real) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["real"] + (["link"] if where == "link" else []))
+    with earlier_outputs_kept():
+        prepare_output_dir(out, overwrite=True)
+        (Path(out) / "new.csv").write_text("new")
+    assert folder_state(real) == {"new.csv": b"new"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["real"] + (["link"] if where == "link" else []))
+    prepare_output_dir(out, overwrite=True)  # outside a command: emptied at once, as before
+    assert not any(real.iterdir())
+
+
+def test_what_ctrl_c_says_of_a_run(tmp_path):
+    from argparse import Namespace
+
+    from wbcnet.cli import interrupted
+
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "last.safetensors").write_bytes(b"")
+    (tmp_path / "started").mkdir()
+    train = dict(command="train", resume=None)
+    assert interrupted(Namespace(**train, out=str(tmp_path / "kept"))) == \
+        f"interrupted; resume with: wbcnet train --resume {tmp_path / 'kept'}"
+    assert interrupted(Namespace(command="train", resume=str(tmp_path / "kept"), out=None)).endswith(
+        f"--resume {tmp_path / 'kept'}")
+    assert interrupted(Namespace(**train, out=str(tmp_path / "gone"))).startswith(
+        "interrupted before the first checkpoint: nothing of the run was kept")
+    assert interrupted(Namespace(**train, out=str(tmp_path / "started"))) == \
+        f"interrupted before the first checkpoint: {tmp_path / 'started'} can't be resumed; start the run again"
+    assert interrupted(Namespace(**train, out=None)) == "interrupted; resume with: wbcnet train --resume <run folder>"
+    assert interrupted(Namespace(command="count")) == "interrupted"

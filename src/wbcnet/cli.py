@@ -268,11 +268,10 @@ def interrupted(args) -> str:
     if args.command != "train":
         return "interrupted"
     run = getattr(args, "resume", None) or getattr(args, "out", None)
-    if run and (Path(run) / "last.safetensors").exists():
-        return f"interrupted; resume with: wbcnet train --resume {run}"
-    if run and not Path(run).exists():
-        return f"interrupted before the first checkpoint: nothing of the run was kept ({run} is not there)"
-    return "interrupted; resume with: wbcnet train --resume <run folder>"
+    if not run or (Path(run) / "last.safetensors").exists():
+        return f"interrupted; resume with: wbcnet train --resume {run or '<run folder>'}"
+    return (f"interrupted before the first checkpoint: {run} can't be resumed; start the run again"
+            if Path(run).exists() else "interrupted before the first checkpoint: nothing of the run was kept")
 
 
 def main(argv=None) -> int:
