@@ -30,6 +30,7 @@ import binascii
 import getpass
 import hashlib
 import hmac
+import os
 import re
 import secrets
 import sys
@@ -254,8 +255,6 @@ class Access:
 def server_access(remote: bool, token: str | None = None, users_file=None, environ=None) -> Access:
     """What `wbcnet serve` asks for: a token given (--token, else $WBCNET_TOKEN) and the users of
     --users; off loopback (`remote`) with neither, a token made now."""
-    import os
-
     token = token or (environ if environ is not None else os.environ).get(TOKEN_ENV) or None
     users = read_users(users_file) if users_file else {}
     made = remote and not token and not users
