@@ -26,13 +26,6 @@ COPIES = 8   # the sample's 301 cells linked this many times: 2,408 pictures, se
 # Started as `python -m wbcnet` starts (wbcnet/__main__.py), with the threads' stacks on SIGUSR1.
 START = ("import faulthandler, signal, sys; faulthandler.register(signal.SIGUSR1, all_threads=True); "
          "from wbcnet.cli import main; sys.exit(main(sys.argv[1:]))")
-# Off-limits to this change (see the report of issue 29's leftovers): decode_images leaves its pool
-# with `with ThreadPoolExecutor(...)`, whose shutdown(wait=True) decodes every picture still queued
-# when Ctrl-C lands outside the map's own wait.
-KNOWN_DECODE_WAIT = ("data/cache.py decode_images: on Ctrl-C its thread pool still decodes every queued picture "
-                     "(needs pool.shutdown(wait=False, cancel_futures=True) when the loop is left by an exception)")
-
-
 @dataclass
 class Stopped:
     code: int
@@ -81,9 +74,6 @@ def run_and_interrupt(argv: list[str], cwd: Path, when: str, after: float = 0.5,
             for r in readers:
                 r.join(10)
             stacks = text("err")
-            main_stack = stacks[stacks.find("Current thread"):]
-            if "data/cache.py" in main_stack and "in decode_images" in main_stack and "in shutdown" in main_stack:
-                pytest.xfail(KNOWN_DECODE_WAIT)
             pytest.fail(f"still running {LIMIT:g} s after Ctrl-C; where its threads were:\n{stacks[-6000:]}")
         seconds = time.monotonic() - sent
         for r in readers:

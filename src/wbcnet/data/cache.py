@@ -79,14 +79,20 @@ def decode_images(paths: list[str], prep: Preprocess | int, workers: int | None 
     found = np.zeros(len(paths), dtype=bool)
     errors = []
     with _pool(workers, len(paths), prep) as pool:
-        results = pool.map(_decode_one, [(p, prep) for p in paths], chunksize=16)
-        for i, (arr, cell, err) in enumerate(tqdm(results, total=len(paths), desc=desc, unit="img",
-                                                  disable=not progress, leave=False)):
-            if err is None:
-                out[i] = arr
-                ok[i], found[i] = True, cell
-            else:
-                errors.append((paths[i], err))
+        try:
+            results = pool.map(_decode_one, [(p, prep) for p in paths], chunksize=16)
+            for i, (arr, cell, err) in enumerate(tqdm(results, total=len(paths), desc=desc, unit="img",
+                                                      disable=not progress, leave=False)):
+                if err is None:
+                    out[i] = arr
+                    ok[i], found[i] = True, cell
+                else:
+                    errors.append((paths[i], err))
+        except BaseException:
+            # Ctrl-C (or any error): drop the queued pictures, so that leaving `with` waits only for
+            # those in flight; it decoded every queued one first (7-22 s on 2,400 pictures).
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     index = np.flatnonzero(ok)
     images = out if ok.all() else out[index]
     return DecodedImages(images, index, errors, found[index])
