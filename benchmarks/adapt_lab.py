@@ -137,22 +137,28 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("runs/adapt-lab"))
     ap.add_argument("--only", help="comma-separated settings LAB/KIND, e.g. pbc/clean,bccd/clean")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--before", type=Path, metavar="CHECKPOINT",
+                    help="also adapt this parent (e.g. the model shipped before, which never saw BCCD) on the "
+                    "settings of LAB given with --before-lab, for a before/after row")
+    ap.add_argument("--before-lab", default="bccd")
     ap.add_argument("--copy-to", type=Path)
     a = ap.parse_args(argv)
     settings = [s for s in SETTINGS if not a.only or f"{s[0]}/{s[1]}" in a.only.split(",")]
     rows = []
-    for lab, kind in settings:
-        parent = a.lolo / f"no-{lab}"
+    runs = [(lab, kind, a.lolo / f"no-{lab}", "") for lab, kind in settings]
+    if a.before:
+        runs += [(lab, kind, a.before, "before") for lab, kind in settings if lab == a.before_lab]
+    for lab, kind, parent, tag in runs:
         folder = a.lolo / "standins" / lab / standins.slug(kind)
-        if not (parent / "best.json").exists() or not (folder / "DONE").exists():
+        if not (parent.with_suffix(".json").exists() or (parent / "best.json").exists()) or not (folder / "DONE").exists():
             print(f"{lab}/{kind}: skipped ({parent} or {folder} is missing: run benchmarks.lolo first)", flush=True)
             continue
-        here = a.out / lab / standins.slug(kind)
+        here = a.out / lab / (standins.slug(kind) + (f"-{tag}" if tag else ""))
         here.mkdir(parents=True, exist_ok=True)
         log = here / "log.txt"
         labelled, others = split_cells(folder, here / "cells", a.seed)
         n_lab = sum(1 for _ in labelled.rglob("*.*"))
-        row = {"lab": lab, "kind": kind, "parent": parent.name, "labelled": n_lab,
+        row = {"lab": lab, "kind": kind, "parent": str(parent) if tag else parent.name, "labelled": n_lab,
                "others": sum(1 for _ in others.rglob("*.*"))}
         for method in METHODS:
             print(f"{lab}/{kind}: {method}", flush=True)
@@ -181,7 +187,8 @@ def main(argv=None) -> int:
 def write(rows: list[dict], a) -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
     lines = ["# Adapting to a lab on day one (issue 28)", "", "```bash",
-             f"python -m benchmarks.adapt_lab --lolo {a.lolo} --out {a.out}", "```", "",
+             f"python -m benchmarks.adapt_lab --lolo {a.lolo} --out {a.out}" +
+             (f" --before {a.before}" if a.before else ""), "```", "",
              f"- Commit `{commit}`, seed {a.seed}, {os.cpu_count()}-CPU machine, CPU only. Parents: `benchmarks.lolo`'s "
              "`no-LAB` runs, which never saw LAB.",
              f"- Per setting: {LABELS_PER_CLASS} labelled cells a class (fewer where the lab has fewer: one is kept to "
@@ -189,12 +196,12 @@ def write(rows: list[dict], a) -> None:
              "- Kinds other than `clean` are the lab's stand-ins (benchmarks/standins.py; PIL/scipy, not the "
              "training augmentation). Nothing here was chosen on them.",
              "- Time: wall seconds of `wbcnet adapt` on this machine (reading the cells included).", "",
-             "| lab | pictures | labelled | scored | " + " | ".join(f"{m} macro-F1 (acc)" for m in METHODS) +
+             "| lab | pictures | parent | labelled | scored | " + " | ".join(f"{m} macro-F1 (acc)" for m in METHODS) +
              " | adapt s (labels / + unlabelled) | top mistakes after |",
-             "|---|---|---|---|" + "---|" * len(METHODS) + "---|---|"]
+             "|---|---|---|---|---|" + "---|" * len(METHODS) + "---|---|"]
     for r in rows:
         cells = " | ".join(f"{r[m]['macro_f1']:.3f} ({r[m]['accuracy']:.3f})" for m in METHODS)
-        lines.append(f"| {r['lab']} | {r['kind']} | {r['labelled']} | {r['others']} | {cells} | "
+        lines.append(f"| {r['lab']} | {r['kind']} | `{r['parent']}` | {r['labelled']} | {r['others']} | {cells} | "
                      f"{r['labels']['seconds']:.0f} / {r['labels + unlabelled']['seconds']:.0f} | "
                      f"{r['labels + unlabelled']['top']} |")
     text = "\n".join(lines) + "\n"
