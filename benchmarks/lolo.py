@@ -13,6 +13,12 @@
 3. Writes OUT/lolo.md (and --copy-to): each lab's figure from the model that never saw it. Nothing
    in it chose the recipe on the lab it reports: the checkpoint of each run is chosen on the
    validation split of the labs it trained on.
+
+`--before CHECKPOINT` adds a row for a model that never saw `--before-lab` (BCCD by default), for
+a before/after comparison on the same pictures, e.g. the model shipped before issue 28:
+    mkdir -p runs/before && for f in model.safetensors model.json; do
+      git show 065310b:src/wbcnet/assets/$f > runs/before/$f; done
+    python -m benchmarks.lolo --out runs/lolo --before runs/before/model
 """
 from __future__ import annotations
 
@@ -50,7 +56,7 @@ def train(name: str, cfg: dict, out: Path) -> float:
     run = out / name
     if (run / "DONE").exists():
         print(f"{name}: trained before ({run})", flush=True)
-        return 0.0
+        return epoch_seconds(run)
     cfg_path = out / f"{name}.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     how = ["--resume", str(run)] if (run / "last.json").exists() else ["--config", str(cfg_path), "--out", str(run)]
@@ -69,6 +75,12 @@ def train(name: str, cfg: dict, out: Path) -> float:
         if proc.wait():
             raise SystemExit(f"{name}: wbcnet train failed (exit {proc.returncode}); see {out / name}.log")
     return time.time() - t0
+
+
+def epoch_seconds(run: Path) -> float:
+    """The seconds of a finished run's epochs, from its metrics.csv."""
+    with open(run / "metrics.csv") as fh:
+        return sum(float(r["epoch_s"]) for r in csv.DictReader(fh) if r.get("epoch_s"))
 
 
 def evaluate(run: Path, sets: dict[str, Path], out: Path, log: Path) -> dict[str, dict]:
@@ -97,7 +109,8 @@ def write_table(rows: list[dict], out: Path, args, recipe_path: Path, seconds: d
         "",
         "```bash",
         f"python -m benchmarks.lolo --out {args.out}" + (f" --epochs {args.epochs}" if args.epochs else "") +
-        "".join(f" --set {kv}" for kv in args.set) + (f" --only {args.only}" if args.only else ""),
+        "".join(f" --set {kv}" for kv in args.set) + (f" --only {args.only}" if args.only else "") +
+        (f" --before {args.before}" if args.before else ""),
         "```",
         "",
         f"- Recipe: `{recipe_path.relative_to(REPO) if recipe_path.is_relative_to(REPO) else recipe_path}`; "
@@ -121,8 +134,12 @@ def write_table(rows: list[dict], out: Path, args, recipe_path: Path, seconds: d
         lines.append(f"| {r['lab']} | {r['trained_on']} | {m['n']} | {m['macro_f1']:.3f} ({r['ci']}) | "
                      f"{m['accuracy']:.3f} | {confusions(m)} | {clean:.3f} | " +
                      " | ".join(f"{s[k]['macro_f1']:.3f}" for k in kinds) + f" | {gap:.3f} |")
-    lines += ["", "Training time (this machine, minutes): " +
-              ", ".join(f"{k} {v / 60:.1f}" for k, v in seconds.items() if v) or "(trained before)", ""]
+    recipe_epochs = yaml.safe_load(recipe_path.read_text()).get("epochs")
+    if args.epochs and args.epochs != recipe_epochs:
+        lines += ["", f"These runs trained {args.epochs} epochs where the recipe (and the shipped model) trains "
+                      f"{recipe_epochs}: fewer, for time."]
+    lines += ["", "Training time (epochs only, this machine, minutes): " +
+              ", ".join(f"{k} {v / 60:.1f}" for k, v in seconds.items() if v), ""]
     text = "\n".join(lines) + "\n"
     out.mkdir(parents=True, exist_ok=True)
     (out / "lolo.md").write_text(text)
@@ -150,6 +167,9 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="change the recipe for a comparison, e.g. --set stain=nucleus (YAML value; repeatable); "
                     "the runs are named NAME+KEY=VALUE")
+    ap.add_argument("--before", type=Path, metavar="CHECKPOINT", help="also score this model (e.g. the one shipped "
+                    "before) on --before-lab, which it never saw, and its stand-ins: a before/after row")
+    ap.add_argument("--before-lab", default="bccd")
     ap.add_argument("--copy-to", type=Path, help="also write the table here")
     args = ap.parse_args(argv)
     recipe = yaml.safe_load(args.config.read_text())
@@ -187,6 +207,21 @@ def main(argv=None) -> int:
                      "ci": ci_of(whole), "standins": {k: kinds[standins.slug(k)] for k in draws}})
         print(f"  {lab}: macro-F1 {whole['macro_f1']:.3f}; stand-ins " +
               ", ".join(f"{k} {v['macro_f1']:.3f}" for k, v in rows[-1]["standins"].items()), flush=True)
+    if args.before:
+        lab = args.before_lab
+        draws = standins.make(paths[lab], args.out / "standins" / lab, n=STANDIN_N)
+        meta = json.loads(args.before.with_suffix(".json").read_text() if args.before.with_suffix(".json").exists()
+                          else (args.before / "best.json").read_text())
+        seen = [s["name"] for s in meta.get("sources", [])]
+        if lab in seen:
+            raise SystemExit(f"--before {args.before}: it trained on {lab}; it can't give that lab's figure")
+        log = args.out / "before.log"
+        whole = evaluate(args.before, {lab: paths[lab]}, args.out / "eval" / "before" / "whole", log)[lab]
+        kinds = evaluate(args.before, {standins.slug(k): d for k, d in draws.items()},
+                         args.out / "eval" / "before" / "standins", log)
+        made = f", recipe of commit {meta['git_commit']}" if meta.get("git_commit") else ""
+        rows.append({"lab": lab, "trained_on": f"{', '.join(seen)} (before: `{args.before}`{made})", "whole": whole,
+                     "ci": ci_of(whole), "standins": {k: kinds[standins.slug(k)] for k in draws}})
     if rows:
         text = write_table(rows, args.out / f"lolo{suffix}" if suffix else args.out, args, args.config.resolve(), seconds)
         print(text)

@@ -102,7 +102,7 @@ def main(argv=None) -> int:
 Files: `src/wbcnet/assets/model.safetensors` ({size_mb:.1f} MB: weights and the unfamiliar-image
 statistics) and `model.json` (classes, every model argument, preprocessing, normalisation,
 temperature, shift threshold, the training config, the SHA-256 of the weights).
-Written by `python scripts/ship_model.py runs/{run.name}`; every number below comes from that
+Written by `python scripts/ship_model.py {run.relative_to(REPO) if run.is_relative_to(REPO) else run}`; every number below comes from that
 command or the run's own files.
 
 ## Model
