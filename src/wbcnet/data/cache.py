@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,9 +81,10 @@ def decode_images(paths: list[str], prep: Preprocess | int, workers: int | None 
     errors = []
     with _pool(workers, len(paths), prep) as pool:
         try:
-            results = pool.map(_decode_one, [(p, prep) for p in paths], chunksize=16)
-            for i, (arr, cell, err) in enumerate(tqdm(results, total=len(paths), desc=desc, unit="img",
-                                                      disable=not progress, leave=False)):
+            futures = [pool.submit(_decode_one, (p, prep)) for p in paths]
+            for i, fut in enumerate(tqdm(futures, total=len(paths), desc=desc, unit="img",
+                                         disable=not progress, leave=False)):
+                arr, cell, err = _result(fut)
                 if err is None:
                     out[i] = arr
                     ok[i], found[i] = True, cell
@@ -96,6 +98,18 @@ def decode_images(paths: list[str], prep: Preprocess | int, workers: int | None 
     index = np.flatnonzero(ok)
     images = out if ok.all() else out[index]
     return DecodedImages(images, index, errors, found[index])
+
+
+def _result(fut):
+    """A future's result, waited for in short steps. Ctrl-C reaches a process through whichever of
+    its threads the kernel picks; Python runs the handler in the main thread only when that thread
+    wakes, and a plain wait for one picture's result slept on past the test's limit (a loaded
+    machine, decoding with the learned finder). Each step's timeout wakes it."""
+    while True:
+        try:
+            return fut.result(timeout=0.2)
+        except FutureTimeout:
+            continue
 
 
 def _pool(workers: int, n: int, prep: Preprocess):
