@@ -188,7 +188,7 @@ def write(rows: list[dict], a) -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
     lines = ["# Adapting to a lab on day one (issue 28)", "", "```bash",
              f"python -m benchmarks.adapt_lab --lolo {a.lolo} --out {a.out}" +
-             (f" --before {a.before}" if a.before else ""), "```", "",
+             (f" --only '{a.only}'" if a.only else "") + (f" --before {a.before}" if a.before else ""), "```", "",
              f"- Commit `{commit}`, seed {a.seed}, {os.cpu_count()}-CPU machine, CPU only. Parents: `benchmarks.lolo`'s "
              "`no-LAB` runs, which never saw LAB.",
              f"- Per setting: {LABELS_PER_CLASS} labelled cells a class (fewer where the lab has fewer: one is kept to "

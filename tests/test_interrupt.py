@@ -24,7 +24,11 @@ FIELDS = Path(__file__).parent / "data" / "fields"
 LIMIT = 5.0  # seconds from Ctrl-C to the exit: "a second or two" here, with room for a busy machine
 COPIES = 8   # the sample's 301 cells linked this many times: 2,408 pictures, seconds of decoding
 # Started as `python -m wbcnet` starts (wbcnet/__main__.py), with the threads' stacks on SIGUSR1.
+# Ctrl-C is made to raise KeyboardInterrupt, as it does for a command typed at a terminal: a pytest
+# started in the background by a shell without job control (`bash .ci/run &`) inherits SIGINT
+# ignored, Python then installs no handler, and the command would rightly carry on (nohup's use).
 START = ("import faulthandler, signal, sys; faulthandler.register(signal.SIGUSR1, all_threads=True); "
+         "signal.signal(signal.SIGINT, signal.default_int_handler); "
          "from wbcnet.cli import main; sys.exit(main(sys.argv[1:]))")
 @dataclass
 class Stopped:
