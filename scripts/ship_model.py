@@ -90,7 +90,9 @@ def main(argv=None) -> int:
     history = (run / "metrics.csv").read_text().strip().splitlines()
     train_minutes = sum(float(r.split(",")[7]) for r in history[1:]) / 60
     lolo_md = REPO / "benchmarks" / "results" / "lolo.md"
-    lolo = "\n".join(l for l in lolo_md.read_text().splitlines() if l.startswith("|")) if lolo_md.exists() else \
+    lolo_lines = lolo_md.read_text().splitlines() if lolo_md.exists() else []
+    lolo = "\n".join(l for l in lolo_lines if l.startswith("|")) + "".join(
+        f"\n\n{l}" for l in lolo_lines if l.startswith("These runs trained")) if lolo_lines else \
         "(not measured yet: python -m benchmarks.lolo --copy-to benchmarks/results/lolo.md)"
     finder_md = REPO / "docs" / "model_card" / "finder.md"
     finder = finder_md.read_text() if finder_md.exists() else ""
