@@ -13,6 +13,7 @@ al. 2018/2019), Gaussian blur, a lower camera resolution and JPEG re-compression
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import math
 
@@ -99,6 +100,17 @@ _RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29],
 _HED_FROM_RGB = torch.linalg.inv(_RGB_FROM_HED)
 
 
+def _od(x: torch.Tensor) -> torch.Tensor:
+    """Optical density, -ln((255 x + 1) / 256): Beer-Lambert with the +1 that keeps black finite
+    (see `hed_jitter`). log1p is 15x slower on CPU."""
+    return x.mul(255).add_(1).log_().sub_(math.log(256)).neg_()
+
+
+def _from_od(od: torch.Tensor) -> torch.Tensor:
+    """The colour of optical density `od`, in [0, 1]."""
+    return od.neg().exp_().mul_(256).sub_(1).div_(255).clamp_(0, 1)
+
+
 def hed_jitter(x: torch.Tensor, sigma: float, g: torch.Generator) -> torch.Tensor:
     """Tellez et al.'s HED augmentation on float images in [0, 1]: s -> alpha * s + beta per stain.
 
@@ -119,9 +131,8 @@ def hed_jitter(x: torch.Tensor, sigma: float, g: torch.Generator) -> torch.Tenso
     # image: od @ m + c. Folding it into a 3x3 matrix makes it a single batched matmul.
     m = hed_from_rgb @ torch.diag_embed(alpha) @ rgb_from_hed   # (n, 3, 3)
     c = beta @ rgb_from_hed                                      # (n, 1, 3)
-    od = x.flatten(2).mul(255).add_(1).log_().sub_(math.log(256)).neg_()  # (n, 3, H W); log1p is 15x slower on CPU
-    od = torch.baddbmm(c.transpose(1, 2), m.transpose(1, 2), od)
-    return od.neg_().exp_().mul_(256).sub_(1).div_(255).clamp_(0, 1).view_as(x)
+    od = torch.baddbmm(c.transpose(1, 2), m.transpose(1, 2), _od(x.flatten(2)))  # (n, 3, H W)
+    return _from_od(od).view_as(x)
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.Tensor:
@@ -242,15 +253,6 @@ def defocus(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Te
     return _on(x, idx, lambda y: KF.filter2d(y, disc_kernels(radius[idx], size).to(y), border_type="replicate"))
 
 
-def _od(x: torch.Tensor) -> torch.Tensor:
-    """Optical density, -ln((255 x + 1) / 256), as in `hed_jitter`."""
-    return x.mul(255).add_(1).log_().sub_(math.log(256)).neg_()
-
-
-def _from_od(od: torch.Tensor) -> torch.Tensor:
-    return od.neg().exp_().mul_(256).sub_(1).div_(255).clamp_(0, 1)
-
-
 def fade(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
     """A pale slide: every pixel's optical density times k, log-uniform in [pale_min, 1]. At k = 0.2
     the nucleus keeps a fifth of its contrast against the background, as the blurred lab's does."""
@@ -275,12 +277,17 @@ def tint(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tenso
 _PLANCK_ROWS = list(range(3, 25))
 
 
-def temperature(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
+@functools.lru_cache(maxsize=None)
+def _planckian(p: float):
+    """kornia's jitter for probability `p`, built once (it builds its table of lamp colours)."""
     import kornia.augmentation as K
 
-    jitter = K.RandomPlanckianJitter(mode="blackbody", select_from=_PLANCK_ROWS, p=cfg.temperature)
+    return K.RandomPlanckianJitter(mode="blackbody", select_from=_PLANCK_ROWS, p=p)
+
+
+def temperature(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
     with _seeded(g):
-        return jitter(x)
+        return _planckian(cfg.temperature)(x)
 
 
 def camera_gamma(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
