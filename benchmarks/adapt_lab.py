@@ -27,14 +27,24 @@ import time
 from pathlib import Path
 
 from benchmarks import standins
+from benchmarks.lolo import confusions
+from wbcnet.checkpoint import git_commit, resolve_checkpoint
+from wbcnet.errors import WbcnetError
 
-REPO = Path(__file__).resolve().parent.parent
 LABELS_PER_CLASS = 10
 UNLABELLED = 500
 METHODS = ("none", "prototypes", "labels", "labels + unlabelled")
 # (lab, stand-in kind): the lab's own pictures, and the degraded copies the issue asks for
 SETTINGS = (("pbc", "clean"), ("pbc", "blur + pale"), ("pbc", "yellow cast"), ("bccd", "clean"),
             ("raabin", "clean"), ("raabin", "blur + pale"))
+
+
+def has_checkpoint(path: Path) -> bool:
+    try:
+        resolve_checkpoint(path)
+        return True
+    except WbcnetError:
+        return False
 
 
 def split_cells(folder: Path, out: Path, seed: int) -> tuple[Path, Path]:
@@ -150,7 +160,7 @@ def main(argv=None) -> int:
         runs += [(lab, kind, a.before, "before") for lab, kind in settings if lab == a.before_lab]
     for lab, kind, parent, tag in runs:
         folder = a.lolo / "standins" / lab / standins.slug(kind)
-        if not (parent.with_suffix(".json").exists() or (parent / "best.json").exists()) or not (folder / "DONE").exists():
+        if not has_checkpoint(parent) or not (folder / "DONE").exists():
             print(f"{lab}/{kind}: skipped ({parent} or {folder} is missing: run benchmarks.lolo first)", flush=True)
             continue
         here = a.out / lab / (standins.slug(kind) + (f"-{tag}" if tag else ""))
@@ -165,8 +175,7 @@ def main(argv=None) -> int:
             if method == "prototypes":
                 m = prototypes(parent, labelled, others, here / "eval" / "prototypes")
                 row[method] = {"macro_f1": m["macro_f1"], "accuracy": m["accuracy"], "seconds": m["seconds"],
-                               "top": ", ".join(f"{c['true'][0]}→{c['predicted'][0]} {c['count']}"
-                                                for c in m["top_confusions"][:2])}
+                               "top": confusions(m, 2)}
                 print(f"  macro-F1 {m['macro_f1']:.3f}", flush=True)
                 continue
             if method == "none":
@@ -176,8 +185,7 @@ def main(argv=None) -> int:
                 secs = adapt(parent, labelled, others if "unlabelled" in method else None, run, log)
                 ckpt = run
             m = score(ckpt, others, here / "eval" / method.replace(" + ", "-"), log)
-            row[method] = {"macro_f1": m["macro_f1"], "accuracy": m["accuracy"], "seconds": secs,
-                           "top": ", ".join(f"{c['true'][0]}→{c['predicted'][0]} {c['count']}" for c in m["top_confusions"][:2])}
+            row[method] = {"macro_f1": m["macro_f1"], "accuracy": m["accuracy"], "seconds": secs, "top": confusions(m, 2)}
             print(f"  macro-F1 {m['macro_f1']:.3f} ({secs:.0f} s)", flush=True)
         rows.append(row)
         write(rows, a)
@@ -185,7 +193,7 @@ def main(argv=None) -> int:
 
 
 def write(rows: list[dict], a) -> None:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+    commit = git_commit() or "unknown"
     lines = ["# Adapting to a lab on day one (issue 28)", "", "```bash",
              f"python -m benchmarks.adapt_lab --lolo {a.lolo} --out {a.out}" +
              (f" --only '{a.only}'" if a.only else "") + (f" --before {a.before}" if a.before else ""), "```", "",

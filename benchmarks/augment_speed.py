@@ -13,45 +13,24 @@ after warm-up. Real cells from a decode cache where given (`--cells`), else smoo
 from __future__ import annotations
 
 import argparse
-import platform
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
 
+from benchmarks.bench import cpu_summary, median_seconds
+from wbcnet.checkpoint import git_commit
 from wbcnet.config import TrainConfig
 from wbcnet.data.augment import AugmentConfig, augment_batch, normalize
+from wbcnet.inference import use_bf16
 from wbcnet.train import train_step, training_parts
 
 REPO = Path(__file__).resolve().parent.parent
 # multilab-v3's augmentation (commit c581f78's configs/multilab.yaml), the one shipped before issue 28
 BEFORE = dict(rotation=30, shift=0.1, shear=0.15, zoom=0.15, magnify=1.25, brightness=0.15, contrast=0.15,
               saturation=0.4, hue=0.08, channel_gain=0.05, hed=0.1, blur=0.3, downscale=2.5, jpeg=0.3)
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        name = next(l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name"))
-    except (OSError, StopIteration):
-        name = platform.processor() or "unknown CPU"
-    return f"{name}, {torch.get_num_threads()} threads, torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()})"
-
-
-def median_s(fn, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main(argv=None) -> int:
@@ -75,24 +54,24 @@ def main(argv=None) -> int:
     y = torch.arange(batch) % 5
     cfg = TrainConfig.from_dict({k: v for k, v in recipe.items() if k not in ("data",)})
     parts = training_parts(cfg, 5, y.numpy())
-    bf16 = torch.backends.cpu.get_cpu_capability() in ("AVX512_BF16", "AMX") or "avx512_bf16" in open("/proc/cpuinfo").read()
+    bf16 = use_bf16()  # as `wbcnet train` decides it
     norm = lambda t: normalize(t, [0.5] * 3, [0.25] * 3)
     configs = {"before (multilab-v3)": AugmentConfig(**BEFORE), "after (configs/multilab.yaml)": AugmentConfig(**recipe["augment"])}
     rows = []
-    step = median_s(lambda: train_step(parts.model, parts.criterion, parts.optimizer, norm(x.float() / 255), y, bf16), 3, a.repeats)
+    step = median_seconds(lambda: train_step(parts.model, parts.criterion, parts.optimizer, norm(x.float() / 255), y, bf16), 3, a.repeats)
     rows.append(("training step alone (reference)", step))
     for name, aug in configs.items():
         gen = torch.Generator().manual_seed(1)
-        rows.append((f"augmentation {name}", median_s(lambda: augment_batch(x, aug, gen), 3, a.repeats)))
+        rows.append((f"augmentation {name}", median_seconds(lambda: augment_batch(x, aug, gen), 3, a.repeats)))
     for name, aug in configs.items():
         gen = torch.Generator().manual_seed(1)
         rows.append((f"augmentation {name} + training step",
-                     median_s(lambda: train_step(parts.model, parts.criterion, parts.optimizer,
+                     median_seconds(lambda: train_step(parts.model, parts.criterion, parts.optimizer,
                                                  norm(augment_batch(x, aug, gen)), y, bf16), 3, a.repeats)))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+    commit = git_commit() or "unknown"
     lines = ["# Augmentation throughput, before and after issue 28", "",
              f"`python -m benchmarks.augment_speed{' --cells ' + str(a.cells) if a.cells else ''}`: commit `{commit}`, "
-             f"{cpu_name()}, bf16 autocast {'on' if bf16 else 'off'}; {what}; median of {a.repeats} batches.", "",
+             f"{cpu_summary()}, torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), bf16 autocast {'on' if bf16 else 'off'}; {what}; median of {a.repeats} batches.", "",
              "| what | ms a batch | images/s |", "|---|---|---|"]
     lines += [f"| {n} | {s * 1000:.1f} | {batch / s:.0f} |" for n, s in rows]
     before, after = rows[3][1], rows[4][1]

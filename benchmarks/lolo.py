@@ -34,6 +34,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks import standins
+from wbcnet.checkpoint import git_commit, resolve_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 LABS = ("raabin", "pbc", "bccd")
@@ -102,7 +103,7 @@ def confusions(m: dict, k: int = 3) -> str:
 
 
 def write_table(rows: list[dict], out: Path, args, recipe_path: Path, seconds: dict) -> str:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+    commit = git_commit() or "unknown"
     kinds = [k for k in standins.KINDS if k != "clean"]
     lines = [
         "# The recipe, leave-one-lab-out (issue 28)",
@@ -210,8 +211,7 @@ def main(argv=None) -> int:
     if args.before:
         lab = args.before_lab
         draws = standins.make(paths[lab], args.out / "standins" / lab, n=STANDIN_N)
-        meta = json.loads(args.before.with_suffix(".json").read_text() if args.before.with_suffix(".json").exists()
-                          else (args.before / "best.json").read_text())
+        meta = json.loads(resolve_checkpoint(args.before).with_suffix(".json").read_text())
         seen = [s["name"] for s in meta.get("sources", [])]
         if lab in seen:
             raise SystemExit(f"--before {args.before}: it trained on {lab}; it can't give that lab's figure")

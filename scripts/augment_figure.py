@@ -9,7 +9,6 @@ recipe strength (on every image, so the row shows it), then the whole recipe as 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import random
 from pathlib import Path
 
