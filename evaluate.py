@@ -4,7 +4,7 @@
 """
 import sys
 
-from wbcnet.cli import main
+from wbcnet.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["evaluate"] + sys.argv[1:]))

@@ -3,7 +3,7 @@
 import sys
 from pathlib import Path
 
-from wbcnet.cli import main
+from wbcnet.cli.main import main
 
 if __name__ == "__main__":
     argv = sys.argv[1:]

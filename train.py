@@ -4,7 +4,7 @@ With no --data it trains on ../shared/datasets/raabin-wbc-train when that folder
 import sys
 from pathlib import Path
 
-from wbcnet.cli import main
+from wbcnet.cli.main import main
 
 if __name__ == "__main__":
     argv = sys.argv[1:]

@@ -73,9 +73,9 @@ def merged(base: dict, overrides: list[dict]) -> dict:
 
 def make_split(packed: Path, out: Path, seed: int) -> None:
     """manifests/LAB_{train,val,test}.csv: each lab split once, grouped and stratified."""
-    from wbcnet.config import TrainConfig
+    from wbcnet.training.config import TrainConfig
     from wbcnet.data.split import SPLITS
-    from wbcnet.train import split_of
+    from wbcnet.training.classifier import split_of
 
     cfg = TrainConfig(data={lab: str(packed / lab) for lab in LABS}, seed=seed, merge_near_duplicates=True,
                       progress=False)

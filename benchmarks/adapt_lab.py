@@ -28,8 +28,8 @@ from pathlib import Path
 
 from benchmarks import standins
 from benchmarks.lolo import confusions
-from wbcnet.checkpoint import git_commit, resolve_checkpoint
-from wbcnet.errors import WbcnetError
+from wbcnet.models.checkpoint import git_commit, resolve_checkpoint
+from wbcnet.core.errors import WbcnetError
 
 LABELS_PER_CLASS = 10
 UNLABELLED = 500
@@ -92,12 +92,12 @@ def prototypes(parent: Path, labelled: Path, others: Path, out: Path) -> dict:
         return json.loads((out / "metrics.json").read_text())
     import numpy as np
 
-    from wbcnet.checkpoint import load_model
+    from wbcnet.models.checkpoint import load_model
     from wbcnet.data.cache import decode_images
-    from wbcnet.data.preprocess import from_meta
+    from wbcnet.cells.preprocess import from_meta
     from wbcnet.data.scan import scan
-    from wbcnet.inference import predict_logits
-    from wbcnet.metrics import compute_metrics
+    from wbcnet.inference.runner import predict_logits
+    from wbcnet.evaluation.metrics import compute_metrics
 
     t0 = time.time()
     model, meta = load_model(parent)
@@ -115,7 +115,7 @@ def prototypes(parent: Path, labelled: Path, others: Path, out: Path) -> dict:
     f_rest, y_rest = feats["others"]
     pred = (f_rest @ centres.T).argmax(1)
     m = compute_metrics(y_rest, pred, meta.classes)
-    from wbcnet.analysis import top_confusions
+    from wbcnet.evaluation.analysis import top_confusions
 
     m = {"macro_f1": m["macro_f1"], "accuracy": m["accuracy"], "seconds": time.time() - t0,
          "top_confusions": top_confusions(m["confusion_matrix"], meta.classes)}

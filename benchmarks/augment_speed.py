@@ -21,11 +21,11 @@ import torch
 import yaml
 
 from benchmarks.bench import cpu_summary, median_seconds
-from wbcnet.checkpoint import git_commit
-from wbcnet.config import TrainConfig
+from wbcnet.models.checkpoint import git_commit
+from wbcnet.training.config import TrainConfig
 from wbcnet.data.augment import AugmentConfig, augment_batch, normalize
-from wbcnet.inference import use_bf16
-from wbcnet.train import train_step, training_parts
+from wbcnet.inference.runner import use_bf16
+from wbcnet.training.classifier import train_step, training_parts
 
 REPO = Path(__file__).resolve().parent.parent
 # multilab-v3's augmentation (commit c581f78's configs/multilab.yaml), the one shipped before issue 28

@@ -102,7 +102,7 @@ def cmd_speed(args) -> None:
     import numpy as np
 
     from benchmarks.bench import Settings, make_model, median_seconds, training_img_per_s
-    from wbcnet.inference import predict_logits, use_bf16
+    from wbcnet.inference.runner import predict_logits, use_bf16
 
     bf16 = use_bf16()
     s = Settings(train_warmup=2, train_steps=5)

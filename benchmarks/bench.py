@@ -4,19 +4,19 @@
     python -m benchmarks --quick    # smoke run (tiny sizes): checks the code, numbers mean nothing
 
 Sections, each a table with the issue's target beside the measurement:
-  (a) training throughput: wbcnet.train.train_step (forward + backward + AdamW step) with training's
+  (a) training throughput: wbcnet.training.classifier.train_step (forward + backward + AdamW step) with training's
       own optimizer and loss, fp32 and bf16 autocast + channels_last; the mhcnn / seed-mhcnn ratio is
       the headline, since both sides come from the same run
   (b) inference: img/s at batch 64 and single-image latency; torch fp32, torch bf16, ONNX Runtime
   (c) `wbcnet predict` on 4,339 575 px JPEGs (Raabin-WBC's test-set size): the whole command in a
       subprocess, start-up included, torch and onnxruntime backends; the one-cell start-up against
       `import torch`; and where the command's time goes, step by step
-  (d) a training epoch (wbcnet.train.train_one_epoch) with images decoded every epoch vs read from
+  (d) a training epoch (wbcnet.training.classifier.train_one_epoch) with images decoded every epoch vs read from
       the uint8 decode cache
   (e) wall time and peak RSS of a real `wbcnet train` run in a subprocess
 
-Everything that runs a model or a training step is the package's own code (wbcnet.inference,
-wbcnet.train, wbcnet.predict, wbcnet.data.cache): the benchmark measures what users run, and
+Everything that runs a model or a training step is the package's own code (wbcnet.inference.runner,
+wbcnet.training.classifier, wbcnet.inference.predict, wbcnet.data.cache): the benchmark measures what users run, and
 cannot drift from it. Timing: a few warm-up calls, then the median of several timed calls. torch
 keeps its default thread count; ONNX Runtime gets one intra-op thread per available core.
 """
@@ -49,16 +49,16 @@ SRC = REPO / "src"
 sys.path.insert(0, str(SRC))
 
 import wbcnet  # noqa: E402
-from wbcnet.checkpoint import git_commit, load_model, new_meta, resolve_checkpoint, save_checkpoint
-from wbcnet.config import TrainConfig
+from wbcnet.models.checkpoint import git_commit, load_model, new_meta, resolve_checkpoint, save_checkpoint
+from wbcnet.training.config import TrainConfig
 from wbcnet.data.cache import cached_decode, decode_images, default_workers
-from wbcnet.data.imageio import load_rgb
+from wbcnet.core.imageio import load_rgb
 from wbcnet.data.scan import Sample
-from wbcnet.errors import WbcnetError
-from wbcnet.inference import predict_logits, run_model, use_bf16
+from wbcnet.core.errors import WbcnetError
+from wbcnet.inference.runner import predict_logits, run_model, use_bf16
 from wbcnet.models import create_model, default_img_size
-from wbcnet.predict import expand_inputs, predict_paths, write_rows
-from wbcnet.train import RunData, train_one_epoch, train_step, training_parts
+from wbcnet.inference.predict import expand_inputs, predict_paths, write_rows
+from wbcnet.training.classifier import RunData, train_one_epoch, train_step, training_parts
 
 SAMPLE = REPO / "src" / "wbcnet" / "assets" / "sample"
 SHARED_TRAIN = REPO.parent / "shared" / "datasets" / "raabin-wbc-train"
@@ -294,7 +294,7 @@ def inference_rows(label: str, run, size: int, s: Settings) -> list[dict]:
 
 
 def bench_inference(s: Settings, workdir: Path) -> list[dict]:
-    from wbcnet.export import export_onnx, onnx_backend
+    from wbcnet.inference.export import export_onnx, onnx_backend
 
     rows = []
     for name in TRAIN_MODELS:
@@ -381,8 +381,8 @@ def bench_startup(one: str, ckpt_args: list[str], s: Settings, workdir: Path) ->
     """One cell: what a lab waits for, against the floor of any torch program."""
     py = [sys.executable, "-c"]
     probes = [("`python -c \"import torch\"`", py + ["import torch"]),
-              ("`python -c \"import wbcnet.cli, wbcnet.predict, wbcnet.checkpoint\"` (the predict path's imports)",
-               py + ["import wbcnet.cli, wbcnet.predict, wbcnet.checkpoint"]),
+              ("`python -c \"import wbcnet.cli.main, wbcnet.inference.predict, wbcnet.models.checkpoint\"` (the predict path's imports)",
+               py + ["import wbcnet.cli.main, wbcnet.inference.predict, wbcnet.models.checkpoint"]),
               ("`wbcnet predict one.jpg` (one cell, whole command)",
                wbcnet_command() + ["predict", one, *ckpt_args, "--out", str(workdir / "one.csv"), "--no-progress"])]
     rows, took = [], {}
@@ -403,9 +403,9 @@ def bench_startup(one: str, ckpt_args: list[str], s: Settings, workdir: Path) ->
 
 def predict_input(meta):
     """What predict_paths decodes a file to for this checkpoint: its preprocessing where this
-    wbcnet has one (data/preprocess.py), else its image size."""
+    wbcnet has one (cells/preprocess.py), else its image size."""
     try:
-        from wbcnet.data.preprocess import from_meta
+        from wbcnet.cells.preprocess import from_meta
     except ImportError:
         return meta.img_size
     return from_meta(meta)
@@ -416,7 +416,7 @@ def input_label(prep) -> str:
 
 
 def bench_predict(paths: list[str], folder: Path, s: Settings, workdir: Path) -> list[dict]:
-    from wbcnet.export import export_onnx, onnx_backend
+    from wbcnet.inference.export import export_onnx, onnx_backend
 
     workdir.mkdir(parents=True, exist_ok=True)
     try:
@@ -696,7 +696,7 @@ def run_all(s: Settings, sections: str, data: Path | None, train_args: str, full
             section("(b) Inference",
                     f"`predict_logits` on uint8 images (normalisation included), batch {s.batch}: median of "
                     f"{s.infer_repeats} runs; latency: median of {s.latency_repeats} single-image runs. "
-                    "ONNX Runtime: the `wbcnet.export` graph, uint8 in, all cores.",
+                    "ONNX Runtime: the `wbcnet.inference.export` graph, uint8 in, all cores.",
                     lambda: bench_inference(s, workdir / "b"))
         if "c" in sections or "d" in sections:
             if data is not None and data.is_dir() and not s.quick:
@@ -719,7 +719,7 @@ def run_all(s: Settings, sections: str, data: Path | None, train_args: str, full
                     lambda: bench_predict(paths, folder, s, workdir / "c"))
         if "d" in sections:
             section("(d) Training epoch: decode every epoch vs the uint8 cache",
-                    f"{note} Both epochs are `wbcnet.train.train_one_epoch` (epoch 0 of the same config: same "
+                    f"{note} Both epochs are `wbcnet.training.classifier.train_one_epoch` (epoch 0 of the same config: same "
                     "batches, order, augmentation and training step); only where the uint8 batch comes from "
                     "differs.",
                     lambda: bench_epoch(paths, s, workdir / "d"))

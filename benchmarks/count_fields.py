@@ -25,8 +25,8 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.bench import cpu_summary, git_state
-from wbcnet.count import match_boxes, read_truth
-from wbcnet.data.locate import find_cells
+from wbcnet.inference.count import match_boxes, read_truth
+from wbcnet.cells.locate import find_cells
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -32,8 +32,8 @@ def pale_copies(found, out: Path) -> Path:
     """Each picture of a scan() result written as out/<class>/<stem>.png with nucleus contrast x0.2."""
     from PIL import Image
 
-    from wbcnet.data.imageio import load_rgb
-    from wbcnet.finder.evaluate import stress
+    from wbcnet.core.imageio import load_rgb
+    from wbcnet.evaluation.finder import stress
 
     for sample in found.samples:
         target = out / found.classes[sample.label] / (Path(sample.path).stem + ".png")

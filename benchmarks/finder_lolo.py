@@ -6,7 +6,7 @@
    view: Raabin-WBC and PBC single cells, BCCD and BCD fields; the shipped one), `no-bcd` and
    `no-bccd` (each field lab left out); with --pictures also `no-raabin` and `no-pbc`.
 2. Scores each with `wbcnet finder evaluate` on BCCD's and BCD's fields, their stress sets
-   (finder/evaluate.py: rescaled x0.3 to x3, vignetting 60%, defocus, pale, uneven light, ...;
+   (evaluation/finder.py: rescaled x0.3 to x3, vignetting 60%, defocus, pale, uneven light, ...;
    made with numpy/scipy/PIL, not the training's torch degradations, and never trained on) and
    single-cell pictures (1,000 a lab, seed 1).
 3. Teaching: for each field lab, its left-out finder is taught 5 of its fields (seeded draw among
@@ -108,9 +108,9 @@ def main(argv=None) -> int:
 def teach(lab: str, out: Path, d: Path, steps: int, seed: int = 0) -> dict:
     """The left-out finder taught TEACH_FIELDS of the lab's fields (points at its boxes' centres),
     scored on the others as `wbcnet finder evaluate` scores fields (finder.evaluate.score_fields)."""
-    from wbcnet.finder.data import Source, load_fields
-    from wbcnet.finder.evaluate import score_fields
-    from wbcnet.finder.net import load_finder
+    from wbcnet.data.fields import Source, load_fields
+    from wbcnet.evaluation.finder import score_fields
+    from wbcnet.cells.finder.net import load_finder
 
     images, boxes, others = field_files(d)[lab]
     src = load_fields(images, boxes, lab, others)

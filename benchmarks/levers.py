@@ -13,7 +13,7 @@
 Every run is `wbcnet train` with the shipped recipe (configs/multilab.yaml) on the same cells of
 the same split as runs/multilab-lf (the recipe on learned-finder crops, trained here), changing
 one thing: the resolution, the model's width and depth (a teacher), or a teacher to learn from
-(`--teacher`, distill.py). Runs in a chain wait for the one before (the student for its
+(`--teacher`, training/distill.py). Runs in a chain wait for the one before (the student for its
 teacher); chains run side by side, each with its share of the cores.
 
 The packed cells are WebP at quality 75, so the runs train with `--crop none` on what the cell
@@ -158,7 +158,7 @@ def _predictions(folder: Path) -> list[dict]:
 
 def _scores(preds: list[dict]) -> tuple[float, float]:
     """(accuracy, macro-F1) of predictions.csv rows."""
-    from wbcnet.metrics import macro_f1
+    from wbcnet.evaluation.metrics import macro_f1
 
     classes = sorted({r["true"] for r in preds} | {r["predicted"] for r in preds})
     y = [classes.index(r["true"]) for r in preds]

@@ -34,7 +34,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks import standins
-from wbcnet.checkpoint import git_commit, resolve_checkpoint
+from wbcnet.models.checkpoint import git_commit, resolve_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 LABS = ("raabin", "pbc", "bccd")

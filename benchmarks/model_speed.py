@@ -3,7 +3,7 @@
     python -m benchmarks.model_speed --checkpoint shipped=src/wbcnet/assets/model.safetensors \\
         --checkpoint 160=runs/levers/runs/mhcnn-160 --out benchmarks/results/model_speed.md
 
-For each checkpoint: img/s of the model alone (wbcnet.inference.predict_logits, the one inference
+For each checkpoint: img/s of the model alone (wbcnet.inference.runner.predict_logits, the one inference
 path, uint8 inputs at the checkpoint's size, batch 64), fp32, and bf16 where the CPU has it; the
 ratio to the first checkpoint. Reference: PIL decoding of a bundled 224 px cell JPEG to 112 px, one thread,
 so that a slower or busier machine shows in the same table. Median of 5 timed calls after 2
@@ -22,9 +22,9 @@ import torch
 from PIL import Image
 
 from benchmarks.bench import median_seconds
-from wbcnet import checkpoint as ckpt
-from wbcnet.checkpoint import git_commit
-from wbcnet.inference import predict_logits, use_bf16
+from wbcnet.models import checkpoint as ckpt
+from wbcnet.models.checkpoint import git_commit
+from wbcnet.inference.runner import predict_logits, use_bf16
 
 
 def timed(fn) -> float:
@@ -34,7 +34,7 @@ def timed(fn) -> float:
 def pil_reference(n: int = 500) -> float:
     """Pictures/s: open one of the bundled sample's cells (a 224 px JPEG), convert, resize to 112,
     one thread: a yardstick for how fast this machine is right now."""
-    from wbcnet.demo import SAMPLE
+    from wbcnet.cli.demo import SAMPLE
 
     data = min(Path(SAMPLE).glob("*/*.jpg")).read_bytes()
 

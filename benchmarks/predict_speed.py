@@ -53,11 +53,11 @@ def main(argv=None) -> int:
     import torch
 
     from benchmarks.bench import cpu_summary, git_state
-    from wbcnet.checkpoint import load_model
-    from wbcnet.data.imageio import load_rgb
-    from wbcnet.data.locate import find_cell
-    from wbcnet.data.preprocess import from_meta, load_input
-    from wbcnet.inference import run_model
+    from wbcnet.models.checkpoint import load_model
+    from wbcnet.core.imageio import load_rgb
+    from wbcnet.cells.locate import find_cell
+    from wbcnet.cells.preprocess import from_meta, load_input
+    from wbcnet.inference.runner import run_model
 
     model, meta = load_model()
     prep = from_meta(meta)

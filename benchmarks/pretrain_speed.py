@@ -2,7 +2,7 @@
 
     python -m benchmarks.pretrain_speed [--config configs/multilab.yaml] [--batch-size 128] [--steps 5] [--threads 1]
 
-The package's own step (wbcnet.pretrain.two_views and simclr_step, lightly's NT-Xent and head) on
+The package's own step (wbcnet.training.pretrain.two_views and simclr_step, lightly's NT-Xent and head) on
 the bundled sample's cells at the config's model and size, after one warm-up step; the two views'
 augmentation is timed apart from the model's forward, backward and AdamW step. The cells are the
 whole sample pictures resized (the cell crop changes what is decoded, not what a step costs).
@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wbcnet.config import TrainConfig
+from wbcnet.training.config import TrainConfig
 from wbcnet.data.cache import decode_images
-from wbcnet.inference import use_bf16
-from wbcnet.pretrain import Features, optimizer_for, projection_head, simclr_step, two_views
-from wbcnet.pretrain_config import from_train_config
-from wbcnet.train import build_model
+from wbcnet.inference.runner import use_bf16
+from wbcnet.training.pretrain import Features, optimizer_for, projection_head, simclr_step, two_views
+from wbcnet.training.pretrain_config import from_train_config
+from wbcnet.training.classifier import build_model
 
 SAMPLE = Path(__file__).resolve().parents[1] / "src" / "wbcnet" / "assets" / "sample"
 
@@ -39,7 +39,7 @@ def main(argv=None) -> None:
                    "the BCCD fields' cells: about 21,000)")
     p.add_argument("--epochs", type=int, default=None, help="epochs, for the projection (default the recipe's)")
     a = p.parse_args(argv)
-    from wbcnet.options import needs
+    from wbcnet.core.errors import needs
 
     needs("pretrain", "lightly", install="lightly: pip install -e '.[pretrain]'")
     from lightly.loss import NTXentLoss

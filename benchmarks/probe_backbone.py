@@ -25,7 +25,7 @@ def features_of(model, images: np.ndarray, mean, std, batch: int = 256) -> np.nd
     import torch
 
     from wbcnet.data.augment import normalize, to_float
-    from wbcnet.pretrain import Features
+    from wbcnet.training.pretrain import Features
 
     feats = Features(model).eval()
     out = []
@@ -71,12 +71,12 @@ def main(argv=None) -> int:
 
     import torch
 
-    from wbcnet.backbone import read_backbone
-    from wbcnet.config import TrainConfig
+    from wbcnet.models.backbone import read_backbone
+    from wbcnet.training.config import TrainConfig
     from wbcnet.data.cache import cached_decode
-    from wbcnet.data.preprocess import from_meta
+    from wbcnet.cells.preprocess import from_meta
     from wbcnet.data.scan import scan
-    from wbcnet.train import build_model
+    from wbcnet.training.classifier import build_model
 
     if args.threads:
         torch.set_num_threads(args.threads)

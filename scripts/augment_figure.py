@@ -17,8 +17,8 @@ import torch
 import yaml
 
 from wbcnet.data.augment import AugmentConfig, augment_batch
-from wbcnet.data.preprocess import Preprocess, load_input
-from wbcnet.plots import pyplot
+from wbcnet.cells.preprocess import Preprocess, load_input
+from wbcnet.render.plots import pyplot
 
 REPO = Path(__file__).resolve().parent.parent
 LABS = [("raabin-wbc-train", "Raabin"), ("pbc-5class", "PBC"), ("bccd-wbc-crops", "BCCD")]

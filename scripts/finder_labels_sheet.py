@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from wbcnet.finder.data import load_cell_pictures
+from wbcnet.data.fields import load_cell_pictures
 
 REPO = Path(__file__).resolve().parent.parent
 

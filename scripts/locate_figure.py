@@ -4,7 +4,7 @@
 
 Reads ../shared/datasets (raabin-wbc-train, pbc-5class, bccd-wbc-crops; not shipped with the
 package). For each lab, one cell of each class drawn at random (--seed): on the left the picture
-as the lab framed it, at one display size, with the circle wbcnet.data.locate.find_cell found and
+as the lab framed it, at one display size, with the circle wbcnet.cells.locate.find_cell found and
 the square crop_square cuts at the default context; on the right that square resized to the
 model's 112 px. The last row is a Raabin-WBC, PBC and BCCD neutrophil shifted into a corner of
 a black frame, as labs pad a cell that sat near the edge of the field.
@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from wbcnet.data.locate import DEFAULT_CONTEXT, crop_square
-from wbcnet.data.locate_classic import find_cell  # the figure shows the threshold finder (README)
-from wbcnet.plots import pyplot
+from wbcnet.cells.locate import DEFAULT_CONTEXT, crop_square
+from wbcnet.cells.classic import find_cell
+from wbcnet.render.plots import pyplot
 
 REPO = Path(__file__).resolve().parent.parent
 LABS = [("raabin-wbc-train", "Raabin-WBC (575 px, here 224)"), ("pbc-5class", "PBC (360 px, here 224)"),

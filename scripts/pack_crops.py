@@ -4,7 +4,7 @@
         --data pbc=../shared/datasets/pbc-5class --data bccd=../shared/datasets/bccd-wbc-crops \\
         --out .packed --size 112 --crop cell --quality 85
 
-Each image goes through the same preprocessing as training (data/preprocess.py: find the cell,
+Each image goes through the same preprocessing as training (cells/preprocess.py: find the cell,
 crop `context` cell diameters around it, resize to `size`) and is saved as OUT/NAME/CLASS/STEM.webp,
 file names kept so field-of-view grouping still works. `--rows RUN/split.csv --splits train,val`
 packs only those rows of a run's split (what a device needs to train; the test split stays here).
@@ -25,7 +25,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from wbcnet.data.preprocess import Preprocess, load_input
+from wbcnet.cells.preprocess import Preprocess, load_input
 from wbcnet.data.scan import scan
 from wbcnet.data.sources import parse_sources
 

@@ -17,8 +17,8 @@ import json
 import shutil
 from pathlib import Path
 
-from wbcnet import checkpoint as ckpt
-from wbcnet.evaluate import evaluate_sets
+from wbcnet.models import checkpoint as ckpt
+from wbcnet.evaluation.evaluate import evaluate_sets
 
 REPO = Path(__file__).resolve().parent.parent
 ASSETS = REPO / "src" / "wbcnet" / "assets"

@@ -4,7 +4,7 @@
 
 For each lab (Raabin-WBC, PBC, BCCD) one cell of each class drawn at random (--seed), as the
 model sees it with `--crop cell` (112 px), above the same crop redrawn by
-wbcnet.data.stain.normalize_stain.
+wbcnet.cells.stain.normalize_stain.
 """
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import random
 from pathlib import Path
 
 
-from wbcnet.data.preprocess import Preprocess, load_input
-from wbcnet.data.stain import normalize_stain
-from wbcnet.plots import pyplot
+from wbcnet.cells.preprocess import Preprocess, load_input
+from wbcnet.cells.stain import normalize_stain
+from wbcnet.render.plots import pyplot
 
 REPO = Path(__file__).resolve().parent.parent
 LABS = [("raabin-wbc-train", "Raabin-WBC"), ("pbc-5class", "PBC"), ("bccd-wbc-crops", "BCCD")]

@@ -1,10 +1,10 @@
-"""Measure each lab's plasma colour and nucleus optical density: the table in data/stain.py and
+"""Measure each lab's plasma colour and nucleus optical density: the table in cells/stain.py and
 the reference (Raabin-WBC's row) that `--stain nucleus` redraws every picture in.
 
     python scripts/stain_reference.py [--data ../shared/datasets] [--n 200] [--seed 0]
 
 For each lab, --n cells drawn at random, each cropped to the cell at 112 px as `--crop cell`
-does; the medians over the cells of wbcnet.data.stain.measure().
+does; the medians over the cells of wbcnet.cells.stain.measure().
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from wbcnet.data.preprocess import Preprocess, load_input
-from wbcnet.data.stain import measure
+from wbcnet.cells.preprocess import Preprocess, load_input
+from wbcnet.cells.stain import measure
 
 REPO = Path(__file__).resolve().parent.parent
 LABS = [("raabin-wbc-train", "Raabin-WBC"), ("pbc-5class", "PBC"), ("bccd-wbc-crops", "BCCD")]

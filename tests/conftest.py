@@ -64,7 +64,7 @@ def tiny_imagefolder(tmp_path):
 
 def small_config(data, out, **kw):
     """A run of a few seconds: a tiny mhcnn at 48 px."""
-    from wbcnet.config import TrainConfig
+    from wbcnet.training.config import TrainConfig
 
     base = dict(data=data if isinstance(data, dict) else str(data), out=str(out), model="mhcnn", img_size=48, epochs=3, batch_size=8, lr=2e-3,
                 warmup_epochs=1, patience=0, val_frac=0.25, test_frac=0.25, seed=7, cache_dir=None, progress=False,
@@ -126,7 +126,7 @@ def shifted(img: Image.Image) -> Image.Image:
 def two_lab_run(tmp_path_factory):
     """A small model trained on the sample and a renamed copy of it: two 'labs' (test_multilab,
     test_adapt_lab). Session-wide: it takes half a minute to train."""
-    from wbcnet.train import fit
+    from wbcnet.training.classifier import fit
 
     root = tmp_path_factory.mktemp("labs")
     shutil.copytree(SAMPLE, root / "raabin", ignore=shutil.ignore_patterns("*.md"))

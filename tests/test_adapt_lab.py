@@ -6,10 +6,11 @@ import shutil
 
 import numpy as np
 
-from wbcnet import checkpoint as ckpt
-from wbcnet.cli import main
-from wbcnet.lab import pick_cells, picture_kind, read_lab_cells
-from wbcnet.data.preprocess import from_meta
+from wbcnet.models import checkpoint as ckpt
+from wbcnet.cli.main import main
+from wbcnet.lab.suggest import pick_cells
+from wbcnet.inference.lab_cells import picture_kind, read_lab_cells
+from wbcnet.cells.preprocess import from_meta
 
 from conftest import REPO, SAMPLE, pbc_like_copy, shifted
 
@@ -34,7 +35,7 @@ def split_lab(lab, out, labelled_per_class: int, pool_per_class: int):
 
 
 def macro_f1_on(checkpoint, folder):
-    from wbcnet.evaluate import evaluate_folder
+    from wbcnet.evaluation.evaluate import evaluate_folder
 
     model, meta = ckpt.load_model(checkpoint)
     return evaluate_folder(model, meta, folder, folder.parent / f"eval-{checkpoint.name}", progress=False,
@@ -44,7 +45,7 @@ def macro_f1_on(checkpoint, folder):
 def test_unlabelled_cells_help_a_shifted_lab(two_lab_run, tmp_path):
     """Another stain, magnification and camera (test_multilab.shifted): 2 labelled cells a class,
     then the same 2 plus 30 unlabelled a class. The unlabelled ones must lift the score."""
-    from wbcnet.adapt import adapt_lab
+    from wbcnet.lab.adapt import adapt_lab
 
     _, run = two_lab_run
     pbc_like_copy(SAMPLE, tmp_path / "lab", transform=shifted)
@@ -112,7 +113,7 @@ def test_suggest_label_adapt(two_lab_run, tmp_path, capsys):
                  "--no-progress"]) == 2
     assert "no cell has a label yet" in capsys.readouterr().err
     # A person labels 8 of the 12 (the cell pictures are new files: label them by what they show).
-    from wbcnet.lab import write_sheet
+    from wbcnet.lab.suggest import write_sheet
 
     classes = sorted(set(truth.values()))
     for i, r in enumerate(rows[:8]):

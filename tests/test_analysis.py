@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from wbcnet import analysis, calibration as cal, explain
-from wbcnet.metrics import compute_metrics
+from wbcnet.evaluation import analysis
+from wbcnet.inference import calibration as cal, explain
+from wbcnet.evaluation.metrics import compute_metrics
 from wbcnet.models import create_model
 
 CLASSES = ["A", "B", "C"]

@@ -1,4 +1,4 @@
-"""`wbcnet.audit`: duplicates (exact, rotated, mirrored, rescaled), unreadable files, colour shortcuts.
+"""`wbcnet.data.audit`: duplicates (exact, rotated, mirrored, rescaled), unreadable files, colour shortcuts.
 
 Most checks share one audit of a "messy" folder: the 300 bundled real cells (all different, so no
 pair among them is a duplicate), transformed copies of some of them, one byte-identical copy,
@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wbcnet.audit import format_table, run_audit, write_audit
+from wbcnet.data.audit import run_audit
+from wbcnet.render.audit import format_table, write_audit
 
 from conftest import RAABIN, SAMPLE, needs_shared
 
@@ -225,7 +226,7 @@ def test_raabin_basophils_are_flagged_by_colour_and_only_they(tmp_path):
 def test_the_near_duplicate_engine_stands_alone():
     """Training imports it: it must not pull in the audit, the report, scikit-learn or matplotlib."""
     code = ("import sys, wbcnet.data.near_duplicates; "
-            "print(sorted(m for m in ('wbcnet.audit', 'wbcnet.report', 'wbcnet.htmlpage', 'sklearn', 'matplotlib') "
+            "print(sorted(m for m in ('wbcnet.data.audit', 'wbcnet.report', 'wbcnet.render.html', 'sklearn', 'matplotlib') "
             "if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr

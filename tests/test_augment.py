@@ -71,9 +71,9 @@ import dataclasses  # noqa: E402
 import pytest  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from wbcnet.config import TrainConfig  # noqa: E402
+from wbcnet.training.config import TrainConfig
 from wbcnet.data.augment import _HED_FROM_RGB, _RGB_FROM_HED, affine_matrices, color_jitter, hed_jitter  # noqa: E402
-from wbcnet.errors import WbcnetError  # noqa: E402
+from wbcnet.core.errors import WbcnetError
 
 STILL = AugmentConfig(rotation=0, shift=0, shear=0, zoom=0, hflip=False, vflip=False, rot90=False, brightness=0,
                       contrast=0, saturation=0, hue=0, channel_gain=0)

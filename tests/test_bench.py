@@ -14,18 +14,18 @@ from benchmarks import bench  # noqa: E402
 
 
 def test_bench_uses_the_package_helpers():
-    import wbcnet.checkpoint
+    import wbcnet.models.checkpoint
     import wbcnet.data.cache
-    import wbcnet.inference
-    import wbcnet.train
+    import wbcnet.inference.runner
+    import wbcnet.training.classifier
 
-    assert bench.train_step is wbcnet.train.train_step
-    assert bench.train_one_epoch is wbcnet.train.train_one_epoch
-    assert bench.use_bf16 is wbcnet.inference.use_bf16
-    assert bench.predict_logits is wbcnet.inference.predict_logits
+    assert bench.train_step is wbcnet.training.classifier.train_step
+    assert bench.train_one_epoch is wbcnet.training.classifier.train_one_epoch
+    assert bench.use_bf16 is wbcnet.inference.runner.use_bf16
+    assert bench.predict_logits is wbcnet.inference.runner.predict_logits
     assert bench.default_workers is wbcnet.data.cache.default_workers
-    assert bench.git_commit is wbcnet.checkpoint.git_commit
-    assert bench.training_parts is wbcnet.train.training_parts
+    assert bench.git_commit is wbcnet.models.checkpoint.git_commit
+    assert bench.training_parts is wbcnet.training.classifier.training_parts
     source = Path(bench.__file__).read_text()
     for copy in ("loss.backward()", "optimizer.step()", "sched_getaffinity", "rev-parse", "CrossEntropyLoss",
                  "EMA(", "build_optimizer", "lr_at("):
@@ -33,24 +33,24 @@ def test_bench_uses_the_package_helpers():
 
 
 def test_benchmarks_use_only_trains_public_parts():
-    """train.py's __all__ is what the benchmarks may use; its insides (_fit, EMA, make_split, ...) are not."""
+    """training/classifier.py's __all__ is what the benchmarks may use; its insides (_fit, EMA, make_split, ...) are not."""
     import re
 
-    import wbcnet.train
+    import wbcnet.training.classifier
 
     for name in ("bench.py", "ablation.py", "backbones.py"):
         source = (REPO / "benchmarks" / name).read_text()
         for block in re.findall(r"from wbcnet\.train import ([^\n]+)", source):
             used = {n.strip().split(" as ")[0] for n in block.strip("()").split(",")}
-            assert used <= set(wbcnet.train.__all__), (name, used - set(wbcnet.train.__all__))
+            assert used <= set(wbcnet.training.classifier.__all__), (name, used - set(wbcnet.training.classifier.__all__))
 
 
 def test_training_parts_are_the_ones_fit_uses(monkeypatch):
     import numpy as np
     import torch
 
-    from wbcnet.config import TrainConfig
-    from wbcnet.train import training_parts
+    from wbcnet.training.config import TrainConfig
+    from wbcnet.training.classifier import training_parts
 
     labels = np.array([0] * 12 + [1] * 4)
     cfg = TrainConfig(model="mhcnn", img_size=32, batch_size=4, epochs=3, balance="weighted_loss", progress=False,

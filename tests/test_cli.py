@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from wbcnet.cli import main
+from wbcnet.cli.main import main
 
 from conftest import REPO, SAMPLE, write_bad_files
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wbcnet.cli import main
-from wbcnet.count import differential, is_cut_by_edge, match_boxes
-from wbcnet.data.locate import CellBox, find_cells
-from wbcnet.results import CellResult
+from wbcnet.cli.main import main
+from wbcnet.inference.count import differential, is_cut_by_edge, match_boxes
+from wbcnet.cells.locate import CellBox, find_cells
+from wbcnet.core.results import CellResult
 
 from browser import chrome, console_errors, page_state
 
@@ -218,7 +218,7 @@ def test_a_killed_count_leaves_no_differential_without_count_json(tmp_path):
     out = tmp_path / "out"
     code = ("import os, sys; import wbcnet.render.count as rc; "
             "rc.CountOutput._move_into_place = lambda self: os._exit(9); "
-            "from wbcnet.cli import main; main(sys.argv[1:])")
+            "from wbcnet.cli.main import main; main(sys.argv[1:])")
     done = subprocess.run([sys.executable, "-c", code, "count", str(FIELDS / "BloodImage_00000.jpg"), "--out", str(out),
                            "--no-progress"], capture_output=True, text=True, env=dict(os.environ))
     assert done.returncode == 9, done.stderr
@@ -233,7 +233,7 @@ def test_a_killed_count_leaves_no_differential_without_count_json(tmp_path):
 
 def test_each_field_is_decoded_once(tmp_path, monkeypatch):
     """Found, drawn into fields/ and shown in count.html from one decode per field."""
-    import wbcnet.count as count
+    import wbcnet.inference.count as count
     import wbcnet.render.count as render_count
     import wbcnet.render.count_report as report
 
@@ -284,8 +284,8 @@ def test_a_folder_of_blank_fields_warns_and_exits_non_zero(tmp_path, capsys):
 
 
 def test_few_cells_for_many_fields_is_said():
-    from wbcnet.count import count_warnings
-    from wbcnet.results import FieldResult
+    from wbcnet.inference.count import count_warnings
+    from wbcnet.core.results import FieldResult
 
     fields = [FieldResult(f"f{i}.jpg", 640, 480) for i in range(20)]
     assert count_warnings(fields)[0].startswith("no white cell was found in any of the 20")
@@ -314,8 +314,8 @@ def test_a_field_of_red_cells_only_gives_no_counted_white_cell_and_warns(tmp_pat
 
 
 def test_implausibly_many_white_cells_are_said_and_the_fields_named():
-    from wbcnet.count import count_warnings, is_implausible
-    from wbcnet.results import FieldResult
+    from wbcnet.inference.count import count_warnings, is_implausible
+    from wbcnet.core.results import FieldResult
 
     # A 1440 x 900 field with red cells 85 px across has room for ~230 of them: 30 "white cells"
     # there is one per 8, far past blood's one per 500-1,000; 3 is plausible anywhere.
@@ -328,8 +328,8 @@ def test_implausibly_many_white_cells_are_said_and_the_fields_named():
 
 
 def test_an_unsure_scale_is_said_and_the_fields_named():
-    from wbcnet.count import count_warnings
-    from wbcnet.results import FieldResult
+    from wbcnet.inference.count import count_warnings
+    from wbcnet.core.results import FieldResult
 
     fields = [FieldResult(f"f{i}.jpg", 640, 480, cells=[object()], scale_unsure=i == 3) for i in range(5)]
     text = [w for w in count_warnings(fields) if "unsure of the scale" in w]

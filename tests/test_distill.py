@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 
-from wbcnet import checkpoint as ckpt
-from wbcnet.cli import main
-from wbcnet.distill import Teacher
-from wbcnet.evaluate import evaluate_samples  # noqa: F401  (the student is an ordinary checkpoint)
-from wbcnet.train import fit
+from wbcnet.models import checkpoint as ckpt
+from wbcnet.cli.main import main
+from wbcnet.training.distill import Teacher
+from wbcnet.evaluation.evaluate import evaluate_samples
+from wbcnet.training.classifier import fit
 
 from conftest import SAMPLE, folder_state, small_config
 

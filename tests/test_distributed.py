@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from wbcnet.train import fit
+from wbcnet.training.classifier import fit
 
 from conftest import SAMPLE, small_config
 

@@ -9,12 +9,12 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from wbcnet.checkpoint import load_model, new_meta, save_checkpoint  # noqa: E402
-from wbcnet.errors import WbcnetError  # noqa: E402
-from wbcnet.inference import predict_logits  # noqa: E402
-from wbcnet.export import export_onnx, onnx_backend  # noqa: E402
+from wbcnet.models.checkpoint import load_model, new_meta, save_checkpoint
+from wbcnet.core.errors import WbcnetError
+from wbcnet.inference.runner import predict_logits
+from wbcnet.inference.export import export_onnx, onnx_backend
 from wbcnet.models import create_model  # noqa: E402
-from wbcnet.predict import expand_inputs, predict_paths  # noqa: E402
+from wbcnet.inference.predict import expand_inputs, predict_paths
 
 from conftest import SAMPLE  # noqa: E402
 

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from wbcnet import checkpoint as ckpt
-from wbcnet.cli import main
-from wbcnet.config import TrainConfig
-from wbcnet.errors import WbcnetError
-from wbcnet.train import fit
+from wbcnet.models import checkpoint as ckpt
+from wbcnet.cli.main import main
+from wbcnet.training.config import TrainConfig
+from wbcnet.core.errors import WbcnetError
+from wbcnet.training.classifier import fit
 
 from conftest import REPO, SAMPLE, folder_state, sample_paths, small_config
 
@@ -80,7 +80,7 @@ def test_resume_after_a_class_folder_was_removed_is_one_line(tmp_path, capsys, t
 
 
 def test_resume_after_a_kill_in_mid_epoch_matches_an_uninterrupted_run(tiny_imagefolder, tmp_path, monkeypatch):
-    from wbcnet import train as train_module
+    from wbcnet.training import classifier as train_module
 
     straight = fit(small_config(tiny_imagefolder, tmp_path / "straight"))
     real_step, calls = train_module.train_step, {"n": 0}
@@ -183,7 +183,7 @@ def test_pickles_are_refused_as_pretrained_weights(tmp_path, capsys):
 
 def test_export_that_fails_its_check_leaves_no_file(finished_run, tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
-    from wbcnet import export
+    from wbcnet.inference import export
 
     _, run = finished_run
     monkeypatch.setattr(export, "TOLERANCE", 0.0)  # nothing passes
@@ -344,7 +344,7 @@ def test_debug_shows_the_traceback(tmp_path, capsys):
 # --- balance options actually change training ------------------------------------------------------
 
 def test_sampler_balances_batches_and_none_does_not():
-    from wbcnet.train import epoch_order
+    from wbcnet.training.classifier import epoch_order
 
     labels = np.array([0] * 90 + [1] * 10)
     g = torch.Generator().manual_seed(0)
@@ -373,12 +373,12 @@ def test_weighted_loss_weights_the_criterion(tiny_imagefolder, tmp_path, monkeyp
 # --- one way through the code --------------------------------------------------------------------------
 
 def test_predict_imports_neither_sklearn_nor_matplotlib_nor_timm():
-    code = ("import sys, wbcnet.predict, wbcnet.checkpoint; "
+    code = ("import sys, wbcnet.inference.predict, wbcnet.models.checkpoint; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'sklearn', 'matplotlib', 'timm'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
 
-@pytest.mark.parametrize("module", ["wbcnet.checkpoint", "wbcnet.models", "wbcnet.weights", "wbcnet.inference"])
+@pytest.mark.parametrize("module", ["wbcnet.models.checkpoint", "wbcnet.models", "wbcnet.core.weights", "wbcnet.inference.runner"])
 def test_core_modules_import_on_their_own(module):
     subprocess.run([sys.executable, "-c", f"import {module}"], check=True, cwd=REPO, env=dict(os.environ))

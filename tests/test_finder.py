@@ -1,4 +1,4 @@
-"""The learned cell finder (wbcnet.finder, reached through wbcnet.data.locate) on real pictures
+"""The learned cell finder (wbcnet.cells.finder, reached through wbcnet.cells.locate) on real pictures
 the repository ships: six BCCD fields with their boxes (tests/data/fields), the bundled
 Raabin-WBC sample, PBC and BCCD crops (tests/data/framings); degraded copies of them; blank
 fields; and a tiny training run."""
@@ -13,11 +13,11 @@ from PIL import Image
 
 from conftest import SAMPLE
 from test_locate import framing_paths
-from wbcnet.data.locate import find_cell, find_cells, get_finder
-from wbcnet.errors import WbcnetError
-from wbcnet.count import match_boxes
-from wbcnet.finder.evaluate import FIELD_STRESSES, STRESSES, stress
-from wbcnet.finder.net import load_finder
+from wbcnet.cells.locate import find_cell, find_cells, get_finder
+from wbcnet.core.errors import WbcnetError
+from wbcnet.inference.count import match_boxes
+from wbcnet.evaluation.finder import FIELD_STRESSES, STRESSES, stress
+from wbcnet.cells.finder.net import load_finder
 
 FIELDS = Path(__file__).resolve().parent / "data" / "fields"
 
@@ -73,7 +73,7 @@ def test_blank_fields_give_no_cells():
 def test_each_lab_s_crop_gives_the_cell_the_threshold_finder_gives(framing):
     # tests/test_locate.py checks the threshold finder's circles on these crops (BCCD's are not
     # all centred on their cell); the learned finder must find the same cell, at a similar size.
-    from wbcnet.data.locate_classic import find_cell as classic
+    from wbcnet.cells.classic import find_cell as classic
 
     for path in framing_paths(framing):
         rgb = load(path)
@@ -111,7 +111,7 @@ def test_many_pictures_are_cropped_by_the_learned_finder_in_threads():
     from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
     from wbcnet.data.cache import _pool, decode_images
-    from wbcnet.data.preprocess import Preprocess
+    from wbcnet.cells.preprocess import Preprocess
 
     learned, classic = Preprocess(112, crop="cell"), Preprocess(112, crop="cell", finder="classic")
     with _pool(2, 300, learned) as pool:
@@ -126,7 +126,7 @@ def test_many_pictures_are_cropped_by_the_learned_finder_in_threads():
 def test_damaged_or_unchecked_finder_weights_are_refused(tmp_path):
     import shutil
 
-    from wbcnet.finder.paths import SHIPPED, SHIPPED_JSON
+    from wbcnet.cells.finder.paths import SHIPPED, SHIPPED_JSON
 
     stem = tmp_path / "f"
     shutil.copy(SHIPPED, stem.with_suffix(".safetensors"))
@@ -145,8 +145,8 @@ def test_damaged_or_unchecked_finder_weights_are_refused(tmp_path):
 
 
 def test_a_tiny_training_run_writes_a_finder_that_loads_and_runs(tmp_path):
-    from wbcnet.finder.data import load_cell_pictures, load_fields
-    from wbcnet.finder.train import FinderTrainConfig, fit
+    from wbcnet.data.fields import load_cell_pictures, load_fields
+    from wbcnet.training.finder import FinderTrainConfig, fit
 
     cells = load_cell_pictures(SAMPLE, "raabin", 40, 0, tmp_path / "cache", progress=False)
     assert len(cells) >= 30  # the threshold finder is sure of most sample cells
@@ -200,7 +200,7 @@ def write_points(path, names):
 
 
 def test_a_finder_taught_a_few_fields_is_saved_and_used_by_count(tmp_path):
-    from wbcnet.cli import main
+    from wbcnet.cli.main import main
 
     points = tmp_path / "points.csv"
     write_points(points, ["BloodImage_00000.jpg", "BloodImage_00001.jpg", "BloodImage_00003.jpg"])
@@ -229,7 +229,7 @@ def test_a_finder_taught_a_few_fields_is_saved_and_used_by_count(tmp_path):
     ("file,x,y,kind\nnot_there.jpg,10,10,wbc\n", "not_there.jpg: a points file names this field"),
 ])
 def test_bad_points_are_refused_in_one_line(tmp_path, capsys, text, message):
-    from wbcnet.cli import main
+    from wbcnet.cli.main import main
 
     (tmp_path / "p.csv").write_text(text)
     assert main(["finder", "adapt", "--fields", str(FIELDS), "--points", str(tmp_path / "p.csv"),

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wbcnet.data import imageio
-from wbcnet.data.imageio import ImageReadError, image_info, load_rgb
+from wbcnet.core import imageio
+from wbcnet.core.imageio import ImageReadError, image_info, load_rgb
 from wbcnet.data.scan import scan
-from wbcnet.errors import WbcnetError
+from wbcnet.core.errors import WbcnetError
 
 from conftest import sample_paths, write_bad_files
 
@@ -84,7 +84,7 @@ def png_claiming(width: int, height: int) -> bytes:
 # imports, so that allocating the claimed 1.2 GB would fail with MemoryError instead of passing.
 REFUSE_UNDER_MEMORY_CAP = """
 import resource, sys
-from wbcnet.data.imageio import ImageReadError, image_info, load_rgb
+from wbcnet.core.imageio import ImageReadError, image_info, load_rgb
 used = int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmSize:"))) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (used + 256 * 2**20, resource.getrlimit(resource.RLIMIT_AS)[1]))
 try:

@@ -10,15 +10,21 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "wbcnet"
 
 # They compute and return records; they never show (render/) or parse and answer (cli, serve).
-COMPUTING = ["wbcnet.results", "wbcnet.count", "wbcnet.predict", "wbcnet.inference", "wbcnet.metrics",
-             "wbcnet.shift", "wbcnet.checkpoint", "wbcnet.weights", "wbcnet.data", "wbcnet.models"]
+COMPUTING = ["wbcnet.core", "wbcnet.cells", "wbcnet.data", "wbcnet.models", "wbcnet.inference.runner",
+             "wbcnet.inference.predict", "wbcnet.inference.count", "wbcnet.evaluation.metrics"]
 SHOWING = ["wbcnet.render", "wbcnet.cli", "wbcnet.serve"]
 
 
-def modules() -> dict[str, Path]:
+# The packages from the bottom up (docs/architecture.md): a module imports from its own package and
+# those below it, never from one above.
+LAYERS = ["core", "cells", "data", "models", "render", "engine", "inference", "evaluation", "training", "lab",
+          "serve", "cli"]
+
+
+def modules(src: Path = SRC) -> dict[str, Path]:
     out = {}
-    for path in (SRC / PACKAGE).rglob("*.py"):
-        parts = list(path.relative_to(SRC).with_suffix("").parts)
+    for path in (src / PACKAGE).rglob("*.py"):
+        parts = list(path.relative_to(src).with_suffix("").parts)
         if parts[-1] == "__init__":
             parts = parts[:-1]
         out[".".join(parts)] = path
@@ -49,8 +55,8 @@ def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
     return found
 
 
-def graph() -> dict[str, set[str]]:
-    mods = modules()
+def graph(src: Path = SRC) -> dict[str, set[str]]:
+    mods = modules(src)
     return {name: imports_of(name, path, set(mods)) for name, path in mods.items()}
 
 
@@ -79,14 +85,25 @@ def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+def layer(name: str) -> int | None:
+    """The place of a module's package in LAYERS (None for wbcnet itself and __main__)."""
+    parts = name.split(".")
+    return LAYERS.index(parts[1]) if len(parts) > 1 and parts[1] in LAYERS else None
+
+
+def upward_imports(edges: dict[str, set[str]]) -> list[tuple[str, str]]:
+    return sorted((a, b) for a, targets in edges.items() for b in targets
+                  if layer(a) is not None and layer(b) is not None and layer(b) > layer(a))
+
+
 def under(name: str, prefixes: list[str]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
 def test_the_walk_sees_the_imports_it_should():
     edges = graph()
-    assert "wbcnet.results" in edges["wbcnet.count"] and "wbcnet.render.draw" in edges["wbcnet.render.count"]
-    assert "wbcnet.analysis" in edges["wbcnet.evaluate"]  # from . import analysis
+    assert "wbcnet.core.results" in edges["wbcnet.inference.count"] and "wbcnet.render.draw" in edges["wbcnet.render.count"]
+    assert "wbcnet.evaluation.analysis" in edges["wbcnet.evaluation.evaluate"]  # from . import analysis
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
 
 
@@ -99,3 +116,25 @@ def test_computing_never_imports_showing():
     bad = [(a, b) for a, targets in graph().items() if under(a, COMPUTING)
            for b in targets if under(b, SHOWING)]
     assert not bad, bad
+
+
+def test_every_module_sits_in_a_layer():
+    loose = [m for m in graph() if layer(m) is None and m not in (PACKAGE, f"{PACKAGE}.__main__")]
+    assert not loose, f"modules outside the layers {LAYERS}: {loose}"
+
+
+def test_imports_point_down():
+    bad = upward_imports(graph())
+    assert not bad, "imports from a higher layer: " + ", ".join(f"{a} -> {b}" for a, b in bad)
+
+
+def test_an_upward_import_is_caught(tmp_path):
+    """A made-up package where core imports from cli: the walk must report that arrow, and only it."""
+    pkg = tmp_path / PACKAGE
+    for folder, body in {"core": "from ..cli.main import run\n", "cli": "from ..core.x import y\n"}.items():
+        (pkg / folder).mkdir(parents=True)
+        (pkg / folder / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "core" / "x.py").write_text("from ..cli.main import run\ny = 1\n")
+    (pkg / "cli" / "main.py").write_text("from ..core.x import y\n\ndef run():\n    return y\n")
+    assert upward_imports(graph(tmp_path)) == [("wbcnet.core.x", "wbcnet.cli.main")]

@@ -29,7 +29,7 @@ COPIES = 8   # the sample's 301 cells linked this many times: 2,408 pictures, se
 # ignored, Python then installs no handler, and the command would rightly carry on (nohup's use).
 START = ("import faulthandler, signal, sys; faulthandler.register(signal.SIGUSR1, all_threads=True); "
          "signal.signal(signal.SIGINT, signal.default_int_handler); "
-         "from wbcnet.cli import main; sys.exit(main(sys.argv[1:]))")
+         "from wbcnet.cli.main import main; sys.exit(main(sys.argv[1:]))")
 @dataclass
 class Stopped:
     code: int
@@ -176,7 +176,7 @@ def test_ctrl_c_stops_adapt_and_keeps_the_earlier_suggestions(many_cells, tmp_pa
 def test_ctrl_c_stops_train_in_mid_epoch_and_the_run_resumes(tmp_path):
     """A run stopped after its first epoch is resumed, and Ctrl-C'd in its second: its folder is as
     the first epoch left it, and the message says how to go on."""
-    from wbcnet.train import fit
+    from wbcnet.training.classifier import fit
 
     class Stop(Exception):
         pass
@@ -203,7 +203,7 @@ def test_overwrite_replaces_an_output_only_once_the_command_has_finished(tmp_pat
     """prepare_output_dir(overwrite=True) inside earlier_outputs_kept (every CLI command): the
     earlier files are put back if the command raises, and gone once it returns; a linked --out,
     or the folder the command runs in, has its files moved aside inside it instead."""
-    from wbcnet.files import earlier_outputs_kept, prepare_output_dir
+    from wbcnet.core.files import earlier_outputs_kept, prepare_output_dir
 
     real = tmp_path / "real"
     before = earlier_output(real)
@@ -233,7 +233,7 @@ def test_overwrite_replaces_an_output_only_once_the_command_has_finished(tmp_pat
 def test_what_ctrl_c_says_of_a_run(tmp_path):
     from argparse import Namespace
 
-    from wbcnet.cli import interrupted
+    from wbcnet.cli.main import interrupted
 
     (tmp_path / "kept").mkdir()
     (tmp_path / "kept" / "last.safetensors").write_bytes(b"")

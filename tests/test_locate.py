@@ -1,4 +1,4 @@
-"""The threshold finder (wbcnet.data.locate_classic, `finder="classic"`): find the white cell in
+"""The threshold finder (wbcnet.cells.classic, `finder="classic"`): find the white cell in
 crops from three labs' framings, crop it to one scale. The learned finder, the default, is
 tested in test_finder.py.
 
@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from conftest import SHARED, sample_paths
-from wbcnet.data.locate import DEFAULT_CONTEXT, CellBox, crop_square
-from wbcnet.data.locate_classic import find_cell, find_cells
+from wbcnet.cells.locate import DEFAULT_CONTEXT, CellBox, crop_square
+from wbcnet.cells.classic import find_cell, find_cells
 
 FRAMINGS = Path(__file__).resolve().parent / "data" / "framings"
 CLASSES = ["Basophil", "Eosinophil", "Lymphocyte", "Monocyte", "Neutrophil"]

@@ -1,6 +1,6 @@
 import pytest
 
-from wbcnet.metrics import compute_metrics
+from wbcnet.evaluation.metrics import compute_metrics
 
 
 def test_metrics_against_hand_computed_values():

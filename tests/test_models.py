@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from wbcnet.models import create_model, list_models
-from wbcnet.errors import WbcnetError
+from wbcnet.core.errors import WbcnetError
 
 REFERENCE_PARAMS = 40_464_053
 
@@ -107,7 +107,7 @@ def test_batch_norm_mhcnn_keeps_its_state_dict_keys_and_the_default_is_batch():
 
 
 def test_the_shipped_checkpoint_still_loads_strictly():
-    from wbcnet.checkpoint import load_model
+    from wbcnet.models.checkpoint import load_model
 
     model, meta = load_model()  # load_state_dict is strict: a renamed or missing key fails here
     expected = torch.nn.GroupNorm if meta.model_args.get("norm") in ("group", "layer") else torch.nn.BatchNorm2d

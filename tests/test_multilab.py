@@ -8,12 +8,12 @@ import shutil
 import numpy as np
 import pytest
 
-from wbcnet import checkpoint as ckpt
-from wbcnet.cli import main
+from wbcnet.models import checkpoint as ckpt
+from wbcnet.cli.main import main
 from wbcnet.data.scan import Sample
 from wbcnet.data.sources import degenerate_grouping, parse_sources, regroup
-from wbcnet.errors import WbcnetError
-from wbcnet.train import sampling_weights
+from wbcnet.core.errors import WbcnetError
+from wbcnet.training.classifier import sampling_weights
 
 from conftest import REPO, SAMPLE, pbc_like_copy, shifted
 
@@ -92,7 +92,7 @@ def test_a_checkpoint_brings_its_cell_crop_to_predict(cell_crop_checkpoint, tmp_
     assert len(rows) == len(paths) and all(r["cell_found"] == "yes" for r in rows)
     _, meta = ckpt.load_model(run)
     from wbcnet.data.cache import decode_images
-    from wbcnet.data.preprocess import from_meta
+    from wbcnet.cells.preprocess import from_meta
 
     cropped = decode_images(paths[:1], from_meta(meta), progress=False).images
     whole = decode_images(paths[:1], meta.img_size, progress=False).images
@@ -137,8 +137,8 @@ def test_unfamiliar_cells_are_flagged_and_home_cells_mostly_not(two_lab_run, tmp
 
 def test_tta_runs_and_keeps_the_shape(two_lab_run):
     from wbcnet.data.cache import decode_images
-    from wbcnet.data.preprocess import from_meta
-    from wbcnet.inference import run_model
+    from wbcnet.cells.preprocess import from_meta
+    from wbcnet.inference.runner import run_model
 
     _, run = two_lab_run
     model, meta = ckpt.load_model(run)
@@ -160,8 +160,8 @@ def split_copy(src, dest_adapt, dest_test, per_class_adapt):
 
 
 def test_adapt_helps_on_a_new_lab_and_stops_flagging_it(two_lab_run, tmp_path):
-    from wbcnet.adapt import adapt
-    from wbcnet.evaluate import evaluate_folder
+    from wbcnet.lab.adapt import adapt
+    from wbcnet.evaluation.evaluate import evaluate_folder
 
     _, run = two_lab_run
     pbc_like_copy(SAMPLE, tmp_path / "lab", transform=shifted)  # 60 cells a class from a "new lab"

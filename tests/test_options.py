@@ -14,7 +14,7 @@ def imported_after(argv: list[str]) -> tuple[int, set[str]]:
     code = ("import sys, atexit\n"
             "atexit.register(lambda: print('MODULES', ' '.join(sorted({m.split('.')[0] for m in sys.modules})), "
             "file=sys.__stderr__))\n"
-            "from wbcnet.cli import main\n"
+            "from wbcnet.cli.main import main\n"
             f"sys.exit(main({argv!r}))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     line = next(l for l in proc.stderr.splitlines() if l.startswith("MODULES"))
@@ -39,9 +39,9 @@ def test_python_m_wbcnet_help_does_not_import_torch():
 
 # --- one set of inference options ----------------------------------------------------------------------
 
-from wbcnet.cli import build_parser, main  # noqa: E402
-from wbcnet.errors import WbcnetError  # noqa: E402
-from wbcnet.options import InferenceOptions  # noqa: E402
+from wbcnet.cli.main import build_parser, main
+from wbcnet.core.errors import WbcnetError
+from wbcnet.cli.options import InferenceOptions
 
 MODEL_COMMANDS = {"evaluate": ["--data", "D", "--out", "O"], "predict": ["x.jpg"], "count": ["f.jpg", "--out", "O"],
                   "adapt": ["--out", "O"], "serve": []}
@@ -64,8 +64,8 @@ def test_options_from_flags_keep_each_commands_defaults():
 
 
 def test_shared_flags_are_defined_once():
-    cli = (REPO / "src" / "wbcnet" / "cli.py").read_text()
-    options = (REPO / "src" / "wbcnet" / "options.py").read_text()
+    cli = (REPO / "src" / "wbcnet" / "cli/main.py").read_text()
+    options = (REPO / "src" / "wbcnet" / "cli/options.py").read_text()
     for flag in ("--checkpoint", "--workers", "--overwrite", "--batch-size", "--min-confidence", "--no-shift-check",
                  "--device", "--threads", "--tta"):
         assert f'"{flag}"' not in cli and options.count(f'(["{flag}"]') == 1, flag
@@ -119,7 +119,7 @@ def test_command_options_are_checked_before_any_work(argv, needle, capsys):
 
 
 def test_command_option_flags_come_from_their_dataclasses():
-    from wbcnet.options import AdaptOptions, ServeOptions, TuneOptions, from_flags
+    from wbcnet.cli.options import AdaptOptions, ServeOptions, TuneOptions, from_flags
 
     parse = build_parser().parse_args
     assert from_flags(ServeOptions, parse(["serve"])) == ServeOptions()
@@ -130,13 +130,13 @@ def test_command_option_flags_come_from_their_dataclasses():
 
 
 def test_cli_only_parses_and_calls():
-    assert len((REPO / "src" / "wbcnet" / "cli.py").read_text().splitlines()) < 300
+    assert len((REPO / "src" / "wbcnet" / "cli/main.py").read_text().splitlines()) < 300
 
 
 def test_cache_dir_none_means_memory_only():
     import argparse
 
-    from wbcnet.config import add_train_flags, given_flags
+    from wbcnet.training.config import add_train_flags, given_flags
 
     p = argparse.ArgumentParser()
     add_train_flags(p)

@@ -7,12 +7,12 @@ import sys
 import pytest
 import torch
 
-from wbcnet.backbone import backbone_state
-from wbcnet.cli import main
-from wbcnet.pretrain import pretrain
-from wbcnet.pretrain_config import PretrainConfig
-from wbcnet.train import build_model, fit
-from wbcnet.weights import load_tensors, sha256_file
+from wbcnet.models.backbone import backbone_state
+from wbcnet.cli.main import main
+from wbcnet.training.pretrain import pretrain
+from wbcnet.training.pretrain_config import PretrainConfig
+from wbcnet.training.classifier import build_model, fit
+from wbcnet.core.weights import load_tensors, sha256_file
 
 from conftest import REPO, SAMPLE, folder_state, small_config
 
@@ -161,7 +161,7 @@ def test_a_bad_recipe_is_refused_in_one_line_before_any_cell_is_read(tmp_path, c
 
 
 def test_pretrain_help_does_not_import_torch():
-    code = ("import sys\nfrom wbcnet.cli import main\ntry:\n    main(['pretrain', '--help'])\nexcept SystemExit:\n"
+    code = ("import sys\nfrom wbcnet.cli.main import main\ntry:\n    main(['pretrain', '--help'])\nexcept SystemExit:\n"
             "    pass\nprint('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.stdout.strip().splitlines()[-1] == "False", out.stdout + out.stderr

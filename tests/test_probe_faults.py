@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from wbcnet.cli import main
+from wbcnet.cli.main import main
 
 from conftest import SAMPLE, sample_paths, small_config
 
@@ -49,7 +49,7 @@ def fill(folder, leave: int) -> None:
 
 def tiny_checkpoint(folder, classes=CLASSES):
     """An untrained tiny mhcnn saved as a checkpoint (seconds, not a training run)."""
-    from wbcnet.checkpoint import new_meta, save_checkpoint
+    from wbcnet.models.checkpoint import new_meta, save_checkpoint
     from wbcnet.models import create_model
 
     args = {"img_size": 32, "widths": [8, 8, 16, 16], "heads": 1, "depth": 1}
@@ -147,7 +147,7 @@ def test_a_checkpoint_without_its_checksum_is_refused(tmp_path, capsys):
 
 def test_symlink_loops_are_named_like_hidden_files(tmp_path, capsys):
     from wbcnet.data.scan import scan_folder
-    from wbcnet.predict import expand_inputs
+    from wbcnet.inference.predict import expand_inputs
 
     data = cells(tmp_path / "data", {CLASSES[0]: 2, CLASSES[1]: 2})
     os.symlink("loop.jpg", data / CLASSES[0] / "loop.jpg")  # a link to itself

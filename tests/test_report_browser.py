@@ -9,9 +9,9 @@ import re
 import pytest
 import torch
 
-from wbcnet import checkpoint as ckpt
-from wbcnet.checkpoint import load_model
-from wbcnet.evaluate import evaluate_folder
+from wbcnet.models import checkpoint as ckpt
+from wbcnet.models.checkpoint import load_model
+from wbcnet.evaluation.evaluate import evaluate_folder
 from wbcnet.models import create_model
 
 from browser import chrome, console_errors, page_state

@@ -1,12 +1,12 @@
-"""The records of results.py: each has one CSV row per table, one JSON, and the API's model is
+"""The records of core/results.py: each has one CSV row per table, one JSON, and the API's model is
 built from it (serve/schemas.py)."""
 import json
 
 import numpy as np
 import pytest
 
-from wbcnet.inference import Predictions
-from wbcnet.results import CellResult, ClassCount, CountResult, Differential, EvalResult, FieldResult
+from wbcnet.inference.runner import Predictions
+from wbcnet.core.results import CellResult, ClassCount, CountResult, Differential, EvalResult, FieldResult
 
 CLASSES = ["Basophil", "Eosinophil", "Lymphocyte"]
 

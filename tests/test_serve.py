@@ -24,14 +24,14 @@ from PIL import Image
 pytest.importorskip("fastapi", reason="pip install -e .")
 uvicorn = pytest.importorskip("uvicorn", reason="pip install -e .")
 
-from wbcnet.checkpoint import load_model  # noqa: E402
-from wbcnet.cli import main  # noqa: E402
-from wbcnet.count import count_fields  # noqa: E402
-from wbcnet.errors import WbcnetError  # noqa: E402
-from wbcnet.predict import predict_paths  # noqa: E402
+from wbcnet.models.checkpoint import load_model
+from wbcnet.cli.main import main
+from wbcnet.inference.count import count_fields
+from wbcnet.core.errors import WbcnetError
+from wbcnet.inference.predict import predict_paths
 from wbcnet.data.cache import decode_images  # noqa: E402
-from wbcnet.data.preprocess import from_meta  # noqa: E402
-from wbcnet.inference import run_model  # noqa: E402
+from wbcnet.cells.preprocess import from_meta
+from wbcnet.inference.runner import run_model
 from wbcnet.serve.app import create_app, is_loopback, listen  # noqa: E402
 from wbcnet.serve.worker import ModelWorker  # noqa: E402
 
@@ -377,7 +377,7 @@ def test_openapi_describes_every_answer(server):
     cell = schemas["CellResult"]["properties"]
     assert {"name", "class", "confidence", "probabilities", "refer", "unfamiliar", "shift_score", "cell_found",
             "box", "edge", "counted", "flag", "error"} <= set(cell)
-    assert cell["refer"]["description"]  # each field says what it is, from results.py
+    assert cell["refer"]["description"]  # each field says what it is, from core/results.py
     count = schemas["CountResult"]["properties"]
     assert {"fields", "cells_found", "differential", "min_confidence"} <= set(count)
     assert {"count", "percent", "ci_low", "ci_high", "referred"} <= set(schemas["ClassCount"]["properties"])

@@ -15,10 +15,10 @@ import pytest
 pytest.importorskip("fastapi", reason="pip install -e .")
 pytest.importorskip("uvicorn", reason="pip install -e .")
 
-import wbcnet.lab  # noqa: E402
-from wbcnet.checkpoint import load_model  # noqa: E402
-from wbcnet.cli import main  # noqa: E402
-from wbcnet.errors import WbcnetError  # noqa: E402
+import wbcnet.inference.lab_cells  # noqa: E402
+from wbcnet.models.checkpoint import load_model
+from wbcnet.cli.main import main
+from wbcnet.core.errors import WbcnetError
 from wbcnet.serve.access import Access, read_users, users_line, verify_password  # noqa: E402
 from wbcnet.serve.app import create_app  # noqa: E402
 
@@ -247,7 +247,7 @@ def test_the_page_asks_once_and_sends_the_credential_in_headless_chromium(shippe
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    monkeypatch.setattr(wbcnet.lab, "suggest", fake_suggest)
+    monkeypatch.setattr(wbcnet.inference.lab_cells, "suggest", fake_suggest)
     model, meta = shipped
     access = Access(TOKEN, read_users(users_file), users_file=users_file)
     cells = sample_paths(1)[:4]

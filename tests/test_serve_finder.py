@@ -21,11 +21,11 @@ from PIL import Image
 pytest.importorskip("fastapi", reason="pip install -e .")
 pytest.importorskip("uvicorn", reason="pip install -e .")
 
-import wbcnet.adapt  # noqa: E402
-import wbcnet.data.locate  # noqa: E402
-import wbcnet.lab  # noqa: E402
-from wbcnet.checkpoint import load_model  # noqa: E402
-from wbcnet.data.cellbox import CellBox, FieldSearch  # noqa: E402
+import wbcnet.lab.adapt  # noqa: E402
+import wbcnet.cells.locate  # noqa: E402
+import wbcnet.inference.lab_cells  # noqa: E402
+from wbcnet.models.checkpoint import load_model
+from wbcnet.cells.cellbox import CellBox, FieldSearch
 
 from browser import chrome, console_errors, page_state  # noqa: E402
 from conftest import REPO, sample_paths  # noqa: E402
@@ -226,8 +226,8 @@ def test_adapting_the_classifier_of_a_lab_model_keeps_its_finder(shipped, tmp_pa
     not drop the finder the lab taught it."""
     held = HeldAdapt()
     held.gate.set()
-    monkeypatch.setattr(wbcnet.lab, "suggest", fake_suggest)
-    monkeypatch.setattr(wbcnet.adapt, "adapt_lab", held)
+    monkeypatch.setattr(wbcnet.inference.lab_cells, "suggest", fake_suggest)
+    monkeypatch.setattr(wbcnet.lab.adapt, "adapt_lab", held)
     data = tmp_path / "data"
     with running(shipped, data) as url:
         field_id = upload_fields(url, "lab-a", NAMES[1:2])[0]["id"]
@@ -262,7 +262,7 @@ def test_teach_the_finder_in_headless_chromium(shipped, tmp_path, monkeypatch):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
-    monkeypatch.setattr(wbcnet.data.locate, "search_field", fixed_finder)
+    monkeypatch.setattr(wbcnet.cells.locate, "search_field", fixed_finder)
     with running(shipped, tmp_path / "data") as url, chrome(tmp_path / "profile") as driver:
         ids = [u["id"] for u in upload_fields(url, "ward-3")]  # the page opens the lab there is
         driver.get(url + "/")

@@ -1,7 +1,7 @@
-"""wbcnet.shift: the unfamiliar-image score, checked against its definition."""
+"""wbcnet.models.shift: the unfamiliar-image score, checked against its definition."""
 import numpy as np
 
-from wbcnet.shift import fit_shift
+from wbcnet.models.shift import fit_shift
 
 
 def test_score_is_the_mahalanobis_distance_to_the_nearest_class_mean():

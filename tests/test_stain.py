@@ -1,4 +1,4 @@
-"""wbcnet.data.stain: cells of three labs' stains redrawn in one reference nucleus stain.
+"""wbcnet.cells.stain: cells of three labs' stains redrawn in one reference nucleus stain.
 
 Real cells: Raabin-WBC from the bundled sample (magenta nuclei), PBC and BCCD crops under
 tests/data/framings (violet nuclei; BCCD's pale and blurred).
@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from test_locate import framing_paths
-from wbcnet import checkpoint as ckpt
-from wbcnet.data.preprocess import Preprocess, load_input
-from wbcnet.data.stain import REF_NUCLEUS, measure, normalize_stain
-from wbcnet.errors import WbcnetError
+from wbcnet.models import checkpoint as ckpt
+from wbcnet.cells.preprocess import Preprocess, load_input
+from wbcnet.cells.stain import REF_NUCLEUS, measure, normalize_stain
+from wbcnet.core.errors import WbcnetError
 
 
 def nucleus_od(rgb: np.ndarray) -> np.ndarray:
@@ -64,7 +64,7 @@ def test_pictures_without_stain_are_left_alone_and_bad_names_refused():
 def test_the_checkpoint_carries_the_stain_to_every_decode(tmp_path):
     """A checkpoint that asks for the stain gets it (and the decode cache keeps the two apart)."""
     from wbcnet.data.cache import decode_images
-    from wbcnet.data.preprocess import from_meta
+    from wbcnet.cells.preprocess import from_meta
 
     plain, stained = Preprocess(112, "cell"), Preprocess(112, "cell", stain="nucleus")
     assert plain.key() != stained.key() and "stain" not in plain.to_dict()

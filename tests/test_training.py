@@ -4,10 +4,10 @@ import json
 import pytest
 import torch
 
-from wbcnet import checkpoint as ckpt
-from wbcnet.errors import WbcnetError
+from wbcnet.models import checkpoint as ckpt
+from wbcnet.core.errors import WbcnetError
 from wbcnet.models import create_model
-from wbcnet.train import fit
+from wbcnet.training.classifier import fit
 
 from conftest import small_config
 

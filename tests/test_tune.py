@@ -6,9 +6,9 @@ import json
 import pytest
 import yaml
 
-from wbcnet.cli import main
-from wbcnet.config import TrainConfig
-from wbcnet.tune import read_space
+from wbcnet.cli.main import main
+from wbcnet.training.config import TrainConfig
+from wbcnet.training.tune import read_space
 
 from conftest import SAMPLE
 
@@ -64,7 +64,7 @@ def test_two_trials_then_the_same_command_continues_the_study(base, capsys):
     ({"lr": {"choices": []}}, "needs low < high"),
 ])
 def test_a_bad_search_space_is_refused_before_any_trial(tmp_path, space, message):
-    from wbcnet.errors import WbcnetError
+    from wbcnet.core.errors import WbcnetError
 
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(space))
     with pytest.raises(WbcnetError, match=message):
@@ -72,13 +72,13 @@ def test_a_bad_search_space_is_refused_before_any_trial(tmp_path, space, message
 
 
 def test_the_default_space_is_valid():
-    from wbcnet.tune import DEFAULT_SPACE
+    from wbcnet.training.tune import DEFAULT_SPACE
 
     assert "lr" in read_space(DEFAULT_SPACE)
 
 
 def test_choices_come_back_as_the_values_they_were():
-    from wbcnet.tune import settings_of
+    from wbcnet.training.tune import settings_of
 
     space = {"optimizer": {"choices": ["adamw", "sgd"]}, "model_args.widths": {"choices": [[8, 16, 32, 48]]},
              "lr": {"low": 1e-3, "high": 1e-2}}

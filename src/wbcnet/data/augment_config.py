@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import WbcnetError
+from ..core.errors import WbcnetError
 
 
 @dataclass

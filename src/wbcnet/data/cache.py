@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..files import atomic_write, write_text_atomic
-from .imageio import ImageReadError
-from .preprocess import Preprocess, load_input
+from ..cells.preprocess import Preprocess, load_input
+from ..core.files import atomic_write, write_text_atomic
+from ..core.imageio import ImageReadError
 
 CACHE_VERSION = 2  # bump when load_rgb's resizing or the cell crop changes
 # Pillow's decode and resize release the GIL, so threads share the cores well for whole pictures;

@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import WbcnetError
-from .imageio import IMAGE_EXTENSIONS, is_candidate
+from ..core.errors import WbcnetError
+from ..core.imageio import IMAGE_EXTENSIONS, is_candidate
 
 # The label a suggestion sheet gives a cell a person skipped (not a white cell, can't tell).
 SKIP = "skip"

@@ -17,7 +17,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import WbcnetError
+from ..core.errors import WbcnetError
 from .scan import Sample, default_group
 
 GROUP_RULES = ("auto", "name", "column", "none")  # or "regex:PATTERN"

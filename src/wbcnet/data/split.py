@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import WbcnetError
-from ..files import atomic_write
+from ..core.errors import WbcnetError
+from ..core.files import atomic_write
 from .scan import Sample, manifest_path, read_manifest
 
 SPLITS = ("train", "val", "test")

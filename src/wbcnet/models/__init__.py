@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from ..errors import WbcnetError
-from ..weights import read_pretrained
+from ..core.errors import WbcnetError
+from ..core.weights import read_pretrained
 from .mhcnn import MHCNN
 from .seed import SeedMHCNN
 
@@ -21,6 +21,13 @@ _REGISTRY = {
 }
 
 TIMM_EXAMPLES = ["resnet18", "convnext_atto", "efficientnet_b0", "vit_tiny_patch16_224", "mobilenetv3_small_100"]
+
+
+def classifier_layer(model: nn.Module) -> nn.Module:
+    """The layer that turns features into class scores: its input is the image's feature vector."""
+    if hasattr(model, "get_classifier"):  # timm
+        return model.get_classifier()
+    return [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
 
 
 def list_models() -> dict[str, str]:

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import WbcnetError
+from ..core.errors import WbcnetError
 
 NORMS = ("batch", "group", "layer")
 

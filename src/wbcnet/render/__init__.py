@@ -1,4 +1,4 @@
-"""Showing what was computed: records (results.py) -> CSV, JSON, pictures and HTML pages.
+"""Showing what was computed: records (core/results.py) -> CSV, JSON, pictures and HTML pages.
 
     tables.py        CSV and JSON files, written atomically
     draw.py          PALETTE (a colour per class) and draw_field (a field with its boxes)

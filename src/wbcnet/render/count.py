@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import WbcnetError
-from ..files import write_text_atomic
-from ..results import Candidate, CellResult, CountResult, Differential, FieldResult
+from ..core.errors import WbcnetError
+from ..core.files import write_text_atomic
+from ..core.results import Candidate, CellResult, CountResult, Differential, FieldResult
 from .count_report import FIELDS_SHOWN, GALLERY_PER_CLASS, GALLERY_REFERRED, render_count_report
 from .draw import class_colours, draw_field
 from .tables import write_csv, write_json
@@ -107,7 +107,7 @@ class CountOutput:
         return False
 
     def _message(self, error: OSError) -> str:
-        from ..files import _reason
+        from ..core.files import _reason
 
         why = "no space left on the device" if error.errno in (errno.ENOSPC, errno.EDQUOT) else _reason(error)
         return f"{self.out}: cannot write the count ({why}); nothing of it was kept"
@@ -162,7 +162,7 @@ class CountOutput:
 
     def finish(self, result: CountResult) -> Path:
         """Write the tables, count.html and count.json, then move them into place; count.json last."""
-        from ..plots import plot_differential
+        from .plots import plot_differential
 
         with self._writing():
             write_cells_csv(self.work / "cells.csv", result)

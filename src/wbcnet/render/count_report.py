@@ -1,6 +1,6 @@
 """count.html: the differential, its bar chart, a few fields with their boxes, a gallery of the
 cells of each class and the referred ones, and the scores against hand-drawn boxes where given.
-Self-contained like report.html (htmlpage.py): no script, every picture a data URI.
+Self-contained like report.html (render/html.py): no script, every picture a data URI.
 
 It reads a CountResult and the pictures render/count.CountOutput kept while the count ran (the
 drawn fields, each cell's picture): no field is read again here."""
@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..htmlpage import data_uri, escape, page, png_uri, table
-from ..results import CellResult, CountResult
+from ..core.results import CellResult, CountResult
+from .html import data_uri, escape, page, png_uri, table
 
 # Enough to see what a class looks like and to spot a wrong one, few enough for a light page.
 GALLERY_PER_CLASS = 24

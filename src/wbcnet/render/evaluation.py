@@ -6,10 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import analysis, explain, plots
-from .. import calibration as cal
-from ..files import write_text_atomic
-from ..results import CellResult, EvalResult
+from ..core.files import write_text_atomic
+from ..core.results import CellResult, EvalResult
+from . import plots, tiles
 from .report import write_report
 from .tables import write_csv, write_json
 
@@ -30,9 +29,9 @@ def write_evaluation(out, result: EvalResult, title: str | None = None, run_dir=
               (c.to_row(classes, "evaluate") for c in result.cells))
 
     figs = {"confusion": plots.plot_confusion(metrics, out / "confusion_matrix.png", title),
-            "per_class": analysis.plot_per_class(metrics, out / "per_class.png"),
-            "reliability": cal.plot_reliability(result.reliability, out / "reliability.png"),
-            "coverage": analysis.plot_coverage(result.coverage, out / "coverage.png")}
+            "per_class": plots.plot_per_class(metrics, out / "per_class.png"),
+            "reliability": plots.plot_reliability(result.reliability, out / "reliability.png"),
+            "coverage": plots.plot_coverage(result.coverage, out / "coverage.png")}
     if run_dir is not None and (Path(run_dir) / "metrics.csv").exists():
         figs["training_curves"] = plots.plot_curves(Path(run_dir) / "metrics.csv", out / "training_curves.png")
     if images is not None:
@@ -40,7 +39,7 @@ def write_evaluation(out, result: EvalResult, title: str | None = None, run_dir=
         y_true = np.array([index[c.true_class] for c in result.cells], dtype=np.int64)
         y_pred = np.array([index[c.class_name] for c in result.cells], dtype=np.int64)
         confidence = np.array([c.confidence for c in result.cells])
-        figs["error_gallery"] = explain.plot_error_gallery(images, y_true, y_pred, confidence, classes,
+        figs["error_gallery"] = tiles.plot_error_gallery(images, y_true, y_pred, confidence, classes,
                                                            out / "error_gallery.png")
     figs.update(figures or {})
     write_report(out, result, figs, title)
@@ -49,7 +48,7 @@ def write_evaluation(out, result: EvalResult, title: str | None = None, run_dir=
 
 def write_summary(out, rows: list[dict], title: str = "Evaluation on several sets") -> None:
     """summary.csv, summary.md and report.html: one row per set, each linking to its own report."""
-    from ..htmlpage import escape, page, table
+    from .html import escape, page, table
 
     out = Path(out)
     write_csv(out / "summary.csv", EvalResult.SUMMARY_COLUMNS, rows)

@@ -1,7 +1,7 @@
 """One self-contained report.html per evaluation: every number and picture in one file.
 
 Pictures are embedded as base64 data URIs, so the file can be mailed or archived on its own and
-opens offline; there is no script, no external stylesheet, font or URL (htmlpage.py makes sure).
+opens offline; there is no script, no external stylesheet, font or URL (render/html.py makes sure).
 """
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from datetime import datetime
 from pathlib import Path
 
 from .. import __version__
-from ..files import write_text_atomic
-from ..htmlpage import escape as _e
-from ..htmlpage import page, png_uri, table
-from ..results import EvalResult
+from ..core.files import write_text_atomic
+from ..core.results import EvalResult
+from .html import escape as _e
+from .html import page, png_uri, table
 
 SECTIONS = [("data", "Data"), ("metrics", "Metrics"), ("confusion", "Confusion"), ("calibration", "Calibration"),
             ("selective", "Selective prediction"), ("errors", "Errors"), ("explain", "Where it looked")]

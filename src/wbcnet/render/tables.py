@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Iterable
 
-from ..files import atomic_write, write_text_atomic
+from ..core.files import atomic_write, write_text_atomic
 
 
 def write_csv(path, columns: list[str], rows: Iterable) -> Path:

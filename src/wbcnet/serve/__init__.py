@@ -3,7 +3,7 @@
     worker.py   the one thread that runs the model; requests that arrive together share a batch
     uploads.py  what a client sends: the body-size cap, temporary files, decoding, display names
     app.py      the FastAPI app: routes, the page; create_app() and serve()
-    schemas.py  the answers' Pydantic models, built from the records of results.py (/openapi.json)
+    schemas.py  the answers' Pydantic models, built from the records of core/results.py (/openapi.json)
     labapi.py   teaching it a lab (the page's second tab): uploads, suggested cells, labels, adapt, jobs
     finderapi.py teaching the finder a lab: its fields with the finds, a person's points, the finder job
     access.py   who may use it off loopback: a token or a password file on every /v1 route (401 otherwise)
@@ -16,7 +16,7 @@
 Serve is thin: cells go through the same decode and cell crop as `predict`
 (data/preprocess.load_input), the model runs through inference.run_model, fields through
 count.find_fields (in a thread) and count.classify_found (on the model's thread), maps through
-explain.explain_images. Every answer is a record's to_dict() (results.py); /docs works offline
+explain.explain_images. Every answer is a record's to_dict() (core/results.py); /docs works offline
 (fastapi-offline serves Swagger UI itself).
 """
 from .app import create_app, serve

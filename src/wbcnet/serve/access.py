@@ -42,7 +42,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBasic, HTTPBasicC
 from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse
 
-from ..errors import WbcnetError
+from ..core.errors import WbcnetError
 
 TOKEN_ENV = "WBCNET_TOKEN"
 REALM = "wbcnet"

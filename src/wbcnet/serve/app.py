@@ -39,16 +39,17 @@ from fastapi_offline import FastAPIOffline
 from PIL import Image
 
 from .. import __version__
-from ..count import classify_found, count_warnings, differential, find_fields, lab_finder
+from ..cells.preprocess import from_meta
+from ..core.errors import WbcnetError
+from ..core.files import ensure_writable_dir
+from ..core.results import CellResult, CountResult
 from ..data.cache import default_workers
-from ..data.preprocess import from_meta
-from ..errors import WbcnetError
-from ..explain import explain_images, overlay
-from ..files import ensure_writable_dir
-from ..inference import run_model
+from ..inference.count import classify_found, count_warnings, differential, find_fields, lab_finder
+from ..inference.explain import explain_images
+from ..render.tiles import overlay
+from ..inference.runner import run_model
+from ..models.shift import unfamiliar_warning
 from ..render.draw import class_colours, draw_field
-from ..results import CellResult, CountResult
-from ..shift import unfamiliar_warning
 from .access import Access, Guard
 from .datadir import LabStore, Refused, check_data_folder, make_data_folder
 from .finderapi import finder_router

@@ -32,9 +32,9 @@ import threading
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from ..data.imageio import ImageReadError, image_info
-from ..errors import WbcnetError
-from ..files import atomic_write, write_text_atomic
+from ..core.errors import WbcnetError
+from ..core.files import atomic_write, write_text_atomic
+from ..core.imageio import ImageReadError, image_info
 
 ID = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
 # The sheet's label for a suggested picture that is no white cell (or too poor to say): kept, so the
@@ -128,7 +128,7 @@ def field_size(path: Path) -> tuple[int, int]:
 
 def is_field(width: int, height: int) -> bool:
     """A whole field rather than a single cell, by lab.suggest's rule for `kind=auto`."""
-    from ..lab import FIELD_ASPECT, FIELD_MIN_SIDE
+    from ..inference.lab_cells import FIELD_ASPECT, FIELD_MIN_SIDE
 
     return max(width, height) >= FIELD_ASPECT * min(width, height) or min(width, height) >= FIELD_MIN_SIDE
 

@@ -29,7 +29,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from PIL import Image
 
-from ..data.imageio import ImageReadError, load_rgb
+from ..core.imageio import ImageReadError, load_rgb
 from .datadir import POINT_KINDS, LabStore, Refused, field_size, is_field
 from .jobs import Job, Jobs
 from .labapi import job_answer
@@ -111,7 +111,7 @@ def finder_router(data: Path, labs: LabStore, models: Models, jobs: Jobs) -> API
         weights = models.finder(name)  # 404 for an unknown model
 
         def work():
-            from ..data import locate
+            from ..cells import locate
 
             up, path, _, _ = field_of(lab, field_id)
             try:
@@ -208,7 +208,7 @@ def finder_router(data: Path, labs: LabStore, models: Models, jobs: Jobs) -> API
         models.check_new_name(req.name, taken())  # again, with no await before submit: two requests can't both pass
 
         def work(job: Job, on_progress) -> str:
-            from ..finder.adapt import adapt_finder
+            from ..lab.finder import adapt_finder
 
             holder = models.partial(job.id)  # removed at the next start if the server stops meanwhile
             out = holder / "model"  # adapt_finder's own partial folder lies beside it, inside the holder

@@ -24,8 +24,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-from ..errors import WbcnetError
-from ..files import write_text_atomic
+from ..core.errors import WbcnetError
+from ..core.files import write_text_atomic
 from .datadir import Unavailable
 from .registry import now
 

@@ -31,19 +31,8 @@ from fastapi.responses import FileResponse, Response
 from .datadir import SKIP, Cell, LabStore, NotFound, Refused, check_id, make_data_folder
 from .jobs import Job, Jobs
 from .registry import ModelRecord, Models, now, without_paths
-from .schemas import (
-    AdaptRequest,
-    JobAnswer,
-    JobList,
-    LabAnswer,
-    LabCell,
-    LabelBody,
-    LabelList,
-    LabList,
-    ModelList,
-    UploadAnswer,
-    errors,
-)
+from .schemas import (AdaptRequest, JobAnswer, JobList, LabAnswer, LabCell, LabelBody, LabelList, LabList, ModelList,
+                      UploadAnswer, errors)
 from .uploads import save_uploads
 
 
@@ -143,7 +132,7 @@ def lab_router(data: Path, labs: LabStore, models: Models, jobs: Jobs, check_cou
         ids = [u.id for u in taken]
 
         def work(job: Job, on_progress) -> str:
-            from ..lab import suggest
+            from ..lab.suggest import suggest
 
             try:
                 k, folder = labs.new_round(lab)
@@ -221,7 +210,7 @@ def lab_router(data: Path, labs: LabStore, models: Models, jobs: Jobs, check_cou
         models.check_new_name(req.name, taken())  # again, with no await before submit: two requests can't both pass
 
         def work(job: Job, on_progress) -> str:
-            from ..adapt import adapt_lab
+            from ..lab.adapt import adapt_lab
 
             out = models.partial(job.id)
             try:

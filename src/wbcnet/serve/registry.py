@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..checkpoint import SHIPPED, load_model
-from ..files import write_text_atomic
+from ..core.files import write_text_atomic
+from ..models.checkpoint import SHIPPED, load_model
 from .datadir import ID, Conflict, NotFound, check_id
 
 INFO = "model-info.json"
@@ -128,7 +128,7 @@ class Models:
         """The finder a model counts with, as a path without suffix: its lab's (finder.json beside
         its checkpoint, count.lab_finder's rule), or None for the shipped finder."""
         if name is None or name == self.default.name:
-            from ..count import lab_finder  # the shipped model's own folder holds the shipped finder: not a lab's
+            from ..inference.count import lab_finder
 
             found = lab_finder(self.default.meta)
             return Path(found) if found else None

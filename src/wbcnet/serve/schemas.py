@@ -1,4 +1,4 @@
-"""The API's response models, built from the records of results.py.
+"""The API's response models, built from the records of core/results.py.
 
 `api_model(CellResult)` is a Pydantic model with one field per JSON key of the record (its
 `to_dict()`): the dataclass field's type (records inside it replaced by their own models), its
@@ -16,7 +16,7 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from ..results import CellResult, CountResult, Record
+from ..core.results import CellResult, CountResult, Record
 
 _MODELS: dict[type, type[BaseModel]] = {}
 

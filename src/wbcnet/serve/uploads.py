@@ -1,7 +1,7 @@
 """What a client sends: the cap on a request's size, and uploaded files on their way to pixels.
 
 Uploads are written under a fresh temporary folder, each as `upload-<n>` (the client's file
-name is a label for the answer, never part of a path), and read back by data/imageio.py like any
+name is a label for the answer, never part of a path), and read back by core/imageio.py like any
 file on disk, so an upload is decoded, EXIF-turned, size-checked and cell-cropped exactly as
 `wbcnet predict` would treat the same file.
 """

@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..inference import Predictions, run_model
+from ..inference.runner import Predictions, run_model
 
 _STOP = object()
 
