@@ -69,7 +69,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_adapt(args) -> int:
-    from ..lab.adapt import run_command
+    from .adapt import run_command
 
     return run_command(InferenceOptions.from_args(args), from_flags(AdaptOptions, args), args)
 
