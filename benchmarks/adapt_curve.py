@@ -1,6 +1,7 @@
-"""Several `wbcnet adapt --shots` curves on one figure, and their table in markdown.
+"""Several `wbcnet adapt --shots` curves on one figure, and their table in markdown: issue 19's
+comparison of labelled, unlabelled and suggested cells (bash benchmarks/adapt_curves.sh runs them).
 
-    python scripts/adapt_curves.py runs/adapt/raabin-pbc-labels runs/adapt/raabin-pbc-semi \
+    python -m benchmarks.adapt_curve runs/adapt/raabin-pbc-labels runs/adapt/raabin-pbc-semi \
         runs/adapt/raabin-pbc-semi-suggested --out docs/adapt/raabin-only-to-pbc
 
 Each folder holds the learning_curve.json that `wbcnet adapt --shots` wrote; a curve is named by
@@ -14,6 +15,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+from wbcnet.render.plots import pyplot
 
 
 def curve_name(rows: list[dict]) -> str:
@@ -32,7 +35,7 @@ def summarise(rows: list[dict]) -> list[tuple[int, float, float, int]]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.adapt_curve", description=__doc__.splitlines()[0])
     ap.add_argument("folders", nargs="+")
     ap.add_argument("--out", required=True, help="path without extension: OUT.png and OUT.md")
     ap.add_argument("--title", default="How many cells should a lab label?")
@@ -45,11 +48,7 @@ def main(argv=None) -> int:
             return 2
         d = json.loads(path.read_text())
         curves.append((curve_name(d["rows"]), summarise(d["rows"]), d))
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for name, stats, _ in curves:
         ax.errorbar([s[0] for s in stats], [s[1] for s in stats], yerr=[s[2] for s in stats], marker="o", capsize=3,
@@ -71,6 +70,7 @@ def main(argv=None) -> int:
         by_k = {s[0]: s for s in stats}
         md.append(f"| {name} | " + " | ".join(f"{by_k[k][1]:.3f} ± {by_k[k][2]:.3f} ({by_k[k][3]})" if k in by_k
                                                else "—" for k in ks) + " |")
+    plt.close(fig)
     out.with_suffix(".md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return 0
