@@ -8,7 +8,7 @@
 
 Both use the learned finder (cells/finder/net.py, weights shipped in assets/finder.*) unless
 `finder="classic"` names the threshold finder of earlier versions (cells/classic.py), which
-is kept as the baseline and to label training pictures; see the README for where each is better.
+is kept as the baseline and to label training pictures; see docs/architecture.md ("Finding the white cells") for where each is better.
 
 The finder in use is one per process and one per weights file (`get_finder`), loaded on first
 use. It runs on one thread wherever it is called (decode threads share the cores).
