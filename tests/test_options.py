@@ -119,7 +119,8 @@ def test_command_options_are_checked_before_any_work(argv, needle, capsys):
 
 
 def test_command_option_flags_come_from_their_dataclasses():
-    from wbcnet.cli.options import AdaptOptions, ServeOptions, TuneOptions, from_flags
+    from wbcnet.cli.options import AdaptOptions, ServeOptions, TuneOptions
+    from wbcnet.core.flags import from_args as from_flags
 
     parse = build_parser().parse_args
     assert from_flags(ServeOptions, parse(["serve"])) == ServeOptions()

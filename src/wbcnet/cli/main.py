@@ -1,7 +1,6 @@
-"""`wbcnet` command line: argument parsing only, one function per subcommand; the flags and their
-checks are cli/options.py's (the train flags training/config.py's). User errors (WbcnetError, a full disk) are
-one line with exit code 2 (`--debug` shows the traceback); anything else is a bug in wbcnet and
-keeps its traceback. Parsing imports neither torch nor numpy: each command imports what it runs."""
+"""`wbcnet` command line: argument parsing only, one function per subcommand; each flag is declared on the field
+it sets (core/flags.py). User errors (WbcnetError, a full disk) are one line with exit code 2 (`--debug` shows the
+traceback); anything else is a bug in wbcnet and keeps its traceback. Parsing imports neither torch nor numpy."""
 from __future__ import annotations
 
 import argparse
@@ -15,7 +14,7 @@ from ..core.files import disk_full, disk_full_message, earlier_outputs_kept
 from .finder import add_parser as add_finder_commands
 from .options import (AdaptOptions, AuditOptions, CountOptions, DemoOptions, EvaluateOptions, ExportOptions,
                       InferenceOptions, PlotOptions, PredictOptions, PretrainOptions, ServeOptions, TrainOptions,
-                      TuneOptions, add_flags, from_flags, input_paths, shared_flags)
+                      TuneOptions, add_flags, add_pretrain_flags, from_args, input_paths, shared_flags)
 
 
 def cmd_train(args) -> int:
@@ -71,19 +70,19 @@ def cmd_evaluate(args) -> int:
 def cmd_adapt(args) -> int:
     from .adapt import run_command
 
-    return run_command(InferenceOptions.from_args(args), from_flags(AdaptOptions, args), args)
+    return run_command(InferenceOptions.from_args(args), from_args(AdaptOptions, args), args)
 
 
 def cmd_pretrain(args) -> int:
     from ..training.pretrain import run_command
 
-    return run_command(from_flags(PretrainOptions, args), args)  # lightly needed, and said first
+    return run_command(from_args(PretrainOptions, args), args)  # lightly needed, and said first
 
 
 def cmd_plot_confusion(args) -> int:
     from ..render.plots import plot_confusion
 
-    metrics, out = from_flags(PlotOptions, args).read()
+    metrics, out = from_args(PlotOptions, args).read()
     plot_confusion(metrics, out)
     print(f"wrote {out}")
     return 0
@@ -121,7 +120,7 @@ def cmd_count(args) -> int:
     from ..inference.count import run_count
     from ..render.count import CountOutput
 
-    opts, count_opts = InferenceOptions.from_args(args), from_flags(CountOptions, args)  # checked before any field is read
+    opts, count_opts = InferenceOptions.from_args(args), from_args(CountOptions, args)  # checked before any field is read
     paths = input_paths(args.inputs, "field images")
     out = prepare_output_dir(args.out, args.overwrite, "count folder")
     model, meta = opts.load_model()
@@ -160,7 +159,7 @@ def cmd_tune(args) -> int:
     from ..training.config import TrainConfig
     from ..training.tune import DEFAULT_SPACE, read_space, tune
 
-    t = from_flags(TuneOptions, args)  # Optuna needed, and said first
+    t = from_args(TuneOptions, args)  # Optuna needed, and said first
     out = Path(t.out or f"tune-{t.study}")
     s = tune(TrainConfig.from_yaml(t.config), read_space(t.space or DEFAULT_SPACE), t.storage, t.study, t.trials, out,
              epochs=t.epochs, timeout=t.timeout, pruner=t.pruner, seed=t.seed)
@@ -173,7 +172,7 @@ def cmd_tune(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    opts, o = InferenceOptions.from_args(args), from_flags(ServeOptions, args)  # FastAPI and uvicorn there
+    opts, o = InferenceOptions.from_args(args), from_args(ServeOptions, args)  # FastAPI and uvicorn there
     from ..serve.app import run_command
 
     return run_command(opts, o)
@@ -241,8 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
             "workers", "shift_check", "tta", "overwrite", options=EvaluateOptions, batch_size=128)
     command("adapt", cmd_adapt, "fit a model to your lab: a few labelled cells, its unlabelled pictures, or both; --suggest which to label", *model,
             "workers", "overwrite", options=AdaptOptions)
-    command("pretrain", cmd_pretrain, "self-supervised pretraining (SimCLR) of the backbone on cells without labels",
-            "device", "threads", "workers", options=PretrainOptions)
+    add_pretrain_flags(command("pretrain", cmd_pretrain, "self-supervised pretraining (SimCLR) of the backbone on "
+                               "cells without labels", "device", "threads", "workers"))
     command("plot-confusion", cmd_plot_confusion, "redraw a confusion matrix from metrics.json or a run folder",
             options=PlotOptions, progress=False)
     command("predict", cmd_predict, "classify image files, folders or globs into a CSV", "inputs", *model,

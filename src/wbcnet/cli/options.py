@@ -6,9 +6,9 @@
 - `shared_flags()`: the argparse parent that defines those flags (and --overwrite), each once, for
   every command that takes them.
 - `EvaluateOptions`, `PredictOptions`, `CountOptions`, `AdaptOptions`, `TuneOptions`,
-  `PretrainOptions`, `ServeOptions`, ...: each command's own options, checked when made;
-  `add_flags()` builds their flags from the fields (as config.add_train_flags does TrainConfig's),
-  with the same names on the parsed arguments.
+  `PretrainOptions`, `ServeOptions`, ...: each command's own options, checked when made; their
+  fields declare their flags (core/flags.py's `flag`, as TrainConfig's and PretrainConfig's do),
+  `add_flags()` builds them and `from_args()` makes the options from the parsed arguments.
 - The checks on the rest of a command's input: input paths, count's numbers.
 
 Imports neither torch nor numpy, so that `wbcnet --help` and argument errors answer at once.
@@ -18,10 +18,11 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from ..core.errors import WbcnetError, needs
+from ..core.flags import add_flags, flag, from_args  # noqa: F401 (from_args: main.py's, with the classes)
 
 
 def probability(text: str) -> float:
@@ -151,30 +152,6 @@ def check_count(target: int | None, truth: str | None) -> None:
         raise WbcnetError(f"--truth {truth}: no such file")
 
 
-def flag(default=None, help: str = "", **kw):
-    """A dataclass field that is a flag: its help and any other add_argument keywords."""
-    return field(default=default, metadata={"help": help, "kw": kw})
-
-
-def add_flags(parser, cls) -> None:
-    """One flag per field of the dataclass `cls` (made with flag()): --field-name (a positional
-    argument with positional=True), default the field's."""
-    for f in fields(cls):
-        kw = dict(f.metadata["kw"])
-        if f.default is False:
-            kw.setdefault("action", "store_true")
-        if kw.pop("positional", False):
-            parser.add_argument(f.name, help=f.metadata["help"], **kw)
-        else:
-            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=f.default,
-                                help=f.metadata["help"], **kw)
-
-
-def from_flags(cls, args: argparse.Namespace):
-    """The dataclass `cls` from its flags (add_flags), checked as it is made."""
-    return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
-
-
 @dataclass(frozen=True)
 class TrainOptions:  # the rest of train's flags are TrainConfig's (config.add_train_flags)
     config: str | None = flag(help="YAML config (flags given override it)")
@@ -200,7 +177,7 @@ class PlotOptions:
 class EvaluateOptions:
     data: list[str] = flag(help="ImageFolder or CSV manifest; classes matched by name. Repeat as NAME=PATH for several "
                            "sets (one folder each, plus summary.csv/.md and a summary report.html); with a multi-lab "
-                           "run's split.csv, NAME=split.csv keeps that lab's rows", required=True, action="append",
+                           "run's split.csv, NAME=split.csv keeps that lab's rows", required=True, append=True,
                            metavar="[NAME=]PATH")
     split: str | None = flag(help="with --data RUN/split.csv: evaluate only that split of the run",
                              choices=["train", "val", "test"])
@@ -209,7 +186,7 @@ class EvaluateOptions:
     home: str | None = flag(help="with several sets: the comma-separated sets of the training labs' own cells, against "
                             "which the shift score's AUROC is measured (default: sets named after a training lab, or "
                             "LAB_test)")
-    bootstrap: int = flag(1000, type=int, metavar="N",
+    bootstrap: int = flag(1000, metavar="N",
                           help="bootstrap resamples for the 95%% confidence intervals (default 1000; 0: none)")
 
 
@@ -223,7 +200,7 @@ class PredictOptions:
 
 @dataclass(frozen=True)
 class CountOptions:
-    target: int | None = flag(type=int, metavar="N", help="the number of cells the differential needs (e.g. 100 or "
+    target: int | None = flag(metavar="N", help="the number of cells the differential needs (e.g. 100 or "
                               "200): say whether it was reached")
     truth: str | None = flag(metavar="CSV", help="hand-drawn boxes, file,x0,y0,x1,y1[,label]: score the count against "
                              "them (detection recall/precision, type accuracy, differential error)")
@@ -239,7 +216,7 @@ class CountOptions:
 class ExportOptions:
     format: str = flag("onnx", choices=["onnx"])
     out: str | None = flag(help="ONNX path (default: beside the checkpoint, same name, .onnx)")
-    opset: int = flag(17, type=int)
+    opset: int = flag(17)
 
 
 @dataclass(frozen=True)
@@ -252,8 +229,8 @@ class AuditOptions:
 @dataclass(frozen=True)
 class DemoOptions:
     out: str | None = flag(help="new folder for the results (default wbcnet-demo-<time>)")
-    epochs: int = flag(30, type=int)
-    seed: int = flag(0, type=int)
+    epochs: int = flag(30)
+    seed: int = flag(0)
 
 
 @dataclass(frozen=True)
@@ -266,17 +243,17 @@ class AdaptOptions:
     unlabelled_kind: str = flag("auto", choices=["auto", "cells", "fields"],
                                 help="what --unlabelled holds (default auto: camera-shaped or large pictures are "
                                 "fields, square ones cells)")
-    suggest: int | None = flag(type=int, metavar="N", help="write the N cells of --unlabelled worth labelling to --out "
+    suggest: int | None = flag(metavar="N", help="write the N cells of --unlabelled worth labelling to --out "
                                "(suggest.csv and cells/): fill in its label column, then adapt --data suggest.csv")
     out: str = flag(help="new run folder (with --shots: a folder for the learning curve, emptied first with "
                     "--overwrite; with --suggest: the folder for the cells to label)", required=True)
-    epochs: int = flag(12, type=int, help="epochs on the labelled cells (default 12)")
-    steps: int = flag(500, type=int, help="self-training steps with --unlabelled (default 500; ~4 min on 2 cores)")
-    lr: float = flag(3e-4, type=float)
-    seed: int = flag(0, type=int)
+    epochs: int = flag(12, help="epochs on the labelled cells (default 12)")
+    steps: int = flag(500, help="self-training steps with --unlabelled (default 500; ~4 min on 2 cores)")
+    lr: float = flag(3e-4)
+    seed: int = flag(0)
     shots: str | None = flag(help="comma-separated cells per class, e.g. 5,10,25,50: adapt on that many cells of half "
                              "of --data's fields, score on the other half, and draw the learning curve")
-    repeats: int = flag(5, type=int, help="draws per --shots value (default 5)")
+    repeats: int = flag(5, help="draws per --shots value (default 5)")
     pick: str = flag("random", choices=["random", "any", "suggested"], help="with --shots: which cells are labelled: "
                      "k random ones of each class, k x classes at random blind to their class, or the ones --suggest "
                      "would show (default random)")
@@ -315,15 +292,15 @@ class AdaptOptions:
 class TuneOptions:
     config: str = flag(help="base training config (YAML), e.g. configs/multilab.yaml", required=True)
     trials: int = flag(help="finished trials the study should hold (a resumed study counts the ones it has)",
-                       type=int, required=True)
+                       required=True)
     storage: str = flag("sqlite:///tune.db", help="Optuna storage URL: sqlite:///FILE for one machine, "
                         "postgresql://USER:PASS@HOST/DB for several (default sqlite:///tune.db)")
     study: str = flag("wbcnet", help="study name in the storage (default wbcnet)")
     space: str | None = flag(help="search space YAML (default: the package's assets/tune_space.yaml)")
-    epochs: int = flag(6, type=int, help="epochs per trial (default 6)")
-    timeout: float | None = flag(type=float, metavar="S", help="stop starting trials after S seconds")
+    epochs: int = flag(6, help="epochs per trial (default 6)")
+    timeout: float | None = flag(metavar="S", help="stop starting trials after S seconds")
     pruner: str = flag("median", choices=["median", "hyperband", "none"])
-    seed: int = flag(0, type=int, help="the sampler's seed; give each process of a shared study its own")
+    seed: int = flag(0, help="the sampler's seed; give each process of a shared study its own")
     out: str | None = flag(help="folder for best.yaml, trials.csv, tune.html and the trials' runs (default tune-STUDY)")
 
     def __post_init__(self):
@@ -336,47 +313,31 @@ class TuneOptions:
             raise WbcnetError(f"--timeout {self.timeout}: must be a number of seconds above 0")
 
 
-def _recipe(name: str, help: str, kind=int):
-    """A pretrain flag whose default is the recipe's (pretrain_config.PretrainConfig)."""
-    from ..training.pretrain_config import default
-
-    return flag(help=f"{help} (default {default(name)})", type=kind)
-
-
 @dataclass(frozen=True)
-class PretrainOptions:  # pretrain_config.PretrainConfig is the run; these are its flags
-    data: list[str] | None = flag(help="an ImageFolder or CSV manifest of cells, its labels not used; repeatable",
-                                  action="append", metavar="NAME=PATH")
-    unlabelled: list[str] | None = flag(help="pictures without labels, single cells or whole fields (the finder cuts "
-                                        "a field's cells out); repeatable", action="append", metavar="[NAME=]PATH")
-    unlabelled_kind: str = flag("auto", choices=["auto", "cells", "fields"], help="what --unlabelled holds (default "
-                                "auto: camera-shaped or large pictures are fields)")
+class PretrainOptions:  # pretrain's flags that are not PretrainConfig's (training/pretrain_config.py declares those)
     config: str | None = flag(help="the wbcnet train config the backbone is for: its model, model_args, img_size, crop "
                               "and stain (default: train's defaults)", metavar="YAML")
-    out: str = flag(help="folder for backbone.safetensors, backbone.json, history.csv and loss.png", required=True)
     resume: bool = flag(False, help="continue the interrupted run in --out (the same command, plus --resume)")
-    model: str | None = flag(help="the model, over --config's")
-    img_size: int | None = flag(help="input size in pixels, over --config's (default the model's, 112)", type=int)
-    crop: str | None = flag(choices=["none", "cell"], help="over --config's: the whole picture, or the cell found in it")
-    epochs: int | None = _recipe("epochs", "passes over every cell")
-    batch_size: int | None = _recipe("batch_size", "cells a batch, two views each: the negatives of a view are the "
-                                     "batch's other 2B-2 views")
-    lr: float | None = _recipe("lr", "AdamW peak learning rate", float)
-    temperature: float | None = _recipe("temperature", "NT-Xent temperature", float)
-    warmup_epochs: float | None = _recipe("warmup_epochs", "epochs of linear learning-rate warmup before the cosine "
-                                          "decay", float)
-    seed: int | None = _recipe("seed", "seed of the model, the order, the views and dropout")
-    cache_dir: str = flag(".cache/wbcnet", help="decode cache folder for --data (default .cache/wbcnet)")
     no_cache: bool = flag(False, help="decode into memory only")
 
     def __post_init__(self):
         needs("pretrain", "lightly", install="lightly: pip install -e '.[pretrain]' (or pip install lightly)")
 
 
+def add_pretrain_flags(parser) -> None:
+    """pretrain's flags: PretrainConfig's (a flag not given leaves the recipe's value, or --config's) and
+    PretrainOptions', in the order `wbcnet pretrain --help` has always listed them."""
+    from ..training.pretrain_config import PretrainConfig
+
+    add_flags(parser, PretrainConfig, PretrainOptions, given_only=True, names=(
+        "data", "unlabelled", "unlabelled_kind", "config", "out", "resume", "model", "img_size", "crop", "epochs",
+        "batch_size", "lr", "temperature", "warmup_epochs", "seed", "cache_dir", "no_cache"))
+
+
 @dataclass(frozen=True)
 class ServeOptions:
     host: str = flag("127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    port: int = flag(8000, type=int, help="port (default 8000)")
+    port: int = flag(8000, help="port (default 8000)")
     allow_remote: bool = flag(False, help="allow a --host other than a loopback address, so that other machines can "
                               "reach the server; its API then needs a token (made and printed at start, or "
                               "--token) or a user's password (--users)")
@@ -387,8 +348,8 @@ class ServeOptions:
                              "with their password", metavar="FILE")
     hash_password: str | None = flag(help="print a --users line for USER, with the password asked for (or read from "
                                      "standard input), and exit", metavar="USER")
-    max_upload_mb: float = flag(20.0, type=float, help="largest request body, MB (default 20; larger gets 413)")
-    max_files: int = flag(64, type=int, help="most files per request (default 64)")
+    max_upload_mb: float = flag(20.0, help="largest request body, MB (default 20; larger gets 413)")
+    max_files: int = flag(64, help="most files per request (default 64)")
     data_dir: str | None = flag(help="folder for what the page's \"Teach it your lab\" keeps: uploads, labels, "
                                 "adapted models, jobs; made on start (default ./wbcnet-data, made only when "
                                 "something is first stored)", metavar="DIR")

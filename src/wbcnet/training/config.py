@@ -8,76 +8,69 @@ from __future__ import annotations
 
 import copy
 import re
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 import yaml
 
 from ..cells.stain import STAINS
 from ..core.errors import WbcnetError
+from ..core.flags import add_flags, flag, flag_name, given_values
 from ..data.augment_config import AugmentConfig
-
-
-def _opt(default, help: str, choices=None, flag: bool = True, append: bool = False, **kw):
-    """A config field with what `wbcnet train --help` says about it (`append`: a repeatable flag)."""
-    meta = {"help": help, "choices": choices, "flag": flag, "append": append}
-    if isinstance(default, (dict, list, AugmentConfig)):
-        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta, **kw)
-    return field(default=default, metadata=meta, **kw)
 
 
 @dataclass
 class TrainConfig:
-    data: str | list | dict | None = _opt(None, "training data: an ImageFolder (one folder per class) or a CSV "
+    data: str | list | dict | None = flag(None, "training data: an ImageFolder (one folder per class) or a CSV "
                                           "manifest path,label[,group]; repeat as NAME=PATH for several labs",
-                                          append=True)
-    group_by: str = _opt("auto", "how cells are grouped so a group stays on one side of a split: auto (fields of "
+                                          append=True, metavar="[NAME=]PATH")
+    group_by: str = flag("auto", "how cells are grouped so a group stays on one side of a split: auto (fields of "
                          "view from file names, one group per image where those look like labels), name, column, "
                          "none, or regex:PATTERN")
-    val_data: str | None = _opt(None, "separate validation set (default: split from --data)")
-    test_data: str | None = _opt(None, "separate test set (default: split from --data)")
-    classes: list[str] | None = _opt(None, "comma-separated class names to train on (default: every class folder)")
-    out: str | None = _opt(None, "new run folder (default runs/<model>-<time>); never overwritten")
-    model: str = _opt("mhcnn", "mhcnn, seed-mhcnn, or a timm model name")
-    model_args: dict = _opt({}, "constructor arguments of the model (YAML only)", flag=False)
-    pretrained: str | None = _opt(None, "weights to start from: a wbcnet pretrain folder (its backbone, every layer "
+    val_data: str | None = flag(None, "separate validation set (default: split from --data)", name="--val")
+    test_data: str | None = flag(None, "separate test set (default: split from --data)", name="--test")
+    classes: list[str] | None = flag(None, "comma-separated class names to train on (default: every class folder)")
+    out: str | None = flag(None, "new run folder (default runs/<model>-<time>); never overwritten")
+    model: str = flag("mhcnn", "mhcnn, seed-mhcnn, or a timm model name")
+    model_args: dict = flag({}, "constructor arguments of the model (YAML only)", cli=False)
+    pretrained: str | None = flag(None, "weights to start from: a wbcnet pretrain folder (its backbone, every layer "
                                   "but the classifier) or a local .safetensors file (the layers that fit); never "
                                   "downloaded")
-    init_from: str | None = _opt(None, "a wbcnet checkpoint to continue from (wbcnet adapt): its model, weights, "
-                                 "classes, preprocessing and input normalisation", flag=False)
-    teacher: str | None = _opt(None, "distil from this wbcnet checkpoint or run folder (a larger model, maybe at a "
+    init_from: str | None = flag(None, "a wbcnet checkpoint to continue from (wbcnet adapt): its model, weights, "
+                                 "classes, preprocessing and input normalisation", cli=False)
+    teacher: str | None = flag(None, "distil from this wbcnet checkpoint or run folder (a larger model, maybe at a "
                                "higher resolution): training images are decoded at its size, it scores every "
                                "augmented batch, and this model learns from its answers and the labels (training/distill.py)")
-    distill_weight: float = _opt(0.5, "with --teacher: the teacher's share of the loss (the labels' is the rest)")
-    distill_temperature: float = _opt(2.0, "with --teacher: the softmax temperature of the teacher's term")
-    img_size: int | None = _opt(None, "training size in pixels (default: the model's, 112 for mhcnn)")
-    crop: str = _opt("none", "what the model sees: the whole picture (none), or a square around the white cell "
+    distill_weight: float = flag(0.5, "with --teacher: the teacher's share of the loss (the labels' is the rest)")
+    distill_temperature: float = flag(2.0, "with --teacher: the softmax temperature of the teacher's term")
+    img_size: int | None = flag(None, "training size in pixels (default: the model's, 112 for mhcnn)")
+    crop: str = flag("none", "what the model sees: the whole picture (none), or a square around the white cell "
                      "found in it (cell), at the same scale whatever the lab's framing", choices=("none", "cell"))
-    crop_context: float = _opt(1.5, "with --crop cell: the crop's side in cell diameters")
-    stain: str = _opt("none", "redraw every image in one reference nucleus stain (nucleus), so that labs' "
+    crop_context: float = flag(1.5, "with --crop cell: the crop's side in cell diameters")
+    stain: str = flag("none", "redraw every image in one reference nucleus stain (nucleus), so that labs' "
                       "stain colours differ less, or leave its colours (none)", choices=STAINS)
-    epochs: int = _opt(50, "training epochs")
-    batch_size: int = _opt(64, "images per batch")
-    optimizer: str = _opt("adamw", "optimizer", choices=("adamw", "sgd"))
-    lr: float = _opt(2e-3, "peak learning rate (warmup, then cosine decay)")
-    weight_decay: float = _opt(0.05, "weight decay of weights (not of biases and norms)")
-    warmup_epochs: float = _opt(2.0, "linear learning-rate warmup, in epochs")
-    label_smoothing: float = _opt(0.1, "label smoothing of the cross-entropy")
-    balance: str = _opt("sampler", "minority classes: balanced batches (sampler), a class-weighted loss, or nothing",
+    epochs: int = flag(50, "training epochs")
+    batch_size: int = flag(64, "images per batch")
+    optimizer: str = flag("adamw", "optimizer", choices=("adamw", "sgd"))
+    lr: float = flag(2e-3, "peak learning rate (warmup, then cosine decay)")
+    weight_decay: float = flag(0.05, "weight decay of weights (not of biases and norms)")
+    warmup_epochs: float = flag(2.0, "linear learning-rate warmup, in epochs")
+    label_smoothing: float = flag(0.1, "label smoothing of the cross-entropy")
+    balance: str = flag("sampler", "minority classes: balanced batches (sampler), a class-weighted loss, or nothing",
                         choices=("sampler", "weighted_loss", "none"))
-    ema_decay: float = _opt(0.998, "exponential moving average of the weights (0: off)")
-    patience: int = _opt(15, "early stopping on validation macro-F1 after this many epochs without gain (0: off)")
-    merge_near_duplicates: bool = _opt(True, "keep one cell photographed twice on one side of the split")
-    val_frac: float = _opt(0.15, "share of the data for validation (when --val is not given)")
-    test_frac: float = _opt(0.15, "share of the data for the test split (when --test is not given)")
-    seed: int = _opt(0, "seed of the split, initialisation, sampling and augmentation")
-    device: str = _opt("cpu", "where to train: cpu, cuda, cuda:N, or auto (a GPU when there is one)")
-    bf16: bool | None = _opt(None, "bf16 autocast (default: on GPUs, and on CPUs that support it)")
-    channels_last: bool | None = _opt(None, "channels-last memory layout (default: with bf16)")
-    threads: int | None = _opt(None, "torch threads (default: torch's choice)")
-    workers: int | None = _opt(None, "image decoding threads (default: the cores, up to 8)")
-    cache_dir: str | None = _opt(".cache/wbcnet", "decode cache folder (none: decode into memory only)")
-    augment: AugmentConfig = _opt(AugmentConfig(), "augmentation strengths (YAML only)", flag=False)
-    progress: bool = _opt(True, "progress bars")
+    ema_decay: float = flag(0.998, "exponential moving average of the weights (0: off)")
+    patience: int = flag(15, "early stopping on validation macro-F1 after this many epochs without gain (0: off)")
+    merge_near_duplicates: bool = flag(True, "keep one cell photographed twice on one side of the split")
+    val_frac: float = flag(0.15, "share of the data for validation (when --val is not given)")
+    test_frac: float = flag(0.15, "share of the data for the test split (when --test is not given)")
+    seed: int = flag(0, "seed of the split, initialisation, sampling and augmentation")
+    device: str = flag("cpu", "where to train: cpu, cuda, cuda:N, or auto (a GPU when there is one)")
+    bf16: bool | None = flag(None, "bf16 autocast (default: on GPUs, and on CPUs that support it)")
+    channels_last: bool | None = flag(None, "channels-last memory layout (default: with bf16)")
+    threads: int | None = flag(None, "torch threads (default: torch's choice)")
+    workers: int | None = flag(None, "image decoding threads (default: the cores, up to 8)")
+    cache_dir: str | None = flag(".cache/wbcnet", "decode cache folder (none: decode into memory only)")
+    augment: AugmentConfig = flag(AugmentConfig(), "augmentation strengths (YAML only)", cli=False)
+    progress: bool = flag(True, "progress bars")
 
     def validate(self) -> "TrainConfig":
         """Raise WbcnetError naming the first bad value and what is allowed; returns self."""
@@ -180,51 +173,15 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def flag_fields() -> list:
-    """The fields `wbcnet train` offers as flags, with their defaults (for --help)."""
-    return [f for f in fields(TrainConfig) if f.metadata.get("flag", True)]
-
-
-def field_default(f):
-    return f.default_factory() if f.default is MISSING else f.default
-
-
-# Flags whose name is not the field's, kept from earlier versions of the CLI.
-FLAG_NAMES = {"val_data": "--val", "test_data": "--test"}
-
-
-def flag_name(name: str) -> str:
-    """The `wbcnet train` flag of a TrainConfig field: img_size -> --img-size."""
-    return FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
-
-
 def add_train_flags(p) -> None:
-    """One flag per TrainConfig field that offers one, with its type, choices and default; a flag
-    not given stays None (the YAML's value, or the field's default, holds)."""
-    import argparse
-
-    for f in flag_fields():
-        default = field_default(f)
-        help = f"{f.metadata['help']} (default: {'none' if default is None else default})"
-        kind = str(f.type)
-        if f.metadata.get("append"):
-            p.add_argument(flag_name(f.name), dest=f.name, action="append", default=None, metavar="[NAME=]PATH",
-                           help=help)
-        elif kind.startswith("bool"):
-            p.add_argument(flag_name(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                           help=help)
-        elif kind.startswith("list"):
-            p.add_argument(flag_name(f.name), dest=f.name, default=None, help=help,
-                           type=lambda v: [c.strip() for c in v.split(",") if c.strip()])
-        else:
-            convert = int if kind.startswith("int") else float if kind.startswith("float") else str
-            p.add_argument(flag_name(f.name), dest=f.name, type=convert, choices=f.metadata.get("choices"),
-                           default=None, help=help)
+    """One flag per TrainConfig field that offers one; a flag not given stays None (the YAML's value,
+    or the field's default, holds)."""
+    add_flags(p, TrainConfig, given_only=True, say_default=" (default: {default})")
 
 
 def given_flags(args) -> dict:
     """The TrainConfig fields that flags set (`--no-cache`: cache_dir None)."""
-    given = {f.name: getattr(args, f.name) for f in flag_fields() if getattr(args, f.name, None) is not None}
+    given = given_values(TrainConfig, args)
     if getattr(args, "no_cache", False) or str(given.get("cache_dir", "")).lower() == "none":
         given["cache_dir"] = None
     return given
@@ -232,7 +189,7 @@ def given_flags(args) -> dict:
 
 def ignored_on_resume(args) -> list[str]:
     """The flags (and --config) that `wbcnet train --resume` ignores: a run continues with its own config."""
-    return [flag_name(k) for k in given_flags(args)] + (["--config"] if args.config else [])
+    return [flag_name(TrainConfig, k) for k in given_flags(args)] + (["--config"] if args.config else [])
 
 
 def config_from_args(args) -> TrainConfig:
@@ -249,5 +206,4 @@ def config_from_args(args) -> TrainConfig:
     return cfg.validate()
 
 
-__all__ = ["TrainConfig", "AugmentConfig", "flag_fields", "field_default", "flag_name", "add_train_flags",
-           "given_flags", "ignored_on_resume", "config_from_args"]
+__all__ = ["TrainConfig", "AugmentConfig", "add_train_flags", "given_flags", "ignored_on_resume", "config_from_args"]

@@ -55,8 +55,7 @@ from ..inference.runner import resolve_device, use_bf16
 from ..models import classifier_layer
 from ..models.backbone import BackboneMeta, write_backbone
 from ..models.checkpoint import git_commit, optimizer_from_parts, optimizer_to_parts
-from .config import TrainConfig
-from .pretrain_config import TARGET_FIELDS, PretrainConfig, from_train_config
+from .pretrain_config import TARGET_FIELDS, PretrainConfig, config_from_args
 
 # The model's class count while pretraining: its classifier is never trained or saved.
 _UNUSED_CLASSES = 5
@@ -351,16 +350,7 @@ def _pretrain(cfg: PretrainConfig, out: Path, saved: tuple[dict, dict] | None, o
 
 def run_command(opts, args) -> int:
     """`wbcnet pretrain`: the run from its flags (and the target --config); KeyboardInterrupt says how to resume."""
-    base = TrainConfig.from_yaml(opts.config) if opts.config else TrainConfig()
-    for name in ("model", "img_size", "crop"):
-        if getattr(opts, name) is not None:
-            setattr(base, name, getattr(opts, name))
-    recipe = {k: getattr(opts, k) for k in ("epochs", "batch_size", "lr", "temperature", "warmup_epochs", "seed")
-              if getattr(opts, k) is not None}
-    cfg = from_train_config(base, out=opts.out, data=opts.data or [], unlabelled=opts.unlabelled or [],
-                            unlabelled_kind=opts.unlabelled_kind, device=args.device, threads=args.threads,
-                            workers=args.workers, cache_dir=None if opts.no_cache else opts.cache_dir,
-                            progress=not args.no_progress, **recipe)
+    cfg = config_from_args(args)
     try:
         pretrain(cfg, resume=opts.resume)
     except KeyboardInterrupt:

@@ -1,12 +1,13 @@
-"""The recipe of a `wbcnet pretrain` run (training/pretrain.py runs it): a plain dataclass, so that the
-command's flags and their defaults are built without importing torch (as augment_config.py is for
-training's augmentation)."""
+"""The recipe of a `wbcnet pretrain` run (training/pretrain.py runs it): a plain dataclass whose fields
+declare the command's flags (core/flags.py), so that they and their defaults are built without
+importing torch (as augment_config.py is for training's augmentation)."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from ..core.errors import WbcnetError
+from ..core.flags import flag, given_values
 from ..data.augment_config import AugmentConfig
 from .config import TrainConfig
 
@@ -25,33 +26,40 @@ RUN_ONLY = ("out", "device", "threads", "workers", "cache_dir", "progress")
 @dataclass
 class PretrainConfig:
     """One pretraining run: the cells, the classifier it is for, the recipe, and how it runs here."""
-    out: str
-    data: list = field(default_factory=list)        # NAME=PATH: ImageFolders / CSV manifests, labels ignored
-    unlabelled: list = field(default_factory=list)  # [NAME=]PATH: pictures of single cells or whole fields
-    unlabelled_kind: str = "auto"                    # lab.KINDS
+    out: str = flag(MISSING, "folder for backbone.safetensors, backbone.json, history.csv and loss.png", required=True)
+    data: list = flag([], "an ImageFolder or CSV manifest of cells, its labels not used; repeatable", append=True,
+                      metavar="NAME=PATH")
+    unlabelled: list = flag([], "pictures without labels, single cells or whole fields (the finder cuts a field's "
+                            "cells out); repeatable", append=True, metavar="[NAME=]PATH")
+    unlabelled_kind: str = flag("auto", "what --unlabelled holds (default auto: camera-shaped or large pictures are "
+                                "fields)", choices=("auto", "cells", "fields"))  # lab.KINDS
     # the classifier this backbone is for (wbcnet train's --config): its model and its inputs
-    model: str = "mhcnn"
+    model: str = flag("mhcnn", "the model, over --config's")
     model_args: dict = field(default_factory=dict)
-    img_size: int | None = None
-    crop: str = "none"
+    img_size: int | None = flag(None, "input size in pixels, over --config's (default the model's, 112)")
+    crop: str = flag("none", "over --config's: the whole picture, or the cell found in it", choices=("none", "cell"))
     crop_context: float = 1.5
     stain: str = "none"
-    # the recipe
-    epochs: int = 50                 # ~12 min an epoch of 21,000 cells on one busy fp32 CPU thread: resumable
-    batch_size: int = 128
-    lr: float = 1e-3                 # AdamW peak, after a linear warmup; cosine decay to 0
+    # the recipe. epochs: ~12 min an epoch of 21,000 cells on one busy fp32 CPU thread (resumable); lr: AdamW's
+    # peak, after a linear warmup, cosine decay to 0; temperature: NT-Xent's (SimCLR: 0.1-0.5), a low one tolerates
+    # same-class negatives
+    epochs: int = flag(50, "passes over every cell (default {default})")
+    batch_size: int = flag(128, "cells a batch, two views each: the negatives of a view are the batch's other 2B-2 "
+                           "views (default {default})")
+    lr: float = flag(1e-3, "AdamW peak learning rate (default {default})")
     weight_decay: float = 0.05
-    warmup_epochs: float = 5.0
-    temperature: float = 0.2         # NT-Xent's (SimCLR: 0.1-0.5); a low one tolerates same-class negatives
+    warmup_epochs: float = flag(5.0, "epochs of linear learning-rate warmup before the cosine decay (default "
+                                "{default})")
+    temperature: float = flag(0.2, "NT-Xent temperature (default {default})")
     proj_hidden_dim: int = 512       # the projection head (thrown away): features -> hidden -> proj_dim
     proj_dim: int = 128
-    seed: int = 0
+    seed: int = flag(0, "seed of the model, the order, the views and dropout (default {default})")
     augment: AugmentConfig = field(default_factory=lambda: STRONG)
     # how it runs here
     device: str = "cpu"
     threads: int | None = None
     workers: int | None = None
-    cache_dir: str | None = ".cache/wbcnet"
+    cache_dir: str | None = flag(".cache/wbcnet", "decode cache folder for --data (default {default})")
     progress: bool = True
 
     def __post_init__(self):
@@ -95,10 +103,15 @@ def from_train_config(base: TrainConfig, **kw) -> PretrainConfig:
     return PretrainConfig(**{k: getattr(base, k) for k in TARGET_FIELDS}, **kw)
 
 
-def default(name: str):
-    """A field's default, for the flags' help."""
-    f = PretrainConfig.__dataclass_fields__[name]
-    return f.default
+def config_from_args(args) -> PretrainConfig:
+    """`wbcnet pretrain`'s run: the model and inputs of the train --config (if any), the flags given over
+    them, and how it runs here (--device, --threads, --workers, --no-progress, --no-cache)."""
+    base = TrainConfig.from_yaml(args.config) if args.config else TrainConfig()
+    given = given_values(PretrainConfig, args)
+    if args.no_cache:
+        given["cache_dir"] = None
+    here = dict(device=args.device, threads=args.threads, workers=args.workers, progress=not args.no_progress)
+    return PretrainConfig(**{**{k: getattr(base, k) for k in TARGET_FIELDS}, **here, **given})
 
 
-__all__ = ["PretrainConfig", "STRONG", "TARGET_FIELDS", "RUN_ONLY", "from_train_config", "default"]
+__all__ = ["PretrainConfig", "STRONG", "TARGET_FIELDS", "RUN_ONLY", "from_train_config", "config_from_args"]
