@@ -4,7 +4,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench import QUICK, SHARED_TRAIN, Settings, default_train_args, recipe_epochs, run_all
+from benchmarks.bench import QUICK, SHARED_TRAIN, Settings, default_train_args, recipe_epochs, run_all
 
 
 def main(argv=None) -> int:

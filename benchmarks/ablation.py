@@ -28,7 +28,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import yaml
+from benchmarks.common import train_resumable
 
 # Every run starts from BASE; a run's overrides switch one thing on (or off).
 BASE = {
@@ -111,17 +111,10 @@ def run_env(threads: int | None) -> dict:
 def train_logged(cfg: dict, run: Path):
     """`wbcnet train` with `cfg` (written beside the run as RUN.yaml) into `run`, its output in
     RUN.log; a run already DONE is kept, one cut short is resumed. Returns (the open log, for the evaluation after it; seconds)."""
-    run.parent.mkdir(parents=True, exist_ok=True)
-    cfg_path = run.parent / f"{run.name}.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    log = open(run.parent / f"{run.name}.log", "a")  # a resumed run keeps its first part
     t0 = time.time()
     if not (run / "DONE").exists():
-        # A run cut short (a device's time ran out) goes on from its last epoch.
-        how = ["--resume", str(run)] if (run / "last.json").exists() else ["--config", str(cfg_path), "--out", str(run)]
-        subprocess.run([sys.executable, "-m", "wbcnet", "train", *how],
-                       stdout=log, stderr=subprocess.STDOUT, check=True, env=run_env(cfg.get("threads")))
-    return log, time.time() - t0
+        train_resumable(cfg, run, env=run_env(cfg.get("threads")))
+    return open(run.parent / f"{run.name}.log", "a"), time.time() - t0
 
 
 def run_one(name: str, labs: list[str], overrides: list[dict], args) -> dict:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import yaml
 
-from benchmarks.bench import cpu_summary, median_seconds
+from benchmarks.common import cpu_summary, median_seconds, table_lines
 from wbcnet.models.checkpoint import git_commit
 from wbcnet.training.config import TrainConfig
 from wbcnet.data.augment import AugmentConfig, augment_batch, normalize
@@ -71,9 +71,8 @@ def main(argv=None) -> int:
     commit = git_commit() or "unknown"
     lines = ["# Augmentation throughput, before and after issue 28", "",
              f"`python -m benchmarks.augment_speed{' --cells ' + str(a.cells) if a.cells else ''}`: commit `{commit}`, "
-             f"{cpu_summary()}, torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), bf16 autocast {'on' if bf16 else 'off'}; {what}; median of {a.repeats} batches.", "",
-             "| what | ms a batch | images/s |", "|---|---|---|"]
-    lines += [f"| {n} | {s * 1000:.1f} | {batch / s:.0f} |" for n, s in rows]
+             f"{cpu_summary()}, torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), bf16 autocast {'on' if bf16 else 'off'}; {what}; median of {a.repeats} batches.", ""]
+    lines += table_lines(("what", "ms a batch", "images/s"), [(n, f"{s * 1000:.1f}", f"{batch / s:.0f}") for n, s in rows])
     before, after = rows[3][1], rows[4][1]
     lines += ["", f"A training step with the new augmentation runs at {before / after:.0%} of the old one's speed "
               f"(the target: at least 80%)."]

@@ -101,7 +101,8 @@ def cmd_speed(args) -> None:
     """img/s of training steps and of batch inference on this machine's CPU, per model."""
     import numpy as np
 
-    from benchmarks.bench import Settings, make_model, median_seconds, training_img_per_s
+    from benchmarks.bench import Settings, make_model, training_img_per_s
+    from benchmarks.common import median_seconds
     from wbcnet.inference.runner import predict_logits, use_bf16
 
     bf16 = use_bf16()

@@ -49,7 +49,9 @@ SRC = REPO / "src"
 sys.path.insert(0, str(SRC))
 
 import wbcnet  # noqa: E402
-from wbcnet.models.checkpoint import git_commit, load_model, new_meta, resolve_checkpoint, save_checkpoint
+from benchmarks.common import cpu_flags, git_state, median_seconds, seconds, table_lines
+# git_commit: the package's (tests/test_bench.py), which common.git_state stamps the tables with
+from wbcnet.models.checkpoint import git_commit, load_model, new_meta, resolve_checkpoint, save_checkpoint  # noqa: F401
 from wbcnet.training.config import TrainConfig
 from wbcnet.data.cache import cached_decode, decode_images, default_workers
 from wbcnet.core.imageio import load_rgb
@@ -122,23 +124,6 @@ OTHER_BENCHMARKS = """
 """
 
 
-def median_seconds(fn, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def seconds(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
 def at_least(value: float, target: float, fmt: str) -> str:
     return "met" if value >= target else f"gap: measured {fmt.format(value)}"
 
@@ -150,40 +135,6 @@ def at_most(value: float, target: float, fmt: str) -> str:
 def row(measurement: str, value: str, target: str = "—", verdict: str = "—") -> dict:
     print(f"  {measurement}: {value}" + (f"  [{target}: {verdict}]" if target != "—" else ""), flush=True)
     return {"measurement": measurement, "value": value, "target": target, "verdict": verdict}
-
-
-def cpu_flags() -> tuple[str, set[str]]:
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and ":" in line:
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and ":" in line:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return model, flags
-
-
-def cpu_summary() -> str:
-    """The CPU's model name, its core count and whether it has bf16 (AVX-512 BF16 or AMX), for a
-    results line."""
-    model, flags = cpu_flags()
-    bf16 = "avx512_bf16" in flags or "amx_bf16" in flags
-    return f"{model}, {os.cpu_count()} cores, bf16 {'yes' if bf16 else 'no'}"
-
-
-def git_state() -> str:
-    """The commit checkpoints record (checkpoint.git_commit), and whether the package's sources
-    differ from it: the numbers measure the working tree, not necessarily that commit."""
-    commit = git_commit() or "unknown"
-    try:
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "src"], cwd=REPO,
-                               capture_output=True, text=True, timeout=10).stdout.split("\n")
-    except (OSError, subprocess.SubprocessError):
-        return commit
-    changed = sorted(line[3:] for line in dirty if line.strip())
-    return commit + (f" (with uncommitted changes to {', '.join(changed)})" if changed else "")
 
 
 def child_env() -> dict[str, str]:
@@ -644,10 +595,6 @@ def bench_full_training(train_args: str, full_epochs: int, workdir: Path) -> lis
 COLUMNS = ("measurement", "value", "target", "verdict")
 
 
-def cell(text: str) -> str:
-    return str(text).replace("|", "\\|")  # a bare | would end the markdown table cell
-
-
 def render(info: dict, sections: list[tuple[str, str, list[dict]]], s: Settings, argv: list[str]) -> str:
     lines = ["# wbcnet benchmarks", ""]
     if s.quick:
@@ -658,13 +605,12 @@ def render(info: dict, sections: list[tuple[str, str, list[dict]]], s: Settings,
     lines += ["## Machine", "", "| | |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in info.items()] + [""]
     targets = [(title, r) for title, _, rows in sections for r in rows if r["target"] != "—"]
     if targets:
-        lines += ["## Targets at a glance", "", "| section | measurement | value | target | verdict |",
-                  "| --- | --- | --- | --- | --- |"]
-        lines += [f"| {t.split(')')[0]}) | " + " | ".join(cell(r[k]) for k in COLUMNS) + " |" for t, r in targets]
-        lines += [""]
+        lines += ["## Targets at a glance", ""]
+        lines += table_lines(("section",) + COLUMNS, [[f"{t.split(')')[0]})"] + [r[k] for k in COLUMNS]
+                                                       for t, r in targets], spaced=True) + [""]
     for title, note, rows in sections:
-        lines += [f"## {title}", "", note, "", "| " + " | ".join(COLUMNS) + " |", "| --- | --- | --- | --- |"]
-        lines += ["| " + " | ".join(cell(r[k]) for k in COLUMNS) + " |" for r in rows] + [""]
+        lines += [f"## {title}", "", note, ""] + table_lines(COLUMNS, [[r[k] for k in COLUMNS] for r in rows],
+                                                                spaced=True) + [""]
     return "\n".join(lines)
 
 

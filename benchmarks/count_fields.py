@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from benchmarks.bench import cpu_summary, git_state
+from benchmarks.common import cpu_summary, git_state
 from wbcnet.inference.count import match_boxes, read_truth
 from wbcnet.cells.locate import find_cells
 

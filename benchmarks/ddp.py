@@ -55,16 +55,15 @@ def main(argv=None) -> int:
             best = max(float(r["img_per_s"]) for r in (epochs[1:] or epochs))
             rows.append((label, best, wall))
             print(f"{label}: {best:.0f} img/s training, {wall:.0f} s for the command", flush=True)
-    from benchmarks.bench import git_state
+    from benchmarks.common import git_state, table_lines
 
     commit = git_state()
     lines = ["# Data-parallel training on this CPU", "",
              f"`python -m benchmarks.ddp --data {args.data} --epochs {args.epochs}` at commit {commit}, "
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; mhcnn at 112 px, batch {args.batch_size} per "
-             f"process, bf16 autocast where the CPU has it, OMP_NUM_THREADS=1.", "",
-             "| training | img/s | speed-up | whole command (s) |", "|---|---|---|---|"]
-    for label, ips, wall in rows:
-        lines.append(f"| {label} | {ips:.0f} | {ips / rows[0][1]:.2f}x | {wall:.0f} |")
+             f"process, bf16 autocast where the CPU has it, OMP_NUM_THREADS=1.", ""]
+    lines += table_lines(("training", "img/s", "speed-up", "whole command (s)"),
+                         [(label, f"{ips:.0f}", f"{ips / rows[0][1]:.2f}x", f"{wall:.0f}") for label, ips, wall in rows])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -90,7 +90,7 @@ def main(argv=None) -> int:
                  "--out", str(done.parent), "--no-progress"])
         rows += json.loads(done.read_text())
     taught = [teach(lab, out, d, args.teach_steps) for lab in FIELD_LABS if (out / f"no-{lab}.json").is_file()]
-    from benchmarks.bench import cpu_summary, git_state
+    from benchmarks.common import cpu_summary, git_state
 
     text = (f"# The learned cell finder: leave-one-lab-out, stress sets, teaching\n\n"
             f"Made by `python -m benchmarks.finder_lolo --data {d} --out {out}` at commit {git_state()}, "

@@ -28,12 +28,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import yaml
 
 from benchmarks import standins
+from benchmarks.common import train_resumable
 from wbcnet.models.checkpoint import git_commit, resolve_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,29 +53,14 @@ def fold_config(recipe: dict, left_out: str | None, epochs: int | None) -> dict:
 
 def train(name: str, cfg: dict, out: Path) -> float:
     """`wbcnet train` into OUT/NAME, resumed where it was cut short; its output to the screen and
-    OUT/NAME.log. Returns the seconds it took (0 for a run finished before)."""
+    OUT/NAME.log. Returns the seconds it took (the epochs' seconds for a run finished before)."""
     run = out / name
     if (run / "DONE").exists():
         print(f"{name}: trained before ({run})", flush=True)
         return epoch_seconds(run)
-    cfg_path = out / f"{name}.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    how = ["--resume", str(run)] if (run / "last.json").exists() else ["--config", str(cfg_path), "--out", str(run)]
-    print(f"{name}: training on {', '.join(cfg['data'])} ({'resuming' if how[0] == '--resume' else 'from scratch'}; "
-          f"log {out / name}.log)", flush=True)
-    t0 = time.time()
-    with open(out / f"{name}.log", "a") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "wbcnet", "train", *how], stdout=subprocess.PIPE,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                                stderr=subprocess.STDOUT, text=True, bufsize=1)
-        for line in proc.stdout:
-            log.write(line)
-            log.flush()
-            if line.startswith(("epoch", "run folder", "images:", "resuming", "early stop", "  ")):
-                print(f"  {name}: {line.rstrip()}", flush=True)
-        if proc.wait():
-            raise SystemExit(f"{name}: wbcnet train failed (exit {proc.returncode}); see {out / name}.log")
-    return time.time() - t0
+    print(f"{name}: training on {', '.join(cfg['data'])} "
+          f"({'resuming' if (run / 'last.json').exists() else 'from scratch'}; log {out / name}.log)", flush=True)
+    return train_resumable(cfg, run, echo=name)
 
 
 def epoch_seconds(run: Path) -> float:

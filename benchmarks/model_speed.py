@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import platform
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from benchmarks.bench import median_seconds
+from benchmarks.common import cpu_name, median_seconds
 from wbcnet.models import checkpoint as ckpt
 from wbcnet.models.checkpoint import git_commit
 from wbcnet.inference.runner import predict_logits, use_bf16
@@ -59,8 +58,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     cap = torch.backends.cpu.get_cpu_capability()
     has_bf16 = use_bf16(None, "cpu")  # what inference itself would use
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu = cpu_name()
     ref = pil_reference()
     rows, first = [], None
     for spec in args.checkpoint:

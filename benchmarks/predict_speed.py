@@ -52,7 +52,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from benchmarks.bench import cpu_summary, git_state
+    from benchmarks.common import cpu_summary, git_state
     from wbcnet.models.checkpoint import load_model
     from wbcnet.core.imageio import load_rgb
     from wbcnet.cells.locate import find_cell

@@ -67,16 +67,6 @@ def classified(port: int) -> dict:
         return json.loads(r.read())["classified"]
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
-
-
 def run_level(url: str, cells: list[tuple[str, bytes]], threads: int, n: int, max_seconds: float) -> dict:
     latencies: list[float] = []
     failures = 0
@@ -146,7 +136,7 @@ def main(argv=None) -> int:
     finally:
         server.terminate()
         server.wait(30)
-    from benchmarks.bench import git_state
+    from benchmarks.common import cpu_name, git_state
 
     commit = git_state()
     lines = ["# wbcnet serve under load", "",

@@ -1,6 +1,5 @@
 """The benchmarks run the package's own code (no private copies of the training step, bf16
 detection, core counting or git state), and each section still runs."""
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -8,9 +7,7 @@ import pytest
 
 from conftest import REPO, SAMPLE
 
-sys.path.insert(0, str(REPO))  # `benchmarks` lives beside src/, not in the package
-
-from benchmarks import bench  # noqa: E402
+from benchmarks import bench
 
 
 def test_bench_uses_the_package_helpers():

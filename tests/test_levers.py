@@ -1,15 +1,12 @@
 """benchmarks/levers.py (issue 20's lever table): manifests from a run's split, the runs' configs,
 ensembles from evaluations, the table; benchmarks/model_speed.py runs."""
 import csv
-import sys
 from argparse import Namespace
 from pathlib import Path
 
 from conftest import REPO
 
-sys.path.insert(0, str(REPO))  # `benchmarks` lives beside src/, not in the package
-
-from benchmarks import levers, model_speed  # noqa: E402
+from benchmarks import levers, model_speed
 
 CLASSES = ["Basophil", "Eosinophil", "Lymphocyte", "Monocyte", "Neutrophil"]
 

@@ -129,7 +129,6 @@ def test_without_lightly_pretrain_says_how_to_install_it(monkeypatch, tmp_path, 
 def test_the_linear_probe_scores_the_backbone_beside_its_random_start(backbone, tmp_path):
     import csv
 
-    sys.path.insert(0, str(REPO))  # `benchmarks` lives beside src/, not in the package
     from benchmarks.probe_backbone import main as probe_main
 
     pictures = sorted(SAMPLE.rglob("*.jpg"))
