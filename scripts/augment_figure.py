@@ -18,7 +18,7 @@ import yaml
 
 from wbcnet.data.augment import AugmentConfig, augment_batch
 from wbcnet.cells.preprocess import Preprocess, load_input
-from wbcnet.render.plots import pyplot
+from wbcnet.render.tiles import image_grid
 
 REPO = Path(__file__).resolve().parent.parent
 LABS = [("raabin-wbc-train", "Raabin"), ("pbc-5class", "PBC"), ("bccd-wbc-crops", "BCCD")]
@@ -58,23 +58,12 @@ def main(argv=None) -> int:
         fields = {k: (recipe[k] if v == "recipe" else v) for k, v in on.items()}
         rows.append((title, AugmentConfig(**{**still, **off, **fields})))
     rows.append(("the whole recipe", AugmentConfig(**recipe)))
-    plt = pyplot()
-    fig, axes = plt.subplots(len(rows), len(cells), figsize=(1.3 * len(cells), 1.35 * len(rows)))
-    for i, (title, cfg) in enumerate(rows):
+    grid = []
+    for i, (_, cfg) in enumerate(rows):
         y = augment_batch(x, cfg, torch.Generator().manual_seed(args.seed + i))
-        for j in range(len(cells)):
-            ax = axes[i, j]
-            ax.imshow(y[j].permute(1, 2, 0).numpy())
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(titles[j], fontsize=7)
-            if j == 0:
-                ax.set_ylabel(title, fontsize=7)
-    fig.suptitle("Training augmentation (configs/multilab.yaml): each stage alone, then all together", fontsize=9)
-    fig.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=80, pil_kwargs={"quality": 85})
+        grid.append([y[j].permute(1, 2, 0).numpy() for j in range(len(cells))])
+    image_grid(grid, args.out, "Training augmentation (configs/multilab.yaml): each stage alone, then all together",
+               titles, [title for title, _ in rows], tile_in=(1.3, 1.35), sizes=(7, 7, 9), dpi=80)
     print(f"-> {args.out}")
     return 0
 

@@ -12,10 +12,9 @@ import argparse
 import random
 from pathlib import Path
 
-
 from wbcnet.cells.preprocess import Preprocess, load_input
 from wbcnet.cells.stain import normalize_stain
-from wbcnet.render.plots import pyplot
+from wbcnet.render.tiles import image_grid
 
 REPO = Path(__file__).resolve().parent.parent
 LABS = [("raabin-wbc-train", "Raabin-WBC"), ("pbc-5class", "PBC"), ("bccd-wbc-crops", "BCCD")]
@@ -30,25 +29,13 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     rng = random.Random(args.seed)
     prep = Preprocess(size=112, crop="cell")
-    plt = pyplot()
-    fig, axes = plt.subplots(2 * len(LABS), len(CLASSES), figsize=(2 * len(CLASSES), 2.1 * 2 * len(LABS)))
-    for i, (folder, name) in enumerate(LABS):
-        for j, cls in enumerate(CLASSES):
-            path = rng.choice(sorted((args.data / folder / cls).glob("*.jpg")))
-            crop = load_input(path, prep)[0]
-            for k, (img, what) in enumerate([(crop, "as stained"), (normalize_stain(crop), "reference stain")]):
-                ax = axes[2 * i + k, j]
-                ax.imshow(img)
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if i == 0 and k == 0:
-                    ax.set_title(cls, fontsize=10)
-                if j == 0:
-                    ax.set_ylabel(f"{name}\n{what}", fontsize=9)
-    fig.suptitle("--stain nucleus: each cell crop redrawn with Raabin-WBC's nucleus colour and density", fontsize=11)
-    fig.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=72, pil_kwargs={"quality": 85})
+    grid, labels = [], []
+    for folder, name in LABS:
+        crops = [load_input(rng.choice(sorted((args.data / folder / cls).glob("*.jpg"))), prep)[0] for cls in CLASSES]
+        grid += [crops, [normalize_stain(crop) for crop in crops]]
+        labels += [f"{name}\nas stained", f"{name}\nreference stain"]
+    image_grid(grid, args.out, "--stain nucleus: each cell crop redrawn with Raabin-WBC's nucleus colour and density",
+               CLASSES, labels, tile_in=(2, 2.1), sizes=(10, 9, 11), dpi=72)
     print(f"-> {args.out}")
     return 0
 

@@ -107,3 +107,34 @@ def plot_error_gallery(images: np.ndarray, y_true: np.ndarray, y_pred: np.ndarra
     more = f"; {len(pairs) - len(order)} rarer pairs not shown" if len(pairs) > len(order) else ""
     return render_tiles(tiles, texts, [["black"] * len(t) for t in texts], path,
                         f"Misclassified cells by (true -> predicted), confidence above each cell{more}", labels)
+
+
+def image_grid(rows: list[list[np.ndarray]], path, title: str, col_titles: list[str], row_labels: list[str],
+               tile_in: tuple[float, float] = (1.3, 1.35), sizes: tuple[float, float, float] = (7, 7, 9),
+               dpi: int = 80, quality: int = 85) -> Path:
+    """Pictures in rows, one matplotlib axes each: a title above each column, a label left of each
+    row, `title` above all (`sizes`: their font sizes, in that order); `tile_in`: one picture's
+    width and height in inches. For the docs' figures (scripts/augment_figure.py, stain_figure.py),
+    whose few dozen pictures lay out in a moment; a JPEG `path` is saved at `quality`."""
+    from .plots import pyplot
+
+    plt = pyplot()
+    n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(tile_in[0] * n_cols, tile_in[1] * n_rows), squeeze=False)
+    for i, row in enumerate(rows):
+        for j, img in enumerate(row):
+            ax = axes[i, j]
+            ax.imshow(img)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(col_titles[j], fontsize=sizes[0])
+            if j == 0:
+                ax.set_ylabel(row_labels[i], fontsize=sizes[1])
+    fig.suptitle(title, fontsize=sizes[2])
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, pil_kwargs={"quality": quality})
+    plt.close(fig)
+    return path
