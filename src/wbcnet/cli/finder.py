@@ -12,12 +12,17 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import WbcnetError
+from ..core.flags import add_flags, flag
 
 
 def _named(text: str) -> tuple[str, str]:
+    """NAME=PATH, the name required and any text (data/sources.parse_sources, by contrast, takes a plain
+    path too, names it after its folder, and refuses names other than plain words and names used twice:
+    a finder's flags keep what they have always taken, refused as they are typed)."""
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=PATH")
     name, path = text.split("=", 1)
@@ -32,56 +37,64 @@ def _field_set(text: str) -> tuple[str, str, str, str | None]:
     return (name, *parts, None)[:4] if len(parts) == 2 else (name, *parts)
 
 
+@dataclass(frozen=True)
+class TrainFlags:
+    data: list = flag([], "an ImageFolder of single-cell pictures (one white cell in the middle); repeatable",
+                      append=True, type=_named, metavar="LAB=DIR")
+    fields: list = flag([], "whole fields and their boxes (file,x0,y0,x1,y1 and a label column, every row a white "
+                        "cell, or a kind column, WBC or RBC); OTHERS_CSV adds red-cell boxes (kind RBC) that teach the "
+                        "field's scale; repeatable", append=True, type=_field_set,
+                        metavar="LAB=IMAGES_DIR:BOXES_CSV[:OTHERS_CSV]")
+    leave_out: list = flag([], "train without this lab's pictures (leave-one-lab-out); repeatable", append=True,
+                           metavar="LAB")
+    out: str = flag(None, "output stem: OUT.safetensors and OUT.json", required=True)
+    steps: int = flag(1500)
+    batch_size: int = flag(32)
+    per_lab: int = flag(4000, "single-cell pictures drawn from each lab")
+    seed: int = flag(0)
+    threads: int = flag(0, "torch threads (0: torch's default)")
+    cache_dir: str = flag(".cache/wbcnet/finder")
+
+
+@dataclass(frozen=True)
+class AdaptFlags:
+    fields: str = flag(None, "the lab's fields (the points file names them)", required=True, metavar="DIR")
+    points: str = flag(None, "file,x,y,kind: every white cell of each corrected field (kind wbc), and optionally "
+                       "things that are not white cells (kind not); a field named here counts as fully marked",
+                       required=True, metavar="CSV")
+    out: str = flag(None, "the lab model's folder (classifier + the lab's finder)", required=True, metavar="DIR")
+    checkpoint: str | None = flag(None, "the classifier to put in the lab model (default: the shipped one)")
+    finder: str | None = flag(None, "the finder to start from (default: the shipped one)")
+    steps: int = flag(300)
+    seed: int = flag(0)
+
+
+@dataclass(frozen=True)
+class EvaluateFlags:
+    finder: list = flag([], "a finder (.safetensors or its stem; 'shipped' for the packaged one, 'classic' for the "
+                        "threshold finder); repeatable", append=True, type=_named, metavar="NAME=PATH")
+    data: list = flag([], "single-cell pictures (ImageFolder); the share with a cell found in the middle is scored",
+                      append=True, type=_named, metavar="LAB=DIR")
+    fields: list = flag([], append=True, type=_field_set, metavar="LAB=IMAGES_DIR:BOXES_CSV")
+    stress: bool = flag(False, "also score the fields degraded to each extreme")
+    stresses: str | None = flag(None, "which degradations --stress scores (default: all; see evaluation/finder.py)",
+                                metavar="A,B")
+    limit: int = flag(1000, "single-cell pictures per lab (seeded draw)")
+    seed: int = flag(1)
+    out: str = flag(None, "folder for finder_eval.json and finder_eval.md", required=True)
+
+
 def add_parser(sub, parents) -> None:
     finder = sub.add_parser("finder", help="train or evaluate the learned cell finder", parents=parents)
     fsub = finder.add_subparsers(dest="finder_command", required=True)
-
-    p = fsub.add_parser("train", help="train a finder on single-cell pictures and boxed fields", parents=parents)
-    p.add_argument("--data", action="append", type=_named, default=[], metavar="LAB=DIR",
-                   help="an ImageFolder of single-cell pictures (one white cell in the middle); repeatable")
-    p.add_argument("--fields", action="append", type=_field_set, default=[], metavar="LAB=IMAGES_DIR:BOXES_CSV[:OTHERS_CSV]",
-                   help="whole fields and their boxes (file,x0,y0,x1,y1 and a label column, every row a white "
-                        "cell, or a kind column, WBC or RBC); OTHERS_CSV adds red-cell boxes (kind RBC) that "
-                        "teach the field's scale; repeatable")
-    p.add_argument("--leave-out", action="append", default=[], metavar="LAB",
-                   help="train without this lab's pictures (leave-one-lab-out); repeatable")
-    p.add_argument("--out", required=True, help="output stem: OUT.safetensors and OUT.json")
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--per-lab", type=int, default=4000, help="single-cell pictures drawn from each lab")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--cache-dir", default=".cache/wbcnet/finder")
-    p.set_defaults(func=cmd_train)
-
-    p = fsub.add_parser("adapt", help="teach the finder a lab's fields: a few corrected fields -> a lab model",
-                        parents=parents)
-    p.add_argument("--fields", required=True, metavar="DIR", help="the lab's fields (the points file names them)")
-    p.add_argument("--points", required=True, metavar="CSV",
-                   help="file,x,y,kind: every white cell of each corrected field (kind wbc), and optionally "
-                        "things that are not white cells (kind not); a field named here counts as fully marked")
-    p.add_argument("--out", required=True, metavar="DIR", help="the lab model's folder (classifier + the lab's finder)")
-    p.add_argument("--checkpoint", default=None, help="the classifier to put in the lab model (default: the shipped one)")
-    p.add_argument("--finder", default=None, help="the finder to start from (default: the shipped one)")
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_adapt)
-
-    p = fsub.add_parser("evaluate", help="score finders on fields, a degraded stress set and single-cell pictures",
-                        parents=parents)
-    p.add_argument("--finder", action="append", type=_named, default=[], metavar="NAME=PATH",
-                   help="a finder (.safetensors or its stem; 'shipped' for the packaged one, 'classic' for the "
-                        "threshold finder); repeatable")
-    p.add_argument("--data", action="append", type=_named, default=[], metavar="LAB=DIR",
-                   help="single-cell pictures (ImageFolder); the share with a cell found in the middle is scored")
-    p.add_argument("--fields", action="append", type=_field_set, default=[], metavar="LAB=IMAGES_DIR:BOXES_CSV")
-    p.add_argument("--stress", action="store_true", help="also score the fields degraded to each extreme")
-    p.add_argument("--stresses", default=None, metavar="A,B",
-                   help="which degradations --stress scores (default: all; see evaluation/finder.py)")
-    p.add_argument("--limit", type=int, default=1000, help="single-cell pictures per lab (seeded draw)")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--out", required=True, help="folder for finder_eval.json and finder_eval.md")
-    p.set_defaults(func=cmd_evaluate)
+    for name, help, flags, func in (
+            ("train", "train a finder on single-cell pictures and boxed fields", TrainFlags, cmd_train),
+            ("adapt", "teach the finder a lab's fields: a few corrected fields -> a lab model", AdaptFlags, cmd_adapt),
+            ("evaluate", "score finders on fields, a degraded stress set and single-cell pictures", EvaluateFlags,
+             cmd_evaluate)):
+        p = fsub.add_parser(name, help=help, parents=parents)
+        add_flags(p, flags)
+        p.set_defaults(func=func)
 
 
 def _sources(args, leave_out=()):
