@@ -1,15 +1,16 @@
 """One way to declare a command-line flag: on the dataclass field it sets.
 
     @dataclass
-    class TrainConfig:
-        epochs: int = flag(50, "training epochs (default: {default})")
-        val_data: str | None = flag(None, "separate validation set", name="--val")
-        crop: str = flag("none", "what the model sees", choices=("none", "cell"))
-        model_args: dict = flag({}, "constructor arguments of the model (YAML only)", cli=False)
+    class PretrainConfig:
+        out: str = flag(MISSING, "folder for backbone.safetensors, ...", required=True)
+        data: list = flag([], "an ImageFolder or CSV manifest of cells; repeatable", append=True, metavar="NAME=PATH")
+        epochs: int = flag(50, "passes over every cell (default {default})")
+        crop: str = flag("none", "the whole picture, or the cell found in it", choices=("none", "cell"))
+        weight_decay: float = 0.05  # no flag (or flag(0.05, "...", cli=False): a help, no flag)
 
-`add_flags(parser, cls)` adds one argparse argument per flag field: --field-name (or `name`), its
+`add_flags(parser, cls)` adds one argparse argument per flag field: --field-name (or `name=`), its
 type from the annotation (int, float; a `list` is comma-separated; a bool that defaults to False is
-a switch, any other bool --x/--no-x) or `type`, its default the field's, `{default}` in its help
+a switch, any other bool --x/--no-x) or `type=`, its default the field's, `{default}` in its help
 replaced by that default. `from_args(cls, args)` makes `cls` from the parsed flags.
 
 A config that flags go over (TrainConfig over its YAML, PretrainConfig over train's --config) adds
@@ -36,10 +37,10 @@ def flag(default=None, help: str = "", *, name: str | None = None, choices=None,
             "positional": positional, "cli": cli, "kw": kw}
     if default is MISSING:  # a field the dataclass must be given
         return field(metadata=meta)
-    if isinstance(default, (list, dict)) or (dataclasses.is_dataclass(default) and not isinstance(default, builtins.type)):
+    if isinstance(default, (list, dict)) or (dataclasses.is_dataclass(default)
+                                             and not isinstance(default, builtins.type)):
         return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
     return field(default=default, metadata=meta)
-
 
 
 def flag_fields(cls) -> list:
@@ -48,7 +49,10 @@ def flag_fields(cls) -> list:
 
 
 def field_default(f):
-    return f.default_factory() if f.default is MISSING else f.default
+    """The field's default (None if it has none)."""
+    if f.default is not MISSING:
+        return f.default
+    return None if f.default_factory is MISSING else f.default_factory()
 
 
 def flag_name(cls, name: str) -> str:
@@ -78,8 +82,9 @@ def add_flags(parser, *classes, names=None, given_only: bool = False, say_defaul
         found = [by_name[n] for n in names]
     for f in found:
         m = f.metadata
-        default = None if f.default is MISSING and f.default_factory is MISSING else field_default(f)
-        kw = dict(m["kw"], help=(m["help"] + say_default).replace("{default}", "none" if default is None else str(default)))
+        default = field_default(f)
+        help = (m["help"] + say_default).replace("{default}", "none" if default is None else str(default))
+        kw = dict(m["kw"], help=help)
         kind = _kind(f)
         if kind == "bool":
             kw["action"] = "store_true" if default is False else argparse.BooleanOptionalAction
@@ -100,10 +105,10 @@ def given_values(cls, args: argparse.Namespace) -> dict:
     return {f.name: getattr(args, f.name) for f in flag_fields(cls) if getattr(args, f.name, None) is not None}
 
 
-def from_args(cls, args: argparse.Namespace, **values):
-    """`cls` made from its flags in `args` (add_flags) over `values`, over the fields' defaults;
-    checked as it is made."""
-    return cls(**{**values, **given_values(cls, args)})
+def from_args(cls, args: argparse.Namespace):
+    """`cls` made from its flags in `args` (add_flags), the fields' defaults for the rest; checked as
+    it is made."""
+    return cls(**given_values(cls, args))
 
 
 __all__ = ["flag", "flag_fields", "field_default", "flag_name", "add_flags", "given_values", "from_args"]
