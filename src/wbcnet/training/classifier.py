@@ -3,6 +3,9 @@
 The parts a run trains with are built from its TrainConfig by training_parts() (build_model,
 build_optimizer, build_loss, build_ema, build_schedule), and split_of() gives the split fit() would
 make: the benchmarks call these rather than copying them. `__all__` is what other code may use.
+The loop, schedule, optimizer, EMA, history and run folder are engine/'s (engine/trainer.py);
+this file says what a batch is and what a step does. finish_run (calibration and the test
+report) is evaluation/run.py's.
 
 Every epoch draws its shuffling, augmentation and dropout from generators seeded with
 (seed, epoch), and the learning rate is a pure function of the step, so a run resumed from its
@@ -17,34 +20,35 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import json
-import math
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from ..cells.preprocess import Preprocess
 from ..core.errors import WbcnetError
-from ..core.files import atomic_write, disk_full, ensure_writable_dir
+from ..core.files import atomic_write, disk_full
 from ..core.weights import sha256_file
 from ..data.augment import augment_batch, normalize
 from ..data.cache import cached_decode
 from ..data.scan import Sample, scan
+from ..data.stats import channel_stats
 from ..data.sources import Source, parse_sources, regroup, source_name
 from ..data.split import SPLITS, merge_linked_groups, read_split, split_by_source, write_split
 from ..engine.distributed import Dist
+from ..engine.ema import EMA
+from ..engine.optim import make_optimizer
+from ..engine.rundir import discard_unstarted, mark_done, new_run_dir, open_resume
+from ..engine.schedule import Schedule
+from ..engine.trainer import data_parallel, epoch_generators, restore, run_epoch, run_epochs, set_threads, start_from
 from ..evaluation.metrics import macro_f1
-from ..inference.calibration import calibration_summary, fit_temperature, format_summary
-from ..inference.runner import fit_shift_stats, predict_logits, resolve_device, use_bf16
+from ..evaluation.run import finish_run
+from ..inference.runner import predict_logits, resolve_device, use_bf16
 from ..models import checkpoint as ckpt
 from ..models import create_model, default_img_size, full_model_args
 from ..models.backbone import BackboneMeta, backbone_files, check_fits, load_backbone, read_backbone
@@ -52,10 +56,10 @@ from .config import TrainConfig
 from .distill import check_teacher, load_teacher, resize
 
 HISTORY_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "lr", "epoch_s", "img_per_s"]
-# Held-out cells an adapted model needs before its temperature is refitted on them.
-MIN_CELLS_FOR_TEMPERATURE = 100
 # What a run writes before its first checkpoint; a folder holding only these may be reused.
 PRELIMINARY_FILES = {"config.yaml", "split.csv", "bad_files.csv"}
+# What a run can be continued from.
+RESUME_FILES = ("config.yaml", "split.csv", "last.safetensors", "last.json")
 
 
 @dataclass
@@ -72,13 +76,6 @@ class RunData:
     def source_ids(self) -> np.ndarray:
         names = sorted({s.source for s in self.samples})
         return np.array([names.index(s.source) for s in self.samples], dtype=np.int64)
-
-
-def lr_at(step: int, total: int, warmup: int, base_lr: float) -> float:
-    if step < warmup:
-        return base_lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return base_lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
@@ -109,31 +106,6 @@ def epoch_order(labels: np.ndarray, balance: str, g: torch.Generator, sources: n
     return torch.randperm(len(labels), generator=g)
 
 
-class EMA:
-    """Exponential moving average of a model's weights (buffers copied as they are)."""
-
-    def __init__(self, model: torch.nn.Module, decay: float):
-        import copy
-
-        self.decay = decay
-        self.module = copy.deepcopy(model).eval()
-        for p in self.module.parameters():
-            p.requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model, step: int):
-        # Warm up the decay so the average is not dominated by the random initial weights.
-        decay = min(self.decay, (1 + step) / (10 + step))
-        for e, m in zip(self.module.state_dict().values(), model.state_dict().values()):
-            if e.dtype.is_floating_point:
-                e.mul_(decay).add_(m.detach(), alpha=1 - decay)
-            else:
-                e.copy_(m)
-
-    def state_dict(self):
-        return self.module.state_dict()
-
-
 def train_step(model, criterion, optimizer, x: torch.Tensor, y: torch.Tensor, bf16: bool, teacher=None,
                teacher_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step on a normalised batch; returns (loss, logits). With a teacher
@@ -152,28 +124,20 @@ def train_step(model, criterion, optimizer, x: torch.Tensor, y: torch.Tensor, bf
 def train_one_epoch(model, criterion, optimizer, data: RunData, cfg: TrainConfig, epoch: int, step: int,
                     total_steps: int, warmup_steps: int, mean, std, bf16: bool, channels_last: bool, ema=None,
                     d: Dist = Dist(), teacher=None):
-    """One pass over `data` (this rank's shard of it, under torchrun). Returns (mean loss,
-    accuracy on augmented batches, over all ranks; next step)."""
+    """One pass over `data` (this rank's shard of it, under torchrun), run by engine.trainer.run_epoch
+    with train_step as its step. Returns (mean loss, accuracy on augmented batches, over all ranks;
+    next step). (Its arguments are the ones benchmarks/bench.py passes.)"""
     model.train()
     device = next(model.parameters()).device
-    g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # the epoch's order, on the CPU
-    # Augmentation draws its randomness where the batch is, so a GPU never waits for the CPU.
-    g_aug = g if device.type == "cpu" else torch.Generator(device).manual_seed(cfg.seed * 100_003 + epoch)
-    torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout
+    g, g_aug = epoch_generators(cfg.seed, epoch, device, d)
     labels = data.labels
     order = epoch_order(labels, cfg.balance, g, data.source_ids)
     # Drop the ragged last batch (BatchNorm dislikes size 1); every rank takes as many steps.
     n_batches = len(order) // d.world // cfg.batch_size
     if d.active:
-        # One shared order, every world-th image of it to this rank; augmentation and dropout of
-        # its own, or the ranks would transform their different cells alike.
-        order = order[d.rank::d.world]
-        g_aug = torch.Generator(device).manual_seed(cfg.seed * 100_003 + epoch + 7_919 * d.rank)
-        torch.manual_seed(cfg.seed * 100_003 + epoch + 7_919 * d.rank)
-    total_loss, correct, seen = 0.0, 0, 0
-    bar = tqdm(range(n_batches), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
-               disable=not cfg.progress, dynamic_ncols=True)
-    for b in bar:
+        order = order[d.rank::d.world]  # one shared order, every world-th image of it to this rank
+
+    def one_batch(b: int) -> dict:
         idx = np.sort(order[b * cfg.batch_size:(b + 1) * cfg.batch_size].numpy())  # memory-mapped caches read faster in order
         x = torch.from_numpy(np.ascontiguousarray(data.images[idx])).to(device, non_blocking=True)
         y = torch.from_numpy(labels[idx]).to(device, non_blocking=True)
@@ -185,18 +149,13 @@ def train_one_epoch(model, criterion, optimizer, data: RunData, cfg: TrainConfig
         x = normalize(x, mean, std)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, total_steps, warmup_steps, cfg.lr)
         loss, logits = train_step(model, criterion, optimizer, x, y, bf16, teacher, teacher_logits)
-        if ema is not None:
-            ema.update(getattr(model, "module", model), step)  # the weights inside DDP
-        step += 1
-        total_loss += loss.item() * len(y)
-        correct += (logits.argmax(1) == y).sum().item()
-        seen += len(y)
-        bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-    total_loss, correct, seen = d.sum([total_loss, correct, seen])
-    return total_loss / max(seen, 1), correct / max(seen, 1), step
+        return {"loss": loss.item() * len(y), "acc": (logits.argmax(1) == y).sum().item(), "n": len(y)}
+
+    schedule = Schedule(n_batches, total_steps, warmup_steps, cfg.lr)
+    totals, step = run_epoch(one_batch, n_batches, optimizer, schedule, step, ema, getattr(model, "module", model), d,
+                             f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress)
+    return totals["loss"] / max(totals["n"], 1), totals["acc"] / max(totals["n"], 1), step
 
 
 def validate(model, data: RunData, mean, std, bf16, batch_size) -> tuple[float, float, float]:
@@ -205,30 +164,6 @@ def validate(model, data: RunData, mean, std, bf16, batch_size) -> tuple[float, 
     loss = F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)).item()
     pred = logits.argmax(1)
     return loss, float((pred == labels).mean()), macro_f1(labels, pred)
-
-
-def new_run_dir(cfg: TrainConfig) -> Path:
-    """The folder of a new run. An existing one is taken only if a failed start left nothing in it
-    but its preliminary files (no checkpoint): then they are replaced."""
-    if cfg.out:
-        out = Path(cfg.out)
-        if out.exists() and not out.is_dir():
-            raise WbcnetError(f"{out}: --out is a file; give a folder for the run")
-        if out.is_dir():
-            contents = {p.name for p in out.iterdir()}
-            if contents - PRELIMINARY_FILES:
-                raise WbcnetError(f"{out}: run folder exists and holds a run; pick a new --out "
-                                  f"or continue it with --resume {out}")
-            for name in contents:
-                (out / name).unlink()
-        return ensure_writable_dir(out, "run folder")
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = Path("runs") / f"{cfg.model}-{stamp}"
-    k = 1
-    while out.exists():
-        out = Path("runs") / f"{cfg.model}-{stamp}-{k}"
-        k += 1
-    return ensure_writable_dir(out, "run folder")
 
 
 def _report_scan(found, source) -> None:
@@ -383,32 +318,6 @@ def load_data(cfg: TrainConfig, run_dir: Path, resuming: bool = False, d: Dist =
     return classes, data, sources
 
 
-def channel_stats(images: np.ndarray, limit: int = 2000) -> tuple[list[float], list[float]]:
-    sub = images[np.linspace(0, len(images) - 1, min(limit, len(images))).astype(int)].astype(np.float32) / 255
-    return sub.mean((0, 2, 3)).round(4).tolist(), sub.std((0, 2, 3)).round(4).tolist()
-
-
-def write_history(path: Path, history: list[dict]) -> None:
-    with atomic_write(path) as tmp, open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=HISTORY_FIELDS)
-        w.writeheader()
-        w.writerows(history)
-
-
-def open_resume(run_dir) -> TrainConfig:
-    """The config of a run that can be continued, or a WbcnetError that says why not; reads only."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise WbcnetError(f"{run_dir}: no run folder to resume")
-    if (run_dir / "DONE").exists():
-        raise WbcnetError(f"{run_dir}: this run finished already; nothing to resume")
-    for name in ("config.yaml", "split.csv", "last.safetensors", "last.json"):
-        if not (run_dir / name).exists():
-            raise WbcnetError(f"{run_dir}: cannot resume, {name} is missing (the run stopped before its first "
-                              f"checkpoint, or files were removed); start a new run instead")
-    return TrainConfig.from_yaml(run_dir / "config.yaml")
-
-
 def fit(cfg: TrainConfig | None, resume: str | Path | None = None, on_epoch_end=None, evaluate: bool = True) -> Path:
     """Train as `cfg` says (or continue the run in `resume`); returns the run folder.
     `cfg` is not changed. `on_epoch_end(epoch, row)` is called after each epoch's checkpoint is
@@ -417,8 +326,8 @@ def fit(cfg: TrainConfig | None, resume: str | Path | None = None, on_epoch_end=
     test and validation reports (tune's trials need only the best validation score).
     Under torchrun every rank calls fit() and rank 0 alone writes the run folder."""
     if resume:
-        run_dir = Path(resume)
-        cfg = open_resume(run_dir)
+        run_dir = open_resume(resume, RESUME_FILES)
+        cfg = TrainConfig.from_yaml(run_dir / "config.yaml")
         d = Dist.from_env(cfg.device)
     else:
         if cfg is None or not cfg.data:
@@ -427,7 +336,7 @@ def fit(cfg: TrainConfig | None, resume: str | Path | None = None, on_epoch_end=
         cfg.img_size = cfg.img_size or default_img_size(cfg.model)
         pretrained_backbone(cfg)  # a backbone for another model or other inputs: refused before the run folder exists
         d = Dist.from_env(cfg.device)
-        run_dir = Path(d.text_from_main(str(new_run_dir(cfg)) if d.main else ""))
+        run_dir = Path(d.text_from_main(str(new_run_dir(cfg.out, cfg.model, PRELIMINARY_FILES)) if d.main else ""))
         cfg.out = str(run_dir)
     try:
         if d.main:
@@ -438,11 +347,7 @@ def fit(cfg: TrainConfig | None, resume: str | Path | None = None, on_epoch_end=
             return _fit(cfg, run_dir, bool(resume), on_epoch_end, d, evaluate)
     except BaseException as e:
         # A new run that fails before its first checkpoint leaves no half-made folder behind.
-        removed = False
-        if d.main and not resume and run_dir.is_dir() and not (run_dir / "last.safetensors").exists():
-            if {p.name for p in run_dir.iterdir()} <= PRELIMINARY_FILES:
-                shutil.rmtree(run_dir, ignore_errors=True)
-                removed = True
+        removed = d.main and not resume and discard_unstarted(run_dir, "last.safetensors", PRELIMINARY_FILES)
         if disk_full(e):
             then = ("the run folder was removed; free some space and run the same command again" if removed else
                     f"free some space and continue with: wbcnet train --resume {run_dir}"
@@ -456,11 +361,16 @@ def fit(cfg: TrainConfig | None, resume: str | Path | None = None, on_epoch_end=
 
 # --- the parts of training, built from a TrainConfig: fit() and the benchmarks build them here ------
 
-def model_args_of(cfg: TrainConfig) -> dict:
-    """Every constructor argument of the run's model, img_size included, as its checkpoint records them."""
+def given_model_args(cfg: TrainConfig) -> dict:
+    """The model's arguments as the config gives them, img_size included."""
     model_args = dict(cfg.model_args)
     model_args.setdefault("img_size", cfg.img_size)
-    return full_model_args(cfg.model, model_args)
+    return model_args
+
+
+def model_args_of(cfg: TrainConfig) -> dict:
+    """Every constructor argument of the run's model, img_size included, as its checkpoint records them."""
+    return full_model_args(cfg.model, given_model_args(cfg))
 
 
 def pretrained_backbone(cfg: TrainConfig) -> tuple[dict, BackboneMeta] | None:
@@ -479,12 +389,10 @@ def build_model(cfg: TrainConfig, num_classes: int, load_pretrained: bool = True
     `wbcnet pretrain` backbone (every layer but the classifier, strictly), or a plain .safetensors
     file (the layers whose shapes match). `load_pretrained=False`: a resumed run's, whose weights
     come from its own checkpoint."""
-    model_args = dict(cfg.model_args)
-    model_args.setdefault("img_size", cfg.img_size)
     backbone = pretrained_backbone(cfg) if load_pretrained else None
     plain = cfg.pretrained if load_pretrained and backbone is None else None
     torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model, num_classes=num_classes, pretrained=plain, **model_args)
+    model = create_model(cfg.model, num_classes=num_classes, pretrained=plain, **given_model_args(cfg))
     if backbone is not None:
         load_backbone(model, backbone[0], cfg.pretrained)
     return model
@@ -501,13 +409,7 @@ def pretrained_record(path, backbone: BackboneMeta | None) -> dict:
 
 def build_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW (or SGD with Nesterov momentum); weight decay on weights, not on biases and norms."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        (decay if p.ndim > 1 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+    return make_optimizer([model], cfg.lr, cfg.weight_decay, cfg.optimizer)
 
 
 def build_loss(cfg: TrainConfig, labels: np.ndarray, num_classes: int, device="cpu") -> torch.nn.Module:
@@ -521,18 +423,6 @@ def build_ema(model, cfg: TrainConfig) -> EMA | None:
     return EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
 
 
-@dataclass(frozen=True)
-class Schedule:
-    """Steps of a run and its learning rate at each: linear warmup, then cosine decay to 0."""
-    steps_per_epoch: int
-    total_steps: int
-    warmup_steps: int
-    base_lr: float
-
-    def lr(self, step: int) -> float:
-        return lr_at(step, self.total_steps, self.warmup_steps, self.base_lr)
-
-
 def build_schedule(cfg: TrainConfig, n_train: int, world: int = 1) -> Schedule:
     """The schedule of `n_train` training images in batches of cfg.batch_size on each of `world`
     processes (the ragged last batch dropped); refused if that is not one batch."""
@@ -544,7 +434,7 @@ def build_schedule(cfg: TrainConfig, n_train: int, world: int = 1) -> Schedule:
         raise WbcnetError(f"{n_train} training images is less than one batch "
                           f"(--batch-size {cfg.batch_size}" + (f" on each of {world} processes" if world > 1 else "") +
                           "); lower the batch size or add images")
-    return Schedule(steps_per_epoch, steps_per_epoch * cfg.epochs, int(cfg.warmup_epochs * steps_per_epoch), cfg.lr)
+    return Schedule.of_epochs(steps_per_epoch, cfg.epochs, cfg.warmup_epochs, cfg.lr)
 
 
 @dataclass
@@ -581,11 +471,7 @@ def split_of(cfg: TrainConfig) -> tuple[list[str], dict[str, list[Sample]]]:
 def _fit(cfg: TrainConfig, run_dir: Path, resuming: bool, on_epoch_end, d: Dist, evaluate: bool = True) -> Path:
     if not resuming and d.main:
         cfg.to_yaml(run_dir / "config.yaml")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    elif d.active:
-        # K processes on one machine share its cores rather than each taking all of them.
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // d.local_world))
+    set_threads(cfg.threads, d)
     device = resolve_device(d.device(cfg.device))
     bf16 = use_bf16(cfg.bf16, device)
     channels_last = bf16 if cfg.channels_last is None else cfg.channels_last
@@ -603,34 +489,14 @@ def _fit(cfg: TrainConfig, run_dir: Path, resuming: bool, on_epoch_end, d: Dist,
 
     model = build_model(cfg, len(classes), load_pretrained=not resuming)
     backbone = None if resuming else pretrained_backbone(cfg)
-    parent = None
-    if cfg.init_from:  # adapt: the parent's weights, and below its normalisation and temperature
-        tensors, parent = ckpt.read_checkpoint(cfg.init_from)
-        ckpt.load_weights(model, ckpt.part(tensors, "ema") or ckpt.part(tensors, "model"), parent.path)
+    # adapt: the parent's weights, and below its normalisation and temperature
+    parent = start_from(model, cfg.init_from) if cfg.init_from else None
     parts = training_parts(cfg, len(classes), train.labels, device, channels_last, d.world, model)
     model, optimizer, criterion, ema, schedule = parts.model, parts.optimizer, parts.criterion, parts.ema, parts.schedule
-    model_args = dict(cfg.model_args)
-    model_args.setdefault("img_size", cfg.img_size)
-
     # A backbone learned its first layers on inputs normalised its way: the run keeps it.
     mean, std = (parent.mean, parent.std) if parent else \
         (backbone[1].mean, backbone[1].std) if backbone else channel_stats(train.images)
-    trained_on = [{"name": src.name, "path": src.path,
-                   "images": {k: sum(s.source == src.name for s in v.samples) if v else 0 for k, v in data.items()}}
-                  for src in sources]
-    meta = ckpt.new_meta(classes, cfg.model, model_args, cfg.img_size, mean, std, config=cfg.to_dict(),
-                         seed=cfg.seed, sources=trained_on, preprocess=preprocess_of(cfg).to_dict())
-    if parent:
-        meta.temperature = parent.temperature  # kept unless held-out cells refit it (finish_run)
-        meta.sources = parent.sources + trained_on
-        meta.adapted_from = {"checkpoint": str(parent.path), "weights_sha256": parent.weights_sha256,
-                             "sources": parent.sources, "images": {k: len(v.samples) if v else 0
-                                                                    for k, v in data.items()},
-                             "classes": sorted({classes[s.label] for s in train.samples})}
-    if teacher is not None:
-        meta.distilled_from = teacher.record()
-    if cfg.pretrained and not resuming:
-        meta.pretrained = pretrained_record(cfg.pretrained, backbone[1] if backbone else None)
+    meta = _run_meta(cfg, classes, data, sources, mean, std, parent, teacher, backbone, resuming)
     start_epoch, history, best_f1, since_best = 0, [], -1.0, 0
     last = run_dir / "last.safetensors"
     if resuming:
@@ -638,10 +504,7 @@ def _fit(cfg: TrainConfig, run_dir: Path, resuming: bool, on_epoch_end, d: Dist,
         if saved.classes != classes:
             raise WbcnetError(f"{cfg.data}: its classes {classes} are not the run's {saved.classes} "
                               f"(was a class folder added or removed?); cannot resume")
-        ckpt.load_weights(model, ckpt.part(tensors, "model"), last)
-        if ema is not None:
-            ckpt.load_weights(ema.module, ckpt.part(tensors, "ema"), last)
-        ckpt.optimizer_from_parts(optimizer, {k: v.to(device) for k, v in tensors.items()}, saved.optimizer)
+        restore(tensors, saved, last, model, optimizer, ema, device)
         state = saved.train_state
         start_epoch, best_f1, since_best = state["epoch"] + 1, state["best_f1"], state["since_best"]
         history = state["history"]
@@ -650,39 +513,32 @@ def _fit(cfg: TrainConfig, run_dir: Path, resuming: bool, on_epoch_end, d: Dist,
             setattr(meta, key, getattr(saved, key))
         print(f"resuming after epoch {start_epoch} (best validation macro-F1 so far {best_f1:.4f})")
 
-    steps_per_epoch = schedule.steps_per_epoch
-    if d.active:
-        # Gradients averaged over the ranks at every step; the weights start equal (DDP copies
-        # rank 0's) and stay equal, so `model` and the EMA are the same on every rank.
-        from torch.nn.parallel import DistributedDataParallel
-
-        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        print(f"data-parallel: {d.world} processes, {cfg.batch_size} images a batch each")
-    else:
-        train_model = model
-    total_steps, warmup_steps = schedule.total_steps, schedule.warmup_steps
-    step = start_epoch * steps_per_epoch
+    train_model = data_parallel(model, device, d, cfg.batch_size)
     eval_model = ema.module if ema is not None else model
-    stopped = start_epoch >= cfg.epochs or (cfg.patience and since_best >= cfg.patience)
-    for epoch in range(start_epoch, cfg.epochs):
-        if stopped:
-            break
+    step, scores = start_epoch * schedule.steps_per_epoch, None
+
+    def train_epoch(epoch: int) -> dict:
+        nonlocal step, scores
         t0 = time.time()
         train_loss, train_acc, step = train_one_epoch(train_model, criterion, optimizer, train, cfg, epoch, step,
-                                                      total_steps, warmup_steps, mean, std, bf16, channels_last, ema, d,
-                                                      teacher)
+                                                      schedule.total_steps, schedule.warmup_steps, mean, std, bf16,
+                                                      channels_last, ema, d, teacher)
         train_s = time.time() - t0
         # Rank 0 validates; every rank gets its scores, so all of them stop at the same epoch.
         scores = validate(eval_model, val, mean, std, bf16, 256) if val and d.main else (float("nan"),) * 3
-        val_loss, val_acc, val_f1 = d.from_main(list(scores))
-        row = {"epoch": epoch + 1, "train_loss": round(train_loss, 5), "train_acc": round(train_acc, 5),
-               "val_loss": round(val_loss, 5), "val_acc": round(val_acc, 5), "val_macro_f1": round(val_f1, 5),
-               "lr": f"{optimizer.param_groups[0]['lr']:.3e}", "epoch_s": round(time.time() - t0, 1),
-               "img_per_s": round(steps_per_epoch * cfg.batch_size * d.world / train_s, 1)}
-        history.append(row)
+        scores = [train_loss, *d.from_main(list(scores))]
+        val_loss, val_acc, val_f1 = scores[1:]
+        return {"epoch": epoch + 1, "train_loss": round(train_loss, 5), "train_acc": round(train_acc, 5),
+                "val_loss": round(val_loss, 5), "val_acc": round(val_acc, 5), "val_macro_f1": round(val_f1, 5),
+                "lr": f"{optimizer.param_groups[0]['lr']:.3e}", "epoch_s": round(time.time() - t0, 1),
+                "img_per_s": round(schedule.steps_per_epoch * cfg.batch_size * d.world / train_s, 1)}
+
+    def end_epoch(epoch: int, row: dict) -> bool:
+        """Early stopping's count, the best and the last checkpoint, the epoch's line; True: stop."""
+        nonlocal best_f1, since_best
+        train_loss, val_loss, val_acc, val_f1 = scores
         improved = val is None or val_f1 > best_f1
         best_f1, since_best = (val_f1, 0) if improved else (best_f1, since_best + 1)
-        stopped = bool(cfg.patience) and since_best >= cfg.patience
         meta.train_state = {"epoch": epoch, "best_f1": best_f1, "since_best": since_best, "history": history}
         if improved:
             meta.best_epoch, meta.val_macro_f1, meta.val_accuracy = epoch + 1, val_f1, val_acc
@@ -690,20 +546,43 @@ def _fit(cfg: TrainConfig, run_dir: Path, resuming: bool, on_epoch_end, d: Dist,
                 ckpt.save_checkpoint(run_dir / "best", eval_model, dataclasses.replace(meta, train_state=None))
         if d.main:
             ckpt.save_checkpoint(last, model, meta, optimizer=optimizer, ema=ema)
-            write_history(run_dir / "metrics.csv", history)
         print(f"epoch {epoch + 1:3d}/{cfg.epochs}  loss {train_loss:.4f}  val loss {val_loss:.4f}  "
               f"val acc {val_acc:.4f}  val macro-F1 {val_f1:.4f}{'  *' if improved else ''}  "
               f"({row['epoch_s']}s, {row['img_per_s']} img/s)", flush=True)
+        stopped = bool(cfg.patience) and since_best >= cfg.patience
         if stopped:
             print(f"early stop: no validation macro-F1 gain for {cfg.patience} epochs")
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, row)
+        return stopped
 
+    run_epochs(start_epoch, cfg.epochs, train_epoch, end_epoch, history, run_dir / "metrics.csv", HISTORY_FIELDS, d,
+               on_epoch_end, stopped=bool(cfg.patience and since_best >= cfg.patience))
     if d.main and evaluate:
         finish_run(run_dir, val, test, bf16, cfg.progress, at_size(train, cfg.img_size))
     elif d.main:
         mark_done(run_dir)
     return run_dir
+
+
+def _run_meta(cfg: TrainConfig, classes, data: dict, sources, mean, std, parent, teacher, backbone,
+              resuming: bool) -> ckpt.CheckpointMeta:
+    """What the run's checkpoints say about it: its data, normalisation, parent, teacher, backbone."""
+    trained_on = [{"name": src.name, "path": src.path,
+                   "images": {k: sum(s.source == src.name for s in v.samples) if v else 0 for k, v in data.items()}}
+                  for src in sources]
+    meta = ckpt.new_meta(classes, cfg.model, given_model_args(cfg), cfg.img_size, mean, std, config=cfg.to_dict(),
+                         seed=cfg.seed, sources=trained_on, preprocess=preprocess_of(cfg).to_dict())
+    if parent:
+        meta.temperature = parent.temperature  # kept unless held-out cells refit it (finish_run)
+        meta.sources = parent.sources + trained_on
+        meta.adapted_from = {"checkpoint": str(parent.path), "weights_sha256": parent.weights_sha256,
+                             "sources": parent.sources, "images": {k: len(v.samples) if v else 0
+                                                                    for k, v in data.items()},
+                             "classes": sorted({classes[s.label] for s in data["train"].samples})}
+    if teacher is not None:
+        meta.distilled_from = teacher.record()
+    if cfg.pretrained and not resuming:
+        meta.pretrained = pretrained_record(cfg.pretrained, backbone[1] if backbone else None)
+    return meta
 
 
 def at_size(data: RunData | None, size: int) -> RunData | None:
@@ -718,77 +597,6 @@ def at_size(data: RunData | None, size: int) -> RunData | None:
     return RunData(data.samples, out)
 
 
-def evaluate_by_source(model, meta, data: RunData, out: Path, progress: bool) -> None:
-    """With several labs, each lab's share of a split evaluated alone, and a table of them."""
-    from ..evaluation.evaluate import evaluate_samples, summary_row, write_summary
-
-    names = sorted({s.source for s in data.samples})
-    if len(names) < 2:
-        return
-    rows = []
-    for name in names:
-        idx = np.array([i for i, s in enumerate(data.samples) if s.source == name])
-        result = evaluate_samples(model, meta, [data.samples[i] for i in idx], out / name, title=f"test split, {name}",
-                                  images=np.asarray(data.images[idx]), progress=progress, explain_maps=False)
-        rows.append(summary_row(name, result))
-        print(f"  {name}: n={result['n']}  accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}")
-    write_summary(out, rows, "Test split, one row per lab")
-
-
-def finish_run(run_dir: Path, val: RunData | None, test: RunData | None, bf16: bool, progress: bool,
-               train: RunData | None = None) -> None:
-    """Fit the temperature and the unfamiliar-image threshold on validation, then evaluate the best
-    checkpoint on test and val."""
-    from ..evaluation.evaluate import evaluate_samples
-
-    model, best_meta = ckpt.load_model(run_dir / "best")
-    if val is None and train is not None and best_meta.adapted_from:
-        # Adapted on too few cells to hold any out: the parent's temperature stays; the shift
-        # statistics must still describe the new lab, so the training cells give the threshold too.
-        print(f"too few cells to hold out: the temperature stays the parent's (T={best_meta.temperature:.3f}); "
-              f"the unfamiliar-image threshold comes from the adaptation cells themselves")
-        _, train_features = predict_logits(model, train.images, best_meta.mean, best_meta.std, 256, bf16,
-                                           with_features=True)
-        best_meta.shift_stats = fit_shift_stats(model, best_meta, train.images, train.labels, train_features)
-        ckpt.save_checkpoint(run_dir / "best", model, best_meta)
-    if val is not None:
-        # Temperature scaling: one scalar fitted on the validation logits (accuracy unchanged);
-        # inference divides the logits by meta.temperature.
-        # One pass gives the logits for the temperature and the features for the shift threshold.
-        val_logits, val_features = predict_logits(model, val.images, best_meta.mean, best_meta.std, 256, bf16,
-                                                  with_features=True)
-        wrong = int((val_logits.argmax(1) != val.labels).sum())
-        if best_meta.adapted_from and (len(val.labels) < MIN_CELLS_FOR_TEMPERATURE or wrong == 0):
-            # A few dozen held-out cells, often all right, drive the fitted T to its lower bound:
-            # probabilities of 1.0 that no new cell deserves. The parent's T is the safer guess.
-            print(f"{len(val.labels)} held-out cells, {wrong} wrong: too few to fit a temperature on; it stays "
-                  f"the parent's (T={best_meta.temperature:.3f})")
-        else:
-            best_meta.temperature = fit_temperature(val_logits, val.labels)
-        best_meta.calibration = calibration_summary(val_logits, val.labels, best_meta.temperature)
-        print(format_summary(best_meta.calibration, "validation"))
-        if train is not None:
-            best_meta.shift_stats = fit_shift_stats(model, best_meta, train.images, train.labels, val_features)
-            print(f"unfamiliar-image check: threshold {best_meta.shift_stats.threshold:.1f} (99th percentile of "
-                  f"the validation cells' shift scores)")
-        ckpt.save_checkpoint(run_dir / "best", model, best_meta)
-    if test is not None:
-        result = evaluate_samples(model, best_meta, test.samples, run_dir / "test", title="test split", run_dir=run_dir,
-                                  images=test.images, progress=progress)
-        print(f"test split: n={result['n']}  accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}  "
-              f"-> {run_dir / 'test'}")
-        evaluate_by_source(model, best_meta, test, run_dir / "test" / "by_source", progress)
-    if val is not None:
-        evaluate_samples(model, best_meta, val.samples, run_dir / "val", title="validation split", run_dir=run_dir,
-                         images=val.images, progress=progress)
-    mark_done(run_dir)
-
-
-def mark_done(run_dir: Path) -> None:
-    """The run finished: --resume refuses it from now on."""
-    (run_dir / "DONE").write_text(json.dumps({"finished": datetime.now().isoformat(timespec="seconds")}))
-
-
-__all__ = ["fit", "train_one_epoch", "train_step", "validate", "RunData", "training_parts", "TrainParts", "Schedule",
+__all__ = ["fit", "train_one_epoch", "train_step", "validate", "RunData", "training_parts", "TrainParts",
            "build_model", "model_args_of", "preprocess_of", "build_optimizer", "build_loss", "build_ema",
-           "build_schedule", "split_of", "lr_at"]
+           "build_schedule", "split_of"]
