@@ -24,6 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from ..data.augment import AugmentConfig, augment_batch, normalize
+from ..engine.ema import EMA
+from ..engine.optim import make_optimizer
+from ..engine.schedule import Schedule
 
 
 @dataclass(frozen=True)
@@ -56,25 +59,17 @@ class StepStats:
     lr: float
 
 
-def _lr(step: int, cfg: SemiConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-
-
 def self_train(model: torch.nn.Module, mean, std, temperature: float, unlabelled: np.ndarray, augment: AugmentConfig,
                cfg: SemiConfig = SemiConfig(), labelled: np.ndarray | None = None, labels: np.ndarray | None = None,
                on_step: Callable[[StepStats], None] | None = None) -> torch.nn.Module:
     """Train `model` on a lab's cells (uint8 (N, 3, S, S) arrays); returns the teacher (a copy).
     `temperature`: the model's, so that `threshold` is a calibrated probability."""
-    from ..training.classifier import EMA
-
     device = next(model.parameters()).device
     g = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)  # dropout
     teacher = EMA(model, cfg.ema_decay)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer([model], cfg.lr, cfg.weight_decay, decay_everything=True)
+    schedule = Schedule(0, cfg.steps, cfg.warmup_steps, cfg.lr)
     strong = augment  # the parent's own training augmentation: what it learnt to see through
     has_labels = labelled is not None and len(labelled) > 0
     if has_labels:
@@ -82,8 +77,7 @@ def self_train(model: torch.nn.Module, mean, std, temperature: float, unlabelled
         by_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]
     n_classes = None
     for step in range(cfg.steps):
-        for group in optimizer.param_groups:
-            group["lr"] = _lr(step, cfg)
+        schedule.apply(optimizer, step)
         idx = np.sort(torch.randint(len(unlabelled), (min(cfg.unlabelled_batch, len(unlabelled)),), generator=g).numpy())
         xu = torch.from_numpy(np.ascontiguousarray(unlabelled[idx])).to(device)
         with torch.no_grad():

@@ -37,6 +37,8 @@ from PIL import Image
 
 from ..cells.finder.net import STRIDE, FinderConfig, FinderNet, save_finder
 from ..data.fields import Source
+from ..engine.optim import make_optimizer
+from ..engine.schedule import Schedule
 
 # Cell diameters in a training canvas (working pixels), drawn log-uniformly.
 DIAMETERS = (14.0, 110.0)
@@ -377,23 +379,21 @@ def fit(sources: list[Source], cfg: FinderTrainConfig, out, progress: bool = Tru
     net = FinderNet(tuple(cfg.widths), cfg.neck)
     if start is not None:
         net.load_state_dict(load_tensors(Path(start).with_suffix(".safetensors")))
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warm = max(1, cfg.steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg.steps))))
+    opt = make_optimizer([net], cfg.lr, cfg.weight_decay, decay_everything=True)
+    schedule = Schedule(0, cfg.steps, max(1, cfg.steps // 20), cfg.lr, ramp_over_cosine=True)
     net.train()
     t0 = time.time()
     bar = tqdm(range(cfg.steps), desc="finder", unit="step", disable=not progress)
     avg = None
     batches = _prefetch(lambda: make_batch(rng, gen, sources, cfg), cfg.steps)
     for step in bar:
+        schedule.apply(opt, step)
         x, (heat, weight, where, what, red) = next(batches)
         logits, size, scale = net(x)
         loss = finder_loss(logits, size, scale, heat, weight, where, what, red)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        sched.step()
         avg = loss.item() if avg is None else 0.98 * avg + 0.02 * loss.item()
         bar.set_postfix(loss=f"{avg:.3f}")
         if (step + 1) % max(1, cfg.steps // 10) == 0 and not progress:

@@ -34,7 +34,6 @@ the same command gives the same backbone. At the end: OUT/backbone.safetensors a
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import sys
@@ -44,13 +43,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
-
 from .. import __version__
 from ..core.errors import WbcnetError
 from ..core.files import atomic_write, ensure_writable_dir, write_text_atomic
 from ..core.weights import load_tensors, part, save_tensors, sha256_file
 from ..data.augment import augment_batch, normalize
+from ..data.stats import channel_stats
+from ..engine.optim import make_optimizer
+from ..engine.rundir import discard_unstarted
+from ..engine.schedule import Schedule
+from ..engine.trainer import epoch_generators, run_epoch, run_epochs
 from ..inference.runner import resolve_device, use_bf16
 from ..models import classifier_layer
 from ..models.backbone import BackboneMeta, write_backbone
@@ -83,10 +85,7 @@ class CellPool:
             start += len(p)
         return np.ascontiguousarray(np.concatenate(out))
 
-    def channel_stats(self, limit: int = 2000) -> tuple[list[float], list[float]]:
-        idx = np.linspace(0, len(self) - 1, min(limit, len(self))).astype(int)
-        sub = self.take(idx).astype(np.float64) / 255  # float64: round(4) then gives plain 4-digit numbers
-        return sub.mean((0, 2, 3)).round(4).tolist(), sub.std((0, 2, 3)).round(4).tolist()
+    __getitem__ = take
 
 
 def read_cells(cfg: PretrainConfig, prep) -> CellPool:
@@ -178,19 +177,8 @@ def projection_head(model: torch.nn.Module, cfg: PretrainConfig) -> torch.nn.Mod
 
 
 def optimizer_for(modules, cfg: PretrainConfig) -> torch.optim.Optimizer:
-    """AdamW; weight decay on weights, not on biases and norms (as train.build_optimizer)."""
-    decay, no_decay = [], []
-    for m in modules:
-        for p in m.parameters():
-            (decay if p.ndim > 1 else no_decay).append(p)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-
-
-def _lr(step: int, total: int, warmup: int, base: float) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+    """AdamW; weight decay on weights, not on biases and norms (engine/optim.py, as `wbcnet train`'s)."""
+    return make_optimizer(modules, cfg.lr, cfg.weight_decay)
 
 
 # --- the run ------------------------------------------------------------------------------------------
@@ -223,13 +211,6 @@ def _read_last(out: Path, cfg: PretrainConfig) -> tuple[dict, dict]:
     return load_tensors(weights), state
 
 
-def write_history(path: Path, history: list[dict]) -> None:
-    with atomic_write(path) as tmp, open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=HISTORY_FIELDS)
-        w.writeheader()
-        w.writerows(history)
-
-
 def pretrain(cfg: PretrainConfig, resume: bool = False, on_epoch_end=None) -> Path:
     """Pretrain as `cfg` says (or continue the run in cfg.out); returns OUT, which then holds
     backbone.safetensors and backbone.json. `on_epoch_end(epoch, row)` runs after each epoch's
@@ -249,10 +230,8 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, on_epoch_end=None) -> Pa
         return _pretrain(cfg, out, saved, on_epoch_end)
     except BaseException:
         # A new run that stops before its first epoch ends leaves no folder behind.
-        if created and not (out / "last.json").exists():
-            for p in out.iterdir():
-                p.unlink()
-            out.rmdir()
+        if created:
+            discard_unstarted(out, "last.json")
         raise
 
 
@@ -279,7 +258,8 @@ def _pretrain(cfg: PretrainConfig, out: Path, saved: tuple[dict, dict] | None, o
     if saved and [s["cells"] for s in saved["sources"]] != [s["cells"] for s in cells.sources]:
         raise WbcnetError(f"{out}: the sources hold other cells now ({', '.join(str(s['cells']) for s in cells.sources)}"
                           f" cells, the run had {', '.join(str(s['cells']) for s in saved['sources'])}); cannot resume")
-    mean, std = (saved["mean"], saved["std"]) if saved else cells.channel_stats()
+    # float64: round(4) then gives plain 4-digit numbers in backbone.json
+    mean, std = (saved["mean"], saved["std"]) if saved else channel_stats(cells, dtype=np.float64)
 
     model = build_model(target, _UNUSED_CLASSES)  # seeded with the recipe's seed
     head = projection_head(model, cfg)
@@ -296,43 +276,41 @@ def _pretrain(cfg: PretrainConfig, out: Path, saved: tuple[dict, dict] | None, o
         optimizer_from_parts(optimizer, {k: v.to(device) for k, v in saved_tensors.items()}, saved["optimizer"])
         start, history = saved["epoch"] + 1, saved["history"]
         print(f"resuming after epoch {start}")
-    total, warmup = steps_per_epoch * cfg.epochs, int(cfg.warmup_epochs * steps_per_epoch)
+    schedule = Schedule.of_epochs(steps_per_epoch, cfg.epochs, cfg.warmup_epochs, cfg.lr)
     settings = cfg.settings()
     step = start * steps_per_epoch
-    for epoch in range(start, cfg.epochs):
+
+    def train_epoch(epoch: int) -> dict:
+        nonlocal step
         model.train()
         head.train()
-        seed = cfg.seed * 100_003 + epoch
-        g = torch.Generator().manual_seed(seed)  # the epoch's order and, on the CPU, its views
-        g_aug = g if device.type == "cpu" else torch.Generator(device).manual_seed(seed)
-        torch.manual_seed(seed)  # dropout
+        g, g_aug = epoch_generators(cfg.seed, epoch, device)  # the epoch's order and, on the CPU, its views
         order = torch.randperm(n, generator=g).numpy()
-        t0, total_loss = time.time(), 0.0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
-                   disable=not cfg.progress, dynamic_ncols=True)
-        for b in bar:
+        t0 = time.time()
+
+        def one_batch(b: int) -> dict:
             idx = np.sort(order[b * cfg.batch_size:(b + 1) * cfg.batch_size])  # memory-mapped caches read faster in order
             x = torch.from_numpy(cells.take(idx)).to(device)
             views = two_views(x, cfg.augment, g_aug, mean, std, channels_last)
-            for group in optimizer.param_groups:
-                group["lr"] = _lr(step, total, warmup, cfg.lr)
-            loss = simclr_step(features, head, criterion, optimizer, views, bf16)
-            step += 1
-            total_loss += loss
-            bar.set_postfix(loss=f"{total_loss / (b + 1):.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+            return {"loss": simclr_step(features, head, criterion, optimizer, views, bf16), "n": 1}
+
+        totals, step = run_epoch(one_batch, steps_per_epoch, optimizer, schedule, step,
+                                 desc=f"epoch {epoch + 1}/{cfg.epochs}", progress=cfg.progress)
         seconds = time.time() - t0
-        row = {"epoch": epoch + 1, "loss": round(total_loss / steps_per_epoch, 5),
-               "lr": f"{optimizer.param_groups[0]['lr']:.3e}", "epoch_s": round(seconds, 1),
-               "cells_per_s": round(steps_per_epoch * cfg.batch_size / seconds, 1)}
-        history.append(row)
+        return {"epoch": epoch + 1, "loss": round(totals["loss"] / steps_per_epoch, 5),
+                "lr": f"{optimizer.param_groups[0]['lr']:.3e}", "epoch_s": round(seconds, 1),
+                "cells_per_s": round(steps_per_epoch * cfg.batch_size / seconds, 1)}
+
+    def end_epoch(epoch: int, row: dict) -> bool:
         _save_last(out, model, head, optimizer, {"epoch": epoch, "history": history, "settings": settings,
                                                  "sources": cells.sources, "mean": mean, "std": std})
-        write_history(out / "history.csv", history)
         print(f"epoch {epoch + 1:3d}/{cfg.epochs}  NT-Xent loss {row['loss']:.4f} (chance "
               f"{math.log(2 * cfg.batch_size - 1):.2f})  ({row['epoch_s']}s, {row['cells_per_s']} cells/s, "
               f"2 views each)", flush=True)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, row)
+        return False
+
+    run_epochs(start, cfg.epochs, train_epoch, end_epoch, history, out / "history.csv", HISTORY_FIELDS,
+               on_epoch_end=on_epoch_end)
 
     meta = BackboneMeta(model=target.model, model_args=model_args_of(target), img_size=target.img_size,
                         preprocess=prep.to_dict(), mean=list(mean), std=list(std), method="simclr",
@@ -361,5 +339,5 @@ def run_command(opts, args) -> int:
     return 0
 
 
-__all__ = ["CellPool", "read_cells", "pretrain", "run_command", "write_history", "Features", "two_views",
+__all__ = ["CellPool", "read_cells", "pretrain", "run_command", "Features", "two_views",
            "simclr_step", "projection_head", "optimizer_for"]
