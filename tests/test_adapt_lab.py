@@ -39,7 +39,7 @@ def macro_f1_on(checkpoint, folder):
 
     model, meta = ckpt.load_model(checkpoint)
     return evaluate_folder(model, meta, folder, folder.parent / f"eval-{checkpoint.name}", progress=False,
-                           explain_maps=False, n_resamples=0)["macro_f1"]
+                           explain_maps=False, n_resamples=0).macro_f1
 
 
 def test_unlabelled_cells_help_a_shifted_lab(two_lab_run, tmp_path):

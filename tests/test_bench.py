@@ -37,7 +37,7 @@ def test_benchmarks_use_only_trains_public_parts():
 
     for name in ("bench.py", "ablation.py", "backbones.py"):
         source = (REPO / "benchmarks" / name).read_text()
-        for block in re.findall(r"from wbcnet\.train import ([^\n]+)", source):
+        for block in re.findall(r"from wbcnet\.training\.classifier import ([^\n]+)", source):
             used = {n.strip().split(" as ")[0] for n in block.strip("()").split(",")}
             assert used <= set(wbcnet.training.classifier.__all__), (name, used - set(wbcnet.training.classifier.__all__))
 

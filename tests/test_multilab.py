@@ -175,8 +175,8 @@ def test_adapt_helps_on_a_new_lab_and_stops_flagging_it(two_lab_run, tmp_path):
     before = score(run, "before")
     adapted = adapt(run, tmp_path / "adapt", tmp_path / "adapted", epochs=8, progress=False)
     after = score(adapted, "after")
-    assert after["macro_f1"] > before["macro_f1"] + 0.05
-    assert after["shift"]["share_unfamiliar"] < min(0.2, before["shift"]["share_unfamiliar"])
+    assert after.macro_f1 > before.macro_f1 + 0.05
+    assert after.shift.share_unfamiliar < min(0.2, before.shift.share_unfamiliar)
     meta = json.loads((adapted / "best.json").read_text())
     assert meta["adapted_from"]["checkpoint"].endswith("best.safetensors") and meta["adapted_from"]["images"]["train"]
     assert meta["calibration"]["n"] > 0  # 20 a class: 4 held out per class refit the temperature

@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("fastapi", reason="pip install -e .")
 pytest.importorskip("uvicorn", reason="pip install -e .")
 
-import wbcnet.inference.lab_cells  # noqa: E402
+import wbcnet.lab.suggest  # noqa: E402
 from wbcnet.models.checkpoint import load_model
 from wbcnet.cli.main import main
 from wbcnet.core.errors import WbcnetError
@@ -247,7 +247,7 @@ def test_the_page_asks_once_and_sends_the_credential_in_headless_chromium(shippe
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    monkeypatch.setattr(wbcnet.inference.lab_cells, "suggest", fake_suggest)
+    monkeypatch.setattr(wbcnet.lab.suggest, "suggest", fake_suggest)
     model, meta = shipped
     access = Access(TOKEN, read_users(users_file), users_file=users_file)
     cells = sample_paths(1)[:4]

@@ -23,7 +23,7 @@ pytest.importorskip("uvicorn", reason="pip install -e .")
 
 import wbcnet.lab.adapt  # noqa: E402
 import wbcnet.cells.locate  # noqa: E402
-import wbcnet.inference.lab_cells  # noqa: E402
+import wbcnet.lab.suggest  # noqa: E402
 from wbcnet.models.checkpoint import load_model
 from wbcnet.cells.cellbox import CellBox, FieldSearch
 
@@ -226,7 +226,7 @@ def test_adapting_the_classifier_of_a_lab_model_keeps_its_finder(shipped, tmp_pa
     not drop the finder the lab taught it."""
     held = HeldAdapt()
     held.gate.set()
-    monkeypatch.setattr(wbcnet.inference.lab_cells, "suggest", fake_suggest)
+    monkeypatch.setattr(wbcnet.lab.suggest, "suggest", fake_suggest)
     monkeypatch.setattr(wbcnet.lab.adapt, "adapt_lab", held)
     data = tmp_path / "data"
     with running(shipped, data) as url:

@@ -24,7 +24,7 @@ pytest.importorskip("fastapi", reason="pip install -e .")
 uvicorn = pytest.importorskip("uvicorn", reason="pip install -e .")
 
 import wbcnet.lab.adapt  # noqa: E402
-import wbcnet.inference.lab_cells  # noqa: E402
+import wbcnet.lab.suggest  # noqa: E402
 from wbcnet.models.checkpoint import SHIPPED, load_model
 from wbcnet.core.errors import WbcnetError
 from wbcnet.serve.app import create_app  # noqa: E402
@@ -275,7 +275,7 @@ def serve_command(args: list[str], cwd: Path, env: dict | None = None, timeout: 
 
 
 def test_client_named_paths_are_refused(shipped, tmp_path, monkeypatch):
-    monkeypatch.setattr(wbcnet.inference.lab_cells, "suggest", fake_suggest)
+    monkeypatch.setattr(wbcnet.lab.suggest, "suggest", fake_suggest)
     data = tmp_path / "data"
     with running(shipped, data) as url:
         cell = as_files(sample_paths(1)[:1])
@@ -306,7 +306,7 @@ def test_client_named_paths_are_refused(shipped, tmp_path, monkeypatch):
 
 def test_one_job_runs_at_a_time_and_reports_its_progress(shipped, tmp_path, monkeypatch):
     held = HeldAdapt()
-    monkeypatch.setattr(wbcnet.inference.lab_cells, "suggest", fake_suggest)
+    monkeypatch.setattr(wbcnet.lab.suggest, "suggest", fake_suggest)
     monkeypatch.setattr(wbcnet.lab.adapt, "adapt_lab", held)
     with running(shipped, tmp_path / "data") as url:
         lab_with_labels(url)
@@ -351,7 +351,7 @@ def test_one_job_runs_at_a_time_and_reports_its_progress(shipped, tmp_path, monk
 def test_a_failed_job_says_why_in_one_line(shipped, tmp_path, monkeypatch):
     held = HeldAdapt()
     held.gate.set()
-    monkeypatch.setattr(wbcnet.inference.lab_cells, "suggest", fake_suggest)
+    monkeypatch.setattr(wbcnet.lab.suggest, "suggest", fake_suggest)
     monkeypatch.setattr(wbcnet.lab.adapt, "adapt_lab", held)
     with running(shipped, tmp_path / "data") as url:
         lab_with_labels(url, labels=())  # pictures, no labels
@@ -364,7 +364,7 @@ def test_a_failed_job_says_why_in_one_line(shipped, tmp_path, monkeypatch):
 
 def test_a_restart_reports_unfinished_jobs_as_interrupted(shipped, tmp_path, monkeypatch):
     held = HeldAdapt()
-    monkeypatch.setattr(wbcnet.inference.lab_cells, "suggest", fake_suggest)
+    monkeypatch.setattr(wbcnet.lab.suggest, "suggest", fake_suggest)
     monkeypatch.setattr(wbcnet.lab.adapt, "adapt_lab", held)
     data = tmp_path / "data"
     with running(shipped, data) as url:

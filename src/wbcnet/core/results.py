@@ -68,23 +68,6 @@ class Record:
             out[key] = _plain(getattr(self, key))
         return out
 
-    def __getitem__(self, key: str):
-        """A JSON key's value (`result["macro_f1"]`), for callers written when results were dicts;
-        new code reads the attributes."""
-        for f in dataclasses.fields(self):
-            if f.metadata.get("json", True) and f.metadata.get("key", f.name) == key:
-                return getattr(self, f.name)
-        if key in self.COMPUTED:
-            return getattr(self, key)
-        raise KeyError(key)
-
-    def get(self, key: str, default=None):
-        try:
-            value = self[key]
-        except KeyError:
-            return default
-        return default if value is None else value
-
 
 # --- one cell ---------------------------------------------------------------------------------
 

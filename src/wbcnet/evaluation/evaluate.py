@@ -145,23 +145,13 @@ def evaluate_folder(model, meta, data, out, run_dir=None, split: str | None = No
 SUMMARY_FIELDS = EvalResult.SUMMARY_COLUMNS
 
 
-def summary_row(name: str, result: EvalResult) -> dict:
-    """The set's row of summary.csv (EvalResult.summary_row)."""
-    return result.summary_row(name)
-
-
-def write_summary(out, rows: list[dict], title: str = "Evaluation on several sets") -> None:
-    """summary.csv, summary.md and report.html (render/evaluation.py)."""
-    from ..render.evaluation import write_summary as write
-
-    write(out, rows, title)
-
-
 def evaluate_sets(model, meta, sets: list[tuple[str, str]], out, split: str | None = None,
                   home: list[str] | None = None, **kw) -> list[dict]:
     """Evaluate on each named (name, path) set into out/NAME/, then write the summary table. With
     the unfamiliar-image check, each set that is not `home` (default: the sets named after the
     training labs) gets the AUROC of the shift score against the home sets' cells."""
+    from ..render.evaluation import write_summary
+
     out = Path(out)
     rows, scores = [], {}
     for name, path in sets:

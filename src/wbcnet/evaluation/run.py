@@ -21,7 +21,8 @@ MIN_CELLS_FOR_TEMPERATURE = 100
 
 def evaluate_by_source(model, meta, data, out: Path, progress: bool) -> None:
     """With several labs, each lab's share of a split evaluated alone, and a table of them."""
-    from .evaluate import evaluate_samples, summary_row, write_summary
+    from ..render.evaluation import write_summary
+    from .evaluate import evaluate_samples
 
     names = sorted({s.source for s in data.samples})
     if len(names) < 2:
@@ -31,8 +32,8 @@ def evaluate_by_source(model, meta, data, out: Path, progress: bool) -> None:
         idx = np.array([i for i, s in enumerate(data.samples) if s.source == name])
         result = evaluate_samples(model, meta, [data.samples[i] for i in idx], out / name, title=f"test split, {name}",
                                   images=np.asarray(data.images[idx]), progress=progress, explain_maps=False)
-        rows.append(summary_row(name, result))
-        print(f"  {name}: n={result['n']}  accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}")
+        rows.append(result.summary_row(name))
+        print(f"  {name}: n={result.n}  accuracy {result.accuracy:.4f}  macro-F1 {result.macro_f1:.4f}")
     write_summary(out, rows, "Test split, one row per lab")
 
 
@@ -75,7 +76,7 @@ def finish_run(run_dir: Path, val, test, bf16: bool, progress: bool, train=None)
     if test is not None:
         result = evaluate_samples(model, best_meta, test.samples, run_dir / "test", title="test split", run_dir=run_dir,
                                   images=test.images, progress=progress)
-        print(f"test split: n={result['n']}  accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}  "
+        print(f"test split: n={result.n}  accuracy {result.accuracy:.4f}  macro-F1 {result.macro_f1:.4f}  "
               f"-> {run_dir / 'test'}")
         evaluate_by_source(model, best_meta, test, run_dir / "test" / "by_source", progress)
     if val is not None:
