@@ -515,8 +515,8 @@ def bench_epoch(paths: list[str], s: Settings, workdir: Path, name: str = "mhcnn
     def epoch(images, data_samples=samples) -> float:
         data = RunData(data_samples, images)
         t0 = time.perf_counter()
-        train_one_epoch(parts.model, parts.criterion, parts.optimizer, data, cfg, 0, 0, sched.total_steps,
-                        sched.warmup_steps, MEAN, STD, bf16, channels_last, ema)
+        train_one_epoch(parts.model, parts.criterion, parts.optimizer, data, cfg, 0, 0, sched, MEAN, STD, bf16,
+                        channels_last, ema)
         return time.perf_counter() - t0
 
     # The cache as training uses it: written once, then memory-mapped by every epoch and later run.

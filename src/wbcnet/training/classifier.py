@@ -122,11 +122,11 @@ def train_step(model, criterion, optimizer, x: torch.Tensor, y: torch.Tensor, bf
 
 
 def train_one_epoch(model, criterion, optimizer, data: RunData, cfg: TrainConfig, epoch: int, step: int,
-                    total_steps: int, warmup_steps: int, mean, std, bf16: bool, channels_last: bool, ema=None,
+                    schedule: Schedule, mean, std, bf16: bool, channels_last: bool, ema=None,
                     d: Dist = Dist(), teacher=None):
     """One pass over `data` (this rank's shard of it, under torchrun), run by engine.trainer.run_epoch
-    with train_step as its step. Returns (mean loss, accuracy on augmented batches, over all ranks;
-    next step). (Its arguments are the ones benchmarks/bench.py passes.)"""
+    with train_step as its step and the run's `schedule` (training_parts'). Returns (mean loss,
+    accuracy on augmented batches, over all ranks; next step)."""
     model.train()
     device = next(model.parameters()).device
     g, g_aug = epoch_generators(cfg.seed, epoch, device, d)
@@ -152,7 +152,6 @@ def train_one_epoch(model, criterion, optimizer, data: RunData, cfg: TrainConfig
         loss, logits = train_step(model, criterion, optimizer, x, y, bf16, teacher, teacher_logits)
         return {"loss": loss.item() * len(y), "acc": (logits.argmax(1) == y).sum().item(), "n": len(y)}
 
-    schedule = Schedule(n_batches, total_steps, warmup_steps, cfg.lr)
     totals, step = run_epoch(one_batch, n_batches, optimizer, schedule, step, ema, getattr(model, "module", model), d,
                              f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress)
     return totals["loss"] / max(totals["n"], 1), totals["acc"] / max(totals["n"], 1), step
@@ -521,8 +520,7 @@ def _fit(cfg: TrainConfig, run_dir: Path, resuming: bool, on_epoch_end, d: Dist,
         nonlocal step, scores
         t0 = time.time()
         train_loss, train_acc, step = train_one_epoch(train_model, criterion, optimizer, train, cfg, epoch, step,
-                                                      schedule.total_steps, schedule.warmup_steps, mean, std, bf16,
-                                                      channels_last, ema, d, teacher)
+                                                      schedule, mean, std, bf16, channels_last, ema, d, teacher)
         train_s = time.time() - t0
         # Rank 0 validates; every rank gets its scores, so all of them stop at the same epoch.
         scores = validate(eval_model, val, mean, std, bf16, 256) if val and d.main else (float("nan"),) * 3

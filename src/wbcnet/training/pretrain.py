@@ -52,7 +52,7 @@ from ..data.stats import channel_stats
 from ..engine.optim import make_optimizer
 from ..engine.rundir import discard_unstarted
 from ..engine.schedule import Schedule
-from ..engine.trainer import epoch_generators, run_epoch, run_epochs
+from ..engine.trainer import epoch_generators, run_epoch, run_epochs, set_threads
 from ..inference.runner import resolve_device, use_bf16
 from ..models import classifier_layer
 from ..models.backbone import BackboneMeta, write_backbone
@@ -241,8 +241,7 @@ def _pretrain(cfg: PretrainConfig, out: Path, saved: tuple[dict, dict] | None, o
     from .classifier import build_model, model_args_of, preprocess_of
 
     saved_tensors, saved = saved if saved else (None, None)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads)
     device = resolve_device(cfg.device)
     bf16 = use_bf16(None, device)
     channels_last = bf16
