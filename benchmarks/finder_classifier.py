@@ -57,13 +57,13 @@ def main(argv=None) -> int:
     pale_bccd = pale_copies(scan(args.bccd), args.out / "pale" / "bccd")
     classic = args.out / "classic-checkpoint" / "model"
     classic.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(ASSETS / "model.safetensors", classic.with_suffix(".safetensors"))
-    meta = json.loads((ASSETS / "model.json").read_text())
+    shutil.copy(ASSETS / "fast.safetensors", classic.with_suffix(".safetensors"))
+    meta = json.loads((ASSETS / "fast.json").read_text())
     meta["preprocess"] = {**meta.get("preprocess", {}), "finder": "classic"}
     classic.with_suffix(".json").write_text(json.dumps(meta, indent=2))
     rows = {}
     for name, ckpt in (("threshold finder (classic)", str(classic.with_suffix(".safetensors"))),
-                       ("learned finder", str(ASSETS / "model.safetensors"))):
+                       ("learned finder", str(ASSETS / "fast.safetensors"))):
         out = args.out / ("classic" if "classic" in name else "learned")
         cmd = ["wbcnet", "evaluate", "--checkpoint", ckpt, "--data", f"raabin={split}", "--data", f"pbc={split}",
                "--data", f"bccd={args.bccd}", "--data", f"pale-raabin={pale_raabin}", "--data",

@@ -1,6 +1,6 @@
 """In-process throughput of classifiers, side by side, with a reference measured in the same run.
 
-    python -m benchmarks.model_speed --checkpoint shipped=src/wbcnet/assets/model.safetensors \\
+    python -m benchmarks.model_speed --checkpoint shipped=src/wbcnet/assets/fast.safetensors \\
         --checkpoint 160=runs/levers/runs/mhcnn-160 --out benchmarks/results/model_speed.md
 
 For each checkpoint: img/s of the model alone (wbcnet.inference.runner.predict_logits, the one inference

@@ -102,8 +102,8 @@ def main(argv=None) -> int:
         import shutil
 
         assets = ROOT / "src" / "wbcnet" / "assets"
-        shutil.copy(assets / "model.safetensors", Path(tmp) / "classic.safetensors")
-        doc = json.loads((assets / "model.json").read_text())
+        shutil.copy(assets / "fast.safetensors", Path(tmp) / "classic.safetensors")
+        doc = json.loads((assets / "fast.json").read_text())
         doc["preprocess"] = {**doc.get("preprocess", {}), "finder": "classic"}
         (Path(tmp) / "classic.json").write_text(json.dumps(doc))
         t0 = time.perf_counter()

@@ -75,7 +75,7 @@ def test_ensemble_averages_the_members_probabilities_and_the_table_counts_errors
 
 def test_model_speed_writes_its_table(tmp_path):
     out = tmp_path / "speed.md"
-    model = REPO / "src" / "wbcnet" / "assets" / "model.safetensors"
+    model = REPO / "src" / "wbcnet" / "assets" / "fast.safetensors"
     assert model_speed.main(["--checkpoint", f"a={model}", "--checkpoint", f"b={model}", "--n", "8",
                              "--out", str(out)]) == 0
     text = out.read_text()

@@ -55,6 +55,13 @@ def test_every_model_command_takes_checkpoint_device_and_threads(command):
     assert (opts.checkpoint, opts.device, opts.threads) == ("C", "auto", 1)
 
 
+@pytest.mark.parametrize("command", sorted(MODEL_COMMANDS))
+@pytest.mark.parametrize("name", ["fast", "accurate"])
+def test_every_model_command_takes_a_zoo_model_by_name(command, name):
+    args = build_parser().parse_args([command, *MODEL_COMMANDS[command], "--model", name])
+    assert InferenceOptions.from_args(args).checkpoint == name
+
+
 def test_options_from_flags_keep_each_commands_defaults():
     parse = build_parser().parse_args
     assert InferenceOptions.from_args(parse(["evaluate", "--data", "D", "--out", "O"])).batch_size == 128
@@ -66,9 +73,9 @@ def test_options_from_flags_keep_each_commands_defaults():
 def test_shared_flags_are_defined_once():
     cli = (REPO / "src" / "wbcnet" / "cli/main.py").read_text()
     options = (REPO / "src" / "wbcnet" / "cli/options.py").read_text()
-    for flag in ("--checkpoint", "--workers", "--overwrite", "--batch-size", "--min-confidence", "--no-shift-check",
+    for flag in ("--model", "--workers", "--overwrite", "--batch-size", "--min-confidence", "--no-shift-check",
                  "--device", "--threads", "--tta"):
-        assert f'"{flag}"' not in cli and options.count(f'(["{flag}"]') == 1, flag
+        assert f'"{flag}"' not in cli and options.count(f'(["{flag}"') == 1, flag
 
 
 @pytest.mark.parametrize("kw, needle", [({"device": "gpu"}, "--device gpu"), ({"batch_size": 0}, "--batch-size 0"),

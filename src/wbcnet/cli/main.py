@@ -39,7 +39,6 @@ def cmd_evaluate(args) -> int:
     sets = parse_sources(args.data)
     out = prepare_output_dir(args.out, args.overwrite)
     model, meta = opts.load_model()
-    print(f"model: {meta.path} ({meta.model}, classes {', '.join(meta.classes)})")
     run_dir = args.run or (meta.path.parent if args.checkpoint else None)
     common = dict(batch_size=opts.batch_size, workers=opts.workers, progress=not args.no_progress,
                   explain_maps=not args.no_explain, n_resamples=args.bootstrap, tta=opts.tta,
@@ -99,9 +98,9 @@ def cmd_predict(args) -> int:
     model, meta = opts.load_model()
     backend = None
     if args.backend == "onnxruntime":
-        from ..inference.export import onnx_backend
+        from ..inference.export import default_onnx_path, onnx_backend
 
-        backend = onnx_backend(args.onnx or meta.path.with_suffix(".onnx"), meta, opts.batch_size)
+        backend = onnx_backend(args.onnx or default_onnx_path(meta.path), meta, opts.batch_size)
     cells = predict_cells(model, meta, paths, batch_size=opts.batch_size, workers=opts.workers,
                           min_confidence=opts.min_confidence, backend=backend, progress=not args.no_progress,
                           tta=opts.tta, shift_check=opts.shift_check)
@@ -199,13 +198,9 @@ def cmd_data_audit(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from ..models import TIMM_EXAMPLES, list_models
+    from .models import run_command
 
-    for name, desc in list_models().items():
-        print(f"{name:12s} {desc}")
-    print(f"{'<timm name>':12s} any timm model, trained from scratch (e.g. {', '.join(TIMM_EXAMPLES)}); "
-          f"--pretrained PATH loads local weights")
-    return 0
+    return run_command(args)
 
 
 def cmd_demo(args) -> int:
@@ -257,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     command("audit", cmd_data_audit, "class balance, unreadable files, sizes, duplicates and near-duplicates "
             "(rotation/flip robust), colour shortcuts", "workers", "overwrite", options=AuditOptions, under=data_sub)
-    command("models", cmd_models, "list the models", progress=False)
+    command("models", cmd_models, "the models wbcnet comes with (fast, accurate) and the architectures to train",
+            progress=False).add_argument("--no-speed", action="store_true", help="don't time each model here")
     command("demo", cmd_demo, "train, evaluate and plot on the bundled sample cells (about 1-2 minutes)",
             options=DemoOptions)
     add_finder_commands(sub, [shared_flags("debug", "no_progress")])  # wbcnet finder train / evaluate

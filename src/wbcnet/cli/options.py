@@ -94,7 +94,16 @@ class InferenceOptions:
         self.apply_threads()
         device = resolve_device(self.device)  # no GPU: said before the checkpoint is read
         model, meta = load_model(self.checkpoint)
+        print(f"model: {describe(meta)}", file=sys.stderr)  # every result names the model it came from
         return model.to(device), meta
+
+
+def describe(meta) -> str:
+    """One line naming a loaded model: `fast (mhcnn, 112 px)`, or a run's name and its file."""
+    from ..models.zoo import model_label, zoo_name
+
+    what = f"{meta.model}, {meta.img_size} px"
+    return f"{model_label(meta.path)} ({what})" if zoo_name(meta.path) else f"{model_label(meta.path)} ({what}; {meta.path})"
 
 
 # Every flag that several commands share (most of them the model-running ones'): defined here once.
@@ -104,7 +113,8 @@ SHARED_FLAGS = {
     "no_progress": (["--no-progress"], dict(action="store_true", help="no progress bars (logs, CI)")),
     "inputs": (["inputs"], dict(nargs="+", help="image files, folders or glob patterns")),
     "out_dir": (["--out"], dict(required=True, help="output folder (refused if it holds files, unless --overwrite)")),
-    "checkpoint": (["--checkpoint"], dict(help="run folder or .safetensors (default: the shipped model)")),
+    "checkpoint": (["--model", "--checkpoint"], dict(dest="checkpoint", metavar="MODEL", help="fast or accurate "
+                   "(the models wbcnet comes with: `wbcnet models`), or a run folder or .safetensors (default: fast)")),
     "device": (["--device"], dict(default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")),
     "threads": (["--threads"], dict(type=int, help="torch threads (default: torch's choice, all cores); on a "
                                     "busy machine 1-2 answer faster")),

@@ -267,6 +267,8 @@ class CountResult(Record):
     warnings: list[str] = _f("things a person should know about this count", factory=list)
     finder: str = _f("the finder that found the cells: 'shipped', 'classic', or a lab's own (wbcnet finder adapt)",
                      "shipped")
+    model: str = _f("the model that classified the cells: 'fast' or 'accurate' (wbcnet's own), or the name "
+                    "of the run or file it came from", "")
 
     COMPUTED = {"cells_found": (int, "white cells found in all fields"),
                 "counted": (int, "cells in the differential"),
@@ -321,7 +323,8 @@ class CountResult(Record):
                "scale_unsure_fields": [f.file for f in self.fields if f.scale_unsure],
                "counted": self.counted, "referred": self.referred, "edge_skipped": self.edge_skipped,
                "min_confidence": self.min_confidence, "shift_check": self.shift_check,
-               "checkpoint": self.checkpoint, "finder": self.finder, "classes": list(self.classes),
+               "model": self.model, "checkpoint": self.checkpoint, "finder": self.finder,
+               "classes": list(self.classes),
                "target": None if self.target is None else {"cells": self.target, "reached": self.target_reached},
                "warnings": list(self.warnings)}
         if self.truth is not None:

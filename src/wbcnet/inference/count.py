@@ -35,6 +35,7 @@ from ..core.imageio import ImageReadError, load_rgb
 from ..core.results import (Candidate, CellResult, ClassCount, ClassError, CountResult, Differential, FieldResult,
                             TruthScore)
 from ..data.cache import default_workers
+from ..models.zoo import model_label
 from .runner import run_model
 
 # A found cell is cut out at this many radii around it before the checkpoint's preprocessing
@@ -370,7 +371,7 @@ def run_count(model, meta, paths: list[str], min_confidence: float = 0.0, target
     classes = list(meta.classes)
     result = CountResult(fields, differential([c for f in fields for c in f.cells], classes), classes,
                          min_confidence, shift_check and meta.shift_stats is not None, str(meta.path), target,
-                         finder=finder_name(meta))
+                         finder=finder_name(meta), model=model_label(meta.path))
     if truth is not None:
         result.truth = score_against_truth(fields, truth, classes, str(truth_path))
     result.warnings += count_warnings(fields)

@@ -92,6 +92,15 @@ def _run_batches(session, images: np.ndarray, batch_size: int) -> np.ndarray:
     return np.concatenate(out).astype(np.float32, copy=False) if out else np.zeros((0, 0), dtype=np.float32)
 
 
+def default_onnx_path(checkpoint: Path) -> Path:
+    """Where an export goes without --out: beside a run's checkpoint, or for a model of the zoo
+    (inside the installed package, never written to) NAME.onnx in the current folder."""
+    from ..models.zoo import zoo_name
+
+    name = zoo_name(checkpoint)
+    return Path(f"{name}.onnx") if name else Path(checkpoint).with_suffix(".onnx")
+
+
 def export_onnx(checkpoint=None, out=None, opset: int = 17, batch_size_check: int = 8) -> tuple[Path, float]:
     """Export a checkpoint (default: the shipped model) to fp32 ONNX with uint8 input and a dynamic
     batch axis; written to `out` or beside the checkpoint as <stem>.onnx, only once it has passed
@@ -108,7 +117,7 @@ def export_onnx(checkpoint=None, out=None, opset: int = 17, batch_size_check: in
 
     model, meta = load_model(checkpoint)
     model = model.float().eval()
-    out = Path(out) if out else meta.path.with_suffix(".onnx")
+    out = Path(out) if out else default_onnx_path(meta.path)
     out.parent.mkdir(parents=True, exist_ok=True)
     size = int(meta.img_size)
     images = sample_images(max(1, batch_size_check), size)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 
 from ..core.errors import WbcnetError
@@ -88,7 +89,19 @@ def create_model(name: str, num_classes: int = 5, pretrained: str | Path | None 
 def load_pretrained(model: nn.Module, path) -> None:
     state = read_pretrained(path)
     own = model.state_dict()
+    state = {k: _resized_grid(v, own[k]) if k in own else v for k, v in state.items()}
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not usable:
         raise WbcnetError(f"{path}: none of its tensors match this model's layers")
     model.load_state_dict(usable, strict=False)
+
+
+def _resized_grid(weights: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+    """A learned position grid (1, C, H, W) from a model of another input size, resized bilinearly
+    to this model's grid, as the model itself resizes it for an input of another size (so a 112 px
+    model can start a 160 px one); any other tensor as it is."""
+    if weights.dim() == 4 and own.dim() == 4 and weights.shape[:2] == own.shape[:2] == (1, own.shape[1]) \
+            and weights.shape[2:] != own.shape[2:]:
+        return torch.nn.functional.interpolate(weights.float(), size=own.shape[2:], mode="bilinear",
+                                               align_corners=False).to(own.dtype)
+    return weights

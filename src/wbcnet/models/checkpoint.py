@@ -26,8 +26,9 @@ from ..core.files import ASSETS, atomic_write
 from ..core.weights import load_tensors, part, save_tensors, sha256_file
 from . import create_model, full_model_args
 from .shift import ShiftStats
+from .zoo import DEFAULT, ZOO
 
-SHIPPED = ASSETS / "model"
+SHIPPED = ZOO[DEFAULT].path.with_suffix("")  # the default model: `fast`
 
 
 @dataclass
@@ -57,6 +58,7 @@ class CheckpointMeta:
     train_state: dict | None = None       # last.* only: epoch, best_f1, since_best, history
     optimizer: dict | None = None         # last.* only: the non-tensor part of the optimizer state
     weights_sha256: str | None = None     # of NAME.safetensors; set when saved
+    card: dict | None = None              # a zoo model's: what scripts/ship_model.py measured (figures, speed)
     # Run-time facts, never saved in the JSON: the .safetensors file this was read from, and the
     # unfamiliar-image statistics, whose arrays live in the weights file under `shift.`.
     path: Path | None = field(default=None, compare=False, repr=False, metadata={"saved": False})
@@ -141,12 +143,14 @@ def save_checkpoint(stem, model: torch.nn.Module, meta: CheckpointMeta, optimize
 
 
 def resolve_checkpoint(path=None) -> Path:
-    """A run folder (its best checkpoint), a .safetensors or .json file, or None for the shipped model."""
-    if path is None:
-        if not SHIPPED.with_suffix(".safetensors").exists():
-            raise WbcnetError(f"no --checkpoint given and this install has no shipped model "
-                              f"({SHIPPED}.safetensors is missing)")
-        return SHIPPED.with_suffix(".safetensors")
+    """A zoo model's name (`fast`, `accurate`; None: `fast`), a run folder (its best checkpoint),
+    or a .safetensors or .json file. A name wins over a folder of that name: write ./NAME for it."""
+    name = DEFAULT if path is None else str(path)
+    if name in ZOO:
+        if not ZOO[name].installed:
+            raise WbcnetError(f"--model {name}: this install has no {name} model ({ZOO[name].path} is missing); "
+                              f"installed: {', '.join(m.name for m in ZOO.values() if m.installed) or 'none'}")
+        return ZOO[name].path
     path = Path(path)
     if path.is_dir():
         path = path / "best.safetensors"

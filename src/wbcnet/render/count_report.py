@@ -55,7 +55,8 @@ def render_count_report(result: CountResult, chart: Path, shown: list, gallery: 
     the first candidates the finder judged not to be white cells."""
     r = result
     parts = [f"<h1>wbcnet count</h1><p class=\"sub\">{len(r.fields)} fields, {r.cells_found} white cells "
-             f"found, checkpoint <code>{escape(r.checkpoint)}</code>, finder <code>{escape(r.finder)}</code></p>"]
+             f"found, model <b>{escape(r.model or '?')}</b> (<code>{escape(r.checkpoint)}</code>), finder "
+             f"<code>{escape(r.finder)}</code></p>"]
     facts = {"counted (in the differential)": r.counted,
              "referred (unfamiliar or below the confidence bar; not counted)": r.referred,
              "cut by the field's edge (listed, not counted)": r.edge_skipped,
