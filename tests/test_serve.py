@@ -25,6 +25,7 @@ pytest.importorskip("fastapi", reason="pip install -e .")
 uvicorn = pytest.importorskip("uvicorn", reason="pip install -e .")
 
 from wbcnet.models.checkpoint import load_model
+from wbcnet.models.zoo import DEFAULT
 from wbcnet.cli.main import main
 from wbcnet.inference.count import count_fields
 from wbcnet.core.errors import WbcnetError
@@ -111,6 +112,7 @@ def test_health_and_model_card(server, shipped):
     assert [s["name"] for s in card["sources"]] == [s["name"] for s in meta.sources] and "version" in card
     assert {"raabin", "pbc"} <= {s["name"] for s in card["sources"]}  # the shipped model's labs
     assert card["limits"] == {"max_upload_mb": MAX_MB, "max_files": MAX_FILES}
+    assert card["name"] == card["zoo"] == DEFAULT  # the server started with the default zoo model
     assert get(server + "/openapi.json")["paths"].keys() >= {"/v1/classify", "/v1/count", "/v1/model",
                                                              "/v1/explain", "/healthz"}
 
@@ -238,6 +240,7 @@ def test_count_gives_what_wbcnet_count_gives(server, shipped):
     got = [(c["box"], c["class"], c["edge"]) for f in body["fields"] for c in f["cells"]]
     want = [(list(c.box), c.class_name, c.edge) for c in cells]
     assert got == want and body["cells_found"] == len(cells)
+    assert (body["model"], body["finder"]) == (DEFAULT, "shipped")  # which model counted, by its ?model= name
     d = body["differential"]
     assert d["counted"] == sum(c["counted"] for f in body["fields"] for c in f["cells"])
     assert list(d["classes"]) == meta.classes
@@ -357,6 +360,7 @@ def test_page_in_headless_chromium(server, shipped, tmp_path):
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#field-pictures img")) == len(fields))
         assert len(driver.find_elements(By.CSS_SELECTOR, "#diff-table tbody tr")) == len(meta.classes)
         assert "white cell" in driver.find_element(By.ID, "fields-summary").text
+        assert driver.find_element(By.ID, "fields-model").text == f"Counted with {DEFAULT} ({meta.img_size} px)"
         wait.until(lambda d: d.execute_script("return Array.from(document.images).every(i => i.complete)"))
         broken = [alt for alt, complete, width in page_state(driver)["images"] if not (complete and width > 0)]
         assert not broken, f"images that did not load: {broken}"

@@ -17,6 +17,7 @@ pytest.importorskip("uvicorn", reason="pip install -e .")
 
 import wbcnet.lab.suggest  # noqa: E402
 from wbcnet.models.checkpoint import load_model
+from wbcnet.models.zoo import DEFAULT
 from wbcnet.cli.main import main
 from wbcnet.core.errors import WbcnetError
 from wbcnet.serve.access import Access, read_users, users_line, verify_password  # noqa: E402
@@ -141,7 +142,7 @@ def test_users_of_a_password_file_sign_in_with_their_password(shipped, tmp_path,
         refused(request(url + "/v1/models", auth="Bearer " + TOKEN), "user name and password")
         for user, password in (("alice", PASSWORD), ("bob", "another password"), ("alice", PASSWORD)):
             status, body, _ = request(url + "/v1/models", auth=basic(user, password))
-            assert status == 200 and body["models"][0]["name"] == "shipped"
+            assert status == 200 and body["models"][0]["name"] == DEFAULT
 
 
 def test_the_password_file_and_the_token_are_checked_in_one_line(tmp_path, users_file):

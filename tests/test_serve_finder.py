@@ -25,13 +25,14 @@ import wbcnet.lab.adapt  # noqa: E402
 import wbcnet.cells.locate  # noqa: E402
 import wbcnet.lab.suggest  # noqa: E402
 from wbcnet.models.checkpoint import load_model
+from wbcnet.models.zoo import DEFAULT
 from wbcnet.cells.cellbox import CellBox, FieldSearch
 
 from browser import chrome, console_errors, page_state  # noqa: E402
 from conftest import REPO, sample_paths  # noqa: E402
 from test_serve import as_files, post  # noqa: E402
 from test_serve_lab import (CLASSES, HeldAdapt, call, fake_suggest, lab_with_labels, one_line_404,  # noqa: E402
-                             running, wait_job)
+                             own_models, running, wait_job)
 
 FIELDS = Path(__file__).parent / "data" / "fields"
 NAMES = ["BloodImage_00010.jpg", "BloodImage_00000.jpg", "BloodImage_00001.jpg"]  # 2, 1 and 1 white cells
@@ -89,7 +90,7 @@ def test_teach_the_finder_over_the_api(shipped, tmp_path):
             status, field = call(f"{url}/v1/labs/lab-f/fields/{f['id']}")
             assert status == 200, field
             assert (field["model"], field["finder"], field["corrected"], field["points"]) == \
-                   ("shipped", "shipped", False, [])
+                   (DEFAULT, "shipped", False, [])  # the default zoo model, with the shipped finder
             assert isinstance(field["found"], list)  # how many: the finder's business, not this test's
             for c in field["found"]:
                 assert 0 <= c["x"] <= 640 and 0 <= c["y"] <= 480 and c["radius"] > 0 and 0 <= c["score"] <= 1
@@ -119,7 +120,7 @@ def test_teach_the_finder_over_the_api(shipped, tmp_path):
 
         status, job = call(url + "/v1/adapt-finder", "POST", {"lab": "lab-f", "name": "lab-f-finder", "steps": 3})
         assert status == 202 and (job["kind"], job["model"], job["parent"], job["lab"]) == \
-               ("finder", "lab-f-finder", "shipped", "lab-f"), job
+               ("finder", "lab-f-finder", DEFAULT, "lab-f"), job
         status, body = call(url + "/v1/adapt-finder", "POST", {"lab": "lab-f", "name": "lab-f-finder", "steps": 3})
         one_line(status, body, 409, "choose another name")  # taken by the job already
         status, body = call(url + "/v1/adapt", "POST", {"lab": "lab-f", "name": "lab-f-finder"})
@@ -131,10 +132,10 @@ def test_teach_the_finder_over_the_api(shipped, tmp_path):
         assert (data / "jobs" / job["id"] / "points.csv").read_text() == sheet
 
         models = call(url + "/v1/models")[1]["models"]
-        assert [m["name"] for m in models] == ["shipped", "lab-f-finder"]
-        m = models[1]
+        assert [m["name"] for m in models] == [*own_models(), "lab-f-finder"]
+        m = models[-1]
         assert (m["lab"], m["parent"], m["job"], m["classes"], m["default"]) == \
-               ("lab-f", "shipped", job["id"], CLASSES, False) and m["created"]
+               ("lab-f", DEFAULT, job["id"], CLASSES, False) and m["created"]
         assert m["finder"] == {"fields": 2, "white_cells": 3, "not_cells": 1, "steps": 3, "started_from": "shipped"}
         folder = data / "models" / "lab-f-finder"
         assert {"best.safetensors", "best.json", "finder.safetensors", "finder.json", "model-info.json"} <= \
@@ -210,7 +211,7 @@ def test_bad_points_and_names_are_refused_in_one_line(shipped, tmp_path):
         one_line(*call(url + "/v1/adapt-finder", "POST", {"lab": "lab-f", "name": "../x"}), 422, "model name")
         one_line(*call(url + "/v1/adapt-finder", "POST", {"lab": "../lab-f", "name": "x"}), 422, "lab")
         one_line_404(*call(url + "/v1/adapt-finder", "POST", {"lab": "nowhere", "name": "x"}), "nowhere")
-        one_line(*call(url + "/v1/adapt-finder", "POST", {"lab": "lab-f", "name": "shipped"}), 409, "another name")
+        one_line(*call(url + "/v1/adapt-finder", "POST", {"lab": "lab-f", "name": DEFAULT}), 409, "another name")
         for steps in (0, 3001):
             assert call(url + "/v1/adapt-finder", "POST", {"lab": "lab-f", "name": "x", "steps": steps})[0] == 422
 

@@ -5,8 +5,9 @@ level, so two apps (two checkpoints, or a test beside a server) never share anyt
 are async and never run the model or decode on the event loop: decoding goes to a thread of the
 default pool (asyncio.to_thread), the model to the app's ModelWorker.
 
-Besides the model it was made with, the app answers with the models adapted in it (`?model=NAME`
-on classify, count and explain; registry.py), and teaches itself a lab through labapi.py's routes
+Besides the model it was made with, the app answers with wbcnet's other own models (the zoo:
+`fast`, `accurate`) and the models adapted in it (`?model=NAME` on classify, count, explain and
+the model card; registry.py), and teaches itself a lab through labapi.py's routes
 (the classifier) and finderapi.py's (the cell finder), whose files live in the data folder
 (datadir.py) and whose long work runs on one job thread (jobs.py).
 
@@ -49,13 +50,14 @@ from ..inference.explain import explain_images
 from ..render.tiles import overlay
 from ..inference.runner import run_model
 from ..models.shift import unfamiliar_warning
+from ..models.zoo import model_label, zoo_name
 from ..render.draw import class_colours, draw_field
 from .access import Access, Guard
 from .datadir import LabStore, Refused, check_data_folder, make_data_folder
 from .finderapi import finder_router
 from .jobs import Jobs
 from .labapi import lab_router
-from .registry import Loaded, Models
+from .registry import Loaded, Models, card_fields
 from .schemas import ClassifyAnswer, CountAnswer, ExplainAnswer, Health, ModelCard, errors
 from .uploads import BodyLimit, decode_cells, save_uploads
 from .worker import ModelWorker
@@ -82,10 +84,14 @@ def _image_uri(rgb, size: int | None = None, fmt: str = "PNG") -> str:
     return f"data:{mime};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def model_card(meta, min_confidence: float, max_upload_mb: float, max_files: int) -> dict:
-    """GET /v1/model: what the model is, where it learned, and this server's limits."""
+def model_card(meta, min_confidence: float, max_upload_mb: float, max_files: int, name: str = "") -> dict:
+    """GET /v1/model: what the model is (`name`: what ?model= calls it; `zoo`: which of wbcnet's own
+    it is, with its card's figures and speed), where it learned, and this server's limits."""
+    card = card_fields(meta.card) if zoo_name(meta.path) else card_fields(None)
     return {
-        "model": meta.model, "checkpoint": meta.path.name if meta.path else None,
+        "model": meta.model, "name": name, "zoo": zoo_name(meta.path),
+        "figures": card["figures"], "speed": card["speed"],
+        "checkpoint": meta.path.name if meta.path else None,
         "weights_sha256": meta.weights_sha256, "classes": list(meta.classes),
         # Where the training data lay on the training machine says nothing useful to a client.
         "sources": [{k: v for k, v in s.items() if k != "path"} for s in meta.sources],
@@ -186,8 +192,8 @@ def create_app(model, meta, max_upload_mb: float = 20.0, max_files: int = 64, mi
         """fn(model, meta) of the chosen model, on the one model thread (never beside another pass)."""
         return await asyncio.wrap_future(app.state.worker.call(lambda *_: fn(chosen.model, chosen.meta)))
 
-    choice = Query(None, description="the model to answer with: a name from GET /v1/models (default: the "
-                                     "server's own)")
+    choice = Query(None, description="the model to answer with: a name from GET /v1/models, wbcnet's own "
+                                     "(`fast`, `accurate`) or an adapted one (default: the server's own)")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index():
@@ -211,7 +217,8 @@ def create_app(model, meta, max_upload_mb: float = 20.0, max_files: int = 64, mi
     @api.get("/v1/model", summary="The model card: classes, training sources, temperature, version, limits",
              response_model=ModelCard, responses=errors(404))
     async def model_info(model: str | None = choice):
-        return model_card((await choose(model)).meta, server_bar, max_upload_mb, max_files)
+        chosen = await choose(model)
+        return model_card(chosen.meta, server_bar, max_upload_mb, max_files, chosen.name)
 
     @api.post("/v1/classify", summary="Classify images of single cells", response_model=ClassifyAnswer,
               response_model_exclude_unset=True, responses=errors(404, 413, 415))
@@ -310,7 +317,8 @@ def create_app(model, meta, max_upload_mb: float = 20.0, max_files: int = 64, mi
                                                fmt="JPEG")
             result = CountResult(fields, differential([c for f in fields for c in f.cells], classes), classes, bar,
                                  meta.shift_stats is not None, warnings=count_warnings(fields),
-                                 finder="lab" if lab_finder(meta) else "shipped")  # never a server path
+                                 finder="lab" if lab_finder(meta) else "shipped",  # never a server path
+                                 model=chosen.name)  # what ?model= calls it: a zoo name, or an adapted model's
             return result.to_dict()
 
         return await asyncio.to_thread(finish)
@@ -366,7 +374,7 @@ def serve(model, meta, sock: socket.socket, max_upload_mb: float = 20.0, max_fil
                      create_data=create_data, access=access)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    print(f"wbcnet serve: http://{shown}:{port}/ (model {meta.path.name if meta.path else meta.model}; "
+    print(f"wbcnet serve: http://{shown}:{port}/ (model {model_label(meta.path) or meta.model}; "
           f"API docs at /docs); Ctrl+C to stop", file=sys.stderr)
     when = "" if existed or create_data else ", made when the first is stored"
     print(f"wbcnet serve: labs, labels and adapted models are kept in {Path(data_dir).absolute()}{when}",

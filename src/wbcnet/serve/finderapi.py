@@ -230,6 +230,7 @@ def finder_router(data: Path, labs: LabStore, models: Models, jobs: Jobs) -> API
                 info = json.loads((out / "best.json").read_text(encoding="utf-8"))
                 models.publish(out, ModelRecord(
                     req.name, list(info["classes"]), created=now(), parent=parent, lab=lab, job=job.id,
+                    img_size=info.get("img_size"),
                     adapted_from=without_paths(info.get("adapted_from") or {}),
                     finder={"fields": n_fields, "white_cells": n_wbc, "not_cells": n_not, "steps": req.steps,
                             "started_from": "lab" if base else "shipped"}))

@@ -1,7 +1,7 @@
 """The routes that teach the server a lab: upload its pictures, have cells suggested, label them,
 adapt a model on them, and list the models and the jobs.
 
-    GET  /v1/models                          the server's model and the adapted ones
+    GET  /v1/models                          the server's model, wbcnet's other own (the zoo), the adapted ones
     POST /v1/labs/{lab}/uploads              pictures (single cells or whole fields) into the lab
     POST /v1/labs/{lab}/suggest?n=24         a job: choose the cells worth labelling (lab.suggest)
     GET  /v1/labs, /v1/labs/{lab}            the labs; one lab's pictures, suggested cells and labels
@@ -61,8 +61,10 @@ def lab_router(data: Path, labs: LabStore, models: Models, jobs: Jobs, check_cou
 
     @router.get("/v1/models", summary="The models this server answers with", response_model=ModelList)
     async def list_models():
-        """The server's own model (`default`), then the adapted ones: `?model=NAME` on /v1/classify,
-        /v1/count and /v1/explain chooses one."""
+        """The server's own model (`default`), then wbcnet's other own models this install has (`zoo`:
+        `fast`, `accurate`, each with its input size and its card's speed and in-lab figures), then the
+        adapted ones: `?model=NAME` on /v1/classify, /v1/count, /v1/explain and /v1/model chooses one,
+        and /v1/adapt's `parent` starts from one."""
         return {"models": [asdict(r) for r in await asyncio.to_thread(models.records)]}
 
     @router.get("/v1/jobs", summary="Recent jobs, newest first", response_model=JobList)
@@ -228,7 +230,7 @@ def lab_router(data: Path, labs: LabStore, models: Models, jobs: Jobs, check_cou
                     kept = {**((was.finder or {}) if was else {}), "kept_from": parent}
                 models.publish(out, ModelRecord(
                     req.name, list(info["classes"]), created=now(), parent=parent, lab=lab, labelled=labelled,
-                    unlabelled=len(pictures), budget=req.budget, job=job.id,
+                    unlabelled=len(pictures), budget=req.budget, job=job.id, img_size=info.get("img_size"),
                     adapted_from=without_paths(info.get("adapted_from") or {}), finder=kept))
             except BaseException:
                 shutil.rmtree(out, ignore_errors=True)

@@ -151,8 +151,9 @@ async function loadCard() {
   const c = state.card = await response.json();
   const labs = c.sources.map((s) => s.name).join(", ") || "unrecorded data";
   const name = chosenModel();
-  const adapted = state.models.find((m) => m.name === name && !m.default);
-  $("model").textContent = `Model ${adapted ? adapted.name + ", adapted to lab " + adapted.lab : c.checkpoint || c.model} ` +
+  const adapted = state.models.find((m) => m.name === name && !m.default && !m.zoo);
+  $("model").textContent = `Model ${adapted ? adapted.name + ", adapted to lab " + adapted.lab :
+    c.zoo || c.checkpoint || c.model} ` +
     `(${c.model}, ${c.img_size} px, trained on ${labs}); ` +
     `classes ${c.classes.join(", ")}. wbcnet ${c.version}.`;
   $("limits").textContent = `JPEG, PNG, TIFF, BMP; up to ${c.limits.max_files} files and ` +
@@ -273,6 +274,11 @@ async function countAll(files) {
 function showFields(answer) {
   const d = answer.differential;
   $("fields").hidden = false;
+  // Which model counted: the answer says (its `model`), the models list gives its input size.
+  const counted = state.models.find((m) => m.name === answer.model);
+  const px = counted && counted.img_size ? counted.img_size :
+    state.card && state.card.name === answer.model ? state.card.img_size : null;
+  $("fields-model").textContent = answer.model ? `Counted with ${answer.model}${px ? ` (${px} px)` : ""}` : "";
   const unreadable = answer.fields.filter((f) => f.error);
   $("fields-summary").textContent = `${answer.fields.length - unreadable.length} of ${answer.fields.length} fields ` +
     `read, ${answer.cells_found} white cell${answer.cells_found === 1 ? "" : "s"} found: ${d.counted} counted, ` +
@@ -374,7 +380,7 @@ $("cells-csv").addEventListener("click", cellsCsv);
 $("cells-clear").addEventListener("click", clearCells);
 $("fields-csv").addEventListener("click", fieldsCsv);
 $("fields-clear").addEventListener("click", clearFields);
-$("model-choice").addEventListener("change", () => { clearCells(); clearFields(); loadCard(); });
+$("model-choice").addEventListener("change", () => { clearCells(); clearFields(); modelNote(); loadCard(); });
 
 // --- tabs -------------------------------------------------------------------------------------
 
@@ -413,17 +419,71 @@ async function sendJson(method, path, body) {
   return response.json();
 }
 
-// Fill both model lists (the chooser and adapt's "start from"), keeping what was chosen.
+// A speed, roughly: ~300, ~45.
+function roughly(n) { return "~" + (n >= 100 ? Math.round(n / 10) * 10 : Math.round(n)); }
+
+// A zoo model's speed in cells/s: the estimate for this server, else the card's own machine's.
+function speedText(m) {
+  if (m.speed_here) return `${roughly(m.speed_here)} cells/s here`;
+  if (m.speed && m.speed.img_per_s) return `${roughly(m.speed.img_per_s)} cells/s on its shipping machine`;
+  return "";
+}
+
+// "raabin test split" -> "Raabin": the lab a figure was measured in, for the option's short line.
+function shortSet(set) {
+  const word = String(set || "").split(/\s+/)[0];
+  return word ? word[0].toUpperCase() + word.slice(1) : "";
+}
+
+// One option of a model list: a zoo model with its input size, speed and first in-lab figure
+// ("fast — 112 px, ~300 cells/s here, Raabin acc 0.969"); an adapted one with its lab.
+function modelText(m) {
+  if (m.zoo) {
+    const fig = (m.figures || []).find((f) => typeof f.accuracy === "number");
+    const parts = [m.img_size ? `${m.img_size} px` : "", speedText(m),
+                   fig ? `${shortSet(fig.set)} acc ${fig.accuracy.toFixed(3)}`.trim() : ""].filter(Boolean);
+    return `${m.name} \u2014 ${parts.join(", ")}${m.default ? " (the server's own)" : ""}`;
+  }
+  if (m.default) return `${m.name} (the server's own${m.img_size ? `, ${m.img_size} px` : ""})`;
+  return `${m.name} (adapted to ${m.lab}${m.finder ? ", with its finder" : ""}, ${(m.created || "").slice(0, 10)})`;
+}
+
+// The line under the chooser: what the chosen model is for, its in-lab figures and its speed.
+function modelNote() {
+  const m = state.models.find((x) => x.name === chosenModel());
+  let text = "wbcnet's own models, or one adapted to your lab";
+  if (m && m.zoo) {
+    const figures = (m.figures || []).map((f) => {
+      const acc = typeof f.accuracy === "number" ? `accuracy ${f.accuracy.toFixed(3)}` +
+        (f.accuracy_ci ? ` (${f.accuracy_ci})` : "") : "";
+      const f1 = typeof f.macro_f1 === "number" ? `macro-F1 ${f.macro_f1.toFixed(3)}` +
+        (f.macro_f1_ci ? ` (${f.macro_f1_ci})` : "") : "";
+      return `${f.set || "?"}${f.n ? ` (${f.n} cells)` : ""}: ${[acc, f1].filter(Boolean).join(", ")}`;
+    });
+    const speed = m.speed_here && m.speed ? `${roughly(m.speed_here)} cells/s here (estimated from ` +
+      `${Math.round(m.speed.img_per_s)}/s on ${m.speed.cpu || "the machine that shipped it"})` : speedText(m);
+    text = `wbcnet's ${m.name} model, ${m.img_size} px: for ${m.purpose || "classifying cells"}. ` +
+      (figures.length ? `In the lab: ${figures.join("; ")}.` : "No in-lab figures in its card yet.") +
+      (speed ? ` Speed: ${speed}.` : "");
+  } else if (m && m.default) {
+    text = "the model this server was started with";
+  } else if (m) {
+    text = `adapted from ${m.parent || "?"} to lab ${m.lab || "?"}` +
+      (m.labelled ? ` on ${m.labelled} labelled cells` : "") + (m.finder ? ", with its lab's finder" : "");
+  }
+  $("model-choice-note").textContent = text;
+}
+
+// Fill the model lists (the chooser, adapt's "start from" and the finder's), keeping what was chosen.
 async function loadModels(select = null) {
   state.models = (await getJson("/v1/models")).models;
   for (const id of ["model-choice", "adapt-parent", "finder-parent"]) {
     const list = $(id);
     const keep = select && id === "model-choice" ? select : list.value;
-    list.replaceChildren(...state.models.map((m) => el("option", { value: m.name },
-      m.default ? `${m.name} (the server's own)` :
-        `${m.name} (adapted to ${m.lab}${m.finder ? ", with its finder" : ""}, ${m.created.slice(0, 10)})`)));
+    list.replaceChildren(...state.models.map((m) => el("option", { value: m.name }, modelText(m))));
     if (state.models.some((m) => m.name === keep)) list.value = keep;
   }
+  modelNote();
   suggestName();
 }
 

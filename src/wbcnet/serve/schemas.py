@@ -83,8 +83,31 @@ class Limits(BaseModel):
     max_files: int
 
 
+class CardFigure(BaseModel):
+    """One of a zoo model's in-lab figures, as scripts/ship_model.py measured it."""
+    model_config = ConfigDict(extra="allow")
+    set: str | None = Field(None, description="the cells it was measured on, e.g. 'raabin test split'")
+    n: int | None = Field(None, description="cells in the set")
+    accuracy: float | None = None
+    accuracy_ci: str | None = Field(None, description="its 95% interval, e.g. '0.96-0.97'")
+    macro_f1: float | None = None
+    macro_f1_ci: str | None = None
+
+
+class CardSpeed(BaseModel):
+    """How fast a zoo model ran on the machine that shipped it."""
+    model_config = ConfigDict(extra="allow")
+    img_per_s: float | None = Field(None, description="cells a second, the classifier alone (batch 64)")
+    reference_decode_per_s: float | None = Field(None, description="the yardstick measured beside it: PIL decoding "
+                                                 "a 224 px cell JPEG to 112 px on one thread, pictures a second")
+    cpu: str | None = Field(None, description="the machine's CPU")
+
+
 class ModelCard(BaseModel):
     model: str
+    name: str = Field(description="what ?model= calls it on this server")
+    zoo: str | None = Field(description="which of wbcnet's own models it is ('fast', 'accurate'); null: another "
+                                        "checkpoint (an adapted or lab model, or one the server was started with)")
     checkpoint: str | None
     weights_sha256: str | None
     classes: list[str]
@@ -100,6 +123,10 @@ class ModelCard(BaseModel):
     min_confidence: float
     limits: Limits
     colours: list[str] = Field(description="a colour per class, as the page and count.html draw them")
+    figures: list[CardFigure] = Field(default_factory=list, description="a zoo model's in-lab figures, from its card "
+                                      "(empty: none measured)")
+    speed: CardSpeed | None = Field(None, description="a zoo model's speed on the machine that shipped it, from its "
+                                    "card")
 
 
 class ErrorAnswer(BaseModel):
@@ -111,7 +138,8 @@ ERRORS = {
     401: "no credential, or a wrong one: a server reachable from other machines takes its token (Bearer) or a "
          "user's password (HTTP Basic) on every /v1 route",
     404: "no such model (?model=), lab, cell, field or job",
-    409: "it conflicts with what is there: a model name taken, or nothing new to suggest from",
+    409: "it conflicts with what is there: a model name taken (a zoo model's among them), or nothing new to "
+         "suggest from",
     413: "the request is over the server's --max-upload-mb, or has more files than its --max-files",
     415: "none of the files sent is a picture that can be read",
     503: "the server is stopping and takes no new jobs",
@@ -140,7 +168,18 @@ class Health(BaseModel):
 class ModelInfo(BaseModel):
     name: str = Field(description="what ?model= takes")
     default: bool = Field(description="the model the server started with, used where no ?model= is given")
+    zoo: bool = Field(False, description="one of wbcnet's own models (`fast`, `accurate`), shipped in the package")
     classes: list[str]
+    img_size: int | None = Field(None, description="its input: the cell crop, this many pixels a side")
+    purpose: str | None = Field(None, description="a zoo model: what it is for")
+    parameters: int | None = Field(None, description="a zoo model: its parameters, from its card")
+    figures: list[CardFigure] = Field(default_factory=list, description="a zoo model: its in-lab figures, from its "
+                                      "card (empty: not measured yet)")
+    speed: CardSpeed | None = Field(None, description="a zoo model: its speed on the machine that shipped it, from "
+                                    "its card")
+    speed_here: float | None = Field(None, description="a zoo model: cells a second it should classify on this "
+                                     "server, an estimate: the card's img_per_s scaled by the decode yardstick "
+                                     "(reference_decode_per_s) measured here")
     created: str | None = Field(None, description="when it was adapted (UTC, ISO 8601)")
     parent: str | None = Field(None, description="the model it was adapted from")
     lab: str | None = Field(None, description="the lab whose cells it was adapted on")
@@ -156,7 +195,8 @@ class ModelInfo(BaseModel):
 
 
 class ModelList(BaseModel):
-    models: list[ModelInfo] = Field(description="the server's own model first, then the adapted ones, oldest first")
+    models: list[ModelInfo] = Field(description="the server's own model first, then wbcnet's other own models this "
+                                                "install has (the zoo), then the adapted ones, oldest first")
 
 
 class JobAnswer(BaseModel):
@@ -252,7 +292,9 @@ class LabelList(BaseModel):
 class AdaptRequest(BaseModel):
     lab: str = Field(description="the lab whose labelled cells and pictures adapt the model")
     name: str = Field(description="the new model's name: 1-40 lowercase letters, digits and '-'")
-    parent: str | None = Field(None, description="the model to start from (default: the server's own)")
+    parent: str | None = Field(None, description="the model to start from: a name from GET /v1/models, a zoo "
+                                                 "model's (`fast`, `accurate`) or an adapted one's (default: the "
+                                                 "server's own)")
     budget: Literal["tiny", "normal"] = Field("normal", description="tiny: a few seconds, for trying the page")
     seed: int = 0
 
