@@ -5,7 +5,9 @@
 Makes N 575 px JPEGs (Raabin-WBC's original size: the bundled sample cells, enlarged, quality 90;
 any 575 px JPEGs behave alike) and measures, one after another:
 - PIL open + draft + convert + resize to 112, one thread (the decode reference);
-- the same decode at the cell crop's size plus the learned finder, one thread;
+- the same decode at the cell crop's size plus the learned finder, one thread, in chunks of 32
+  paths as predict's reading threads make them (the finder runs on each chunk as one batch), and
+  one picture at a time;
 - the shipped model alone, fp32, batch 64, torch's threads;
 - the bound of the parts on this machine's cores: decode+find spread over the cores, then the model;
 - the whole command, `wbcnet predict DIR --out CSV`, start-up included, and `wbcnet predict one.jpg`.
@@ -55,8 +57,9 @@ def main(argv=None) -> int:
     from benchmarks.common import cpu_summary, git_state
     from wbcnet.models.checkpoint import load_model
     from wbcnet.core.imageio import load_rgb
-    from wbcnet.cells.locate import find_cell
-    from wbcnet.cells.preprocess import from_meta, load_input
+    from wbcnet.cells.locate import find_cell, find_cell_batch
+    from wbcnet.cells.preprocess import from_meta, load_input, load_inputs
+    from wbcnet.data.cache import CHUNK
     from wbcnet.inference.runner import run_model
 
     model, meta = load_model()
@@ -77,10 +80,15 @@ def main(argv=None) -> int:
         decode = per_second(lambda p: load_rgb(p, 112), some)
         row("PIL open + draft + convert + resize to 112, one thread", decode)
         load_input(some[0], prep)  # the finder's weights loaded before timing
-        crop = per_second(lambda p: load_input(p, prep), some)
-        row("decode + learned finder + crop + resize (the model's input), one thread", crop)
-        rgbs = [load_rgb(p, min_side=280) for p in some[:200]]
+        chunks = [some[i:i + CHUNK] for i in range(0, len(some), CHUNK)]
+        crop = per_second(lambda part: load_inputs(part, prep), chunks) * len(some) / len(chunks)
+        row(f"decode + learned finder + crop + resize (the model's input), one thread, chunks of {CHUNK}", crop)
+        row("the same, one picture at a time", per_second(lambda p: load_input(p, prep), some))
+        rgbs = [load_rgb(p, min_side=280) for p in some[:192]]
         row("the learned finder alone, one picture at a time, one thread", per_second(find_cell, rgbs))
+        batches = [rgbs[i:i + CHUNK] for i in range(0, len(rgbs), CHUNK)]
+        row(f"the learned finder alone, batches of {CHUNK}, one thread",
+            per_second(find_cell_batch, batches) * len(rgbs) / len(batches))
         batch = np.stack([load_input(p, prep)[0].transpose(2, 0, 1) for p in some[:256]])
         run_model(model, meta, batch[:64], batch_size=64)
         t0 = time.perf_counter()

@@ -123,6 +123,94 @@ def test_many_pictures_are_cropped_by_the_learned_finder_in_threads():
     assert decoded.images.shape == (260, 3, 112, 112) and decoded.found.all()
 
 
+def mixed_pictures() -> list[np.ndarray]:
+    """Single-cell pictures of many sizes: the Raabin-WBC sample at 224 px and three enlarged to
+    575 (Raabin-WBC's originals), PBC's crops, BCCD's (169-324 px), a wide strip of one, and a
+    blank picture of plasma, which has no cell."""
+    raabin = [load(p) for p in framing_paths("raabin")]
+    big = [np.asarray(Image.fromarray(r).resize((575, 575), Image.Resampling.BICUBIC)) for r in raabin[:3]]
+    pbc = [load(p) for p in framing_paths("pbc")[:4]]
+    bccd = [load(p) for p in framing_paths("bccd")]
+    plasma = np.median(pbc[0][:20, :20].reshape(-1, 3), axis=0).astype(np.uint8)
+    blank = np.broadcast_to(plasma, (224, 224, 3)).copy()
+    return raabin[:4] + big + [blank] + pbc + bccd + [pbc[0][40:160]] + raabin[4:]
+
+
+def test_a_batch_of_pictures_gives_the_cells_each_gives_alone():
+    # predict, evaluate and training's decode run the finder on a batch of pictures at once
+    # (data/cache.py's chunks); one picture's numbers differ from a batch's in the 6th or 7th digit
+    # (torch's slow path against oneDNN), so centres within 1e-3 px, and the crops the same.
+    from wbcnet.cells.locate import crop_square, find_cell_batch
+
+    pictures = mixed_pictures()
+    alone = [find_cell(rgb) for rgb in pictures]
+    assert alone[7] is None and sum(b is None for b in alone) == 1  # the blank one only
+    for batch in (find_cell_batch(pictures), find_cell_batch(pictures[::-1])[::-1], find_cell_batch(pictures[:9])):
+        for rgb, one, many in zip(pictures, alone, batch):
+            assert (one is None) == (many is None)
+            if one is not None:
+                assert max(abs(one.cx - many.cx), abs(one.cy - many.cy), abs(one.radius - many.radius)) < 1e-3
+                assert np.array_equal(crop_square(rgb, one), crop_square(rgb, many))
+    assert find_cell_batch([]) == []
+    assert find_cell_batch(pictures[:3], "classic") == [find_cell(rgb, "classic") for rgb in pictures[:3]]
+
+
+def test_the_batched_inputs_are_the_inputs_made_one_at_a_time(tmp_path):
+    # decode_images hands each thread a chunk of paths (load_inputs): the model inputs, the
+    # found flags and the unreadable files must be those of load_input one path at a time.
+    from wbcnet.cells.preprocess import Preprocess, load_input, load_inputs
+    from wbcnet.core.imageio import ImageReadError
+    from wbcnet.data.cache import decode_images
+
+    paths = []
+    for i, rgb in enumerate(mixed_pictures()):
+        paths.append(str(tmp_path / f"{i:02d}.png"))
+        Image.fromarray(rgb).save(paths[-1])
+    (tmp_path / "broken.jpg").write_bytes(b"not a picture")
+    paths.insert(5, str(tmp_path / "broken.jpg"))
+    prep = Preprocess(112, crop="cell")
+    made = load_inputs(paths, prep)
+    assert isinstance(made[5], ImageReadError)
+    with pytest.raises(ImageReadError):
+        load_input(paths[5], prep)
+    alone = [load_input(p, prep) for i, p in enumerate(paths) if i != 5]
+    assert [f for _, f in alone].count(False) == 1  # the blank picture: no cell, the whole picture
+    for (arr, found), (a, f) in zip(alone, [m for i, m in enumerate(made) if i != 5]):
+        assert found == f and np.array_equal(arr, a)
+    for workers in (1, 3):
+        decoded = decode_images(paths, prep, workers=workers, progress=False)
+        assert decoded.index.tolist() == [i for i in range(len(paths)) if i != 5]
+        assert decoded.errors == [(paths[5], made[5].reason)]
+        assert np.array_equal(decoded.images, np.stack([a.transpose(2, 0, 1) for a, _ in alone]))
+        assert decoded.found.tolist() == [f for _, f in alone]
+
+
+def test_paths_are_dealt_to_the_threads_in_even_chunks():
+    from wbcnet.data.cache import chunks
+
+    for n in (0, 1, 2, 5, 31, 32, 33, 64, 65, 260, 2000):
+        for workers in (1, 2, 8):
+            parts = chunks(n, workers)
+            assert [i for part in parts for i in part] == list(range(n))
+            assert all(1 <= len(part) <= 32 for part in parts)
+            sizes = [len(part) for part in parts] or [0]
+            assert len(parts) >= min(workers, n) and max(sizes) - min(sizes) <= 1
+
+
+def test_the_background_s_running_min_is_the_min_pool_it_replaced():
+    import torch
+    import torch.nn.functional as F
+
+    from wbcnet.cells.finder.net import _running_min
+
+    gen = torch.Generator().manual_seed(0)
+    for shape in [(32, 3, 24, 24), (1, 3, 80, 120), (2, 3, 7, 5), (1, 3, 1, 1)]:
+        for k in (1, 3, 33, 35):
+            x = torch.randn(shape, generator=gen)
+            pooled = -F.max_pool2d(F.max_pool2d(-x, (k, 1), 1, (k // 2, 0)), (1, k), 1, (0, k // 2))
+            assert torch.equal(_running_min(_running_min(x, k, 2), k, 3), pooled), (shape, k)
+
+
 def test_damaged_or_unchecked_finder_weights_are_refused(tmp_path):
     import shutil
 

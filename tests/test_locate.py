@@ -150,6 +150,31 @@ def test_crop_square_is_centred_and_fills_with_plasma_beyond_the_edge():
     assert crop_square(rgb, CellBox(cx=-50.0, cy=400.0, radius=10.0), 1.5).shape == (30, 30, 3)
 
 
+def test_the_plasma_colour_is_the_one_worked_out_in_floats():
+    # cellbox.plasma_colour works in whole numbers and finds the 90th percentile by np.partition;
+    # it must give the colour of the float formula it replaced (np.ptp, np.quantile "nearest").
+    from wbcnet.cells.cellbox import _PAD_MAX_RANGE, _PAD_MAX_VALUE, plasma_colour
+
+    def in_floats(rgb):
+        factor = max(1, -(-max(rgb.shape[:2]) // 32))
+        small = Image.fromarray(np.ascontiguousarray(rgb)).reduce(factor) if factor > 1 else rgb
+        pixels = np.asarray(small, dtype=np.float32).reshape(-1, 3)
+        pixels = pixels[~((pixels.max(1) < _PAD_MAX_VALUE) & (np.ptp(pixels, axis=1) < _PAD_MAX_RANGE))]
+        if pixels.size == 0:
+            return np.zeros(3, np.uint8)
+        brightness = pixels.sum(1)
+        palest = pixels[brightness >= np.quantile(brightness, 0.9, method="nearest")]
+        return np.median(palest, axis=0).round().astype(np.uint8)
+
+    rng = np.random.default_rng(0)
+    pictures = [load(p) for name in ("raabin", "pbc", "bccd") for p in framing_paths(name)]
+    pictures += [rng.integers(0, 256, (int(rng.integers(1, 80)), int(rng.integers(1, 80)), 3), dtype=np.uint8)
+                 for _ in range(300)]
+    pictures += [np.zeros((40, 50, 3), np.uint8), np.full((3, 3, 3), 255, np.uint8)]
+    for rgb in pictures:
+        assert np.array_equal(plasma_colour(rgb), in_floats(rgb)), rgb.shape
+
+
 def test_odd_inputs():
     with pytest.raises(ValueError):
         find_cell(np.zeros((50, 50), np.uint8))

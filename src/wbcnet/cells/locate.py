@@ -1,7 +1,9 @@
 """Find the white cells in a picture: the one seam every command that finds cells goes through.
 
 - `find_cell(rgb)`: a single-cell picture (a lab's crop): the white cell nearest its middle.
-  train/evaluate/predict/adapt/serve with crop="cell" (cells/preprocess.py) use it.
+  `find_cell_batch(rgbs)`: the same for many pictures at once, the learned finder's network run
+  on them as one batch (cells/preprocess.py's `cell_inputs`, which train/evaluate/predict/adapt/
+  serve with crop="cell" use).
 - `search_field(rgb)`: a whole smear field: every white cell, the candidates judged not to be
   white cells, and the scale the finder read (a `FieldSearch`). count and serve use it;
   `find_cells(rgb)` is its cells alone.
@@ -23,7 +25,7 @@ import numpy as np
 from .cellbox import DEFAULT_CONTEXT, CellBox, FieldSearch, crop_square, plasma_colour
 
 __all__ = ["CellBox", "DEFAULT_CONTEXT", "FINDERS", "FieldSearch", "crop_square", "find_cell", "find_cells",
-           "finder_id", "get_finder", "plasma_colour", "search_field"]
+           "find_cell_batch", "finder_id", "get_finder", "plasma_colour", "search_field"]
 
 FINDERS = ("learned", "classic")
 
@@ -55,12 +57,19 @@ def finder_id(finder: str = "learned") -> str:
 def find_cell(rgb: np.ndarray, finder: str = "learned") -> CellBox | None:
     """The white cell nearest the middle of a single-cell picture (HxWx3 uint8, any size), in
     its pixels; None when nothing in it looks like a white cell."""
+    return find_cell_batch([rgb], finder)[0]
+
+
+def find_cell_batch(pictures: list[np.ndarray], finder: str = "learned") -> list[CellBox | None]:
+    """`find_cell` of each single-cell picture (any sizes). The learned finder runs its network
+    once on all pictures of one size: its forward pass, 2.9 ms for a 575 px picture alone on one
+    thread, is 1.2 ms a picture in batches of 32 (cells/finder/net.py, Finder.find_central)."""
     if finder == "classic":
         from .classic import find_cell as classic
 
-        return classic(rgb)
+        return [classic(rgb) for rgb in pictures]
     _check(finder)
-    return get_finder().find_central([rgb])[0]
+    return get_finder().find_central(list(pictures))
 
 
 def find_cells(field_rgb: np.ndarray, finder: str = "learned", weights: str | None = None) -> list[CellBox]:
