@@ -1,5 +1,5 @@
 """The shipped classifier with the threshold finder's crops and with the learned finder's, on the
-shipped run's own test splits (docs/model_card/split.csv) and on BCCD's crops, as they are and
+shipped run's own test splits (docs/model_card/fast/split.csv) and on BCCD's crops, as they are and
 made pale.
 
     python -m benchmarks.finder_classifier [--out runs/finder/classifier]

@@ -95,6 +95,8 @@ def write_table(rows: list[dict], out: Path, args, recipe_path: Path, seconds: d
         "",
         "```bash",
         f"python -m benchmarks.lolo --out {args.out}" + (f" --epochs {args.epochs}" if args.epochs else "") +
+        (f" --config {args.config}" if args.config != REPO / "configs" / "multilab.yaml" else "") +
+        (f" --start-from {args.start_from}" if args.start_from else "") +
         "".join(f" --set {kv}" for kv in args.set) + (f" --only {args.only}" if args.only else "") +
         (f" --before {args.before}" if args.before else ""),
         "```",
@@ -157,6 +159,9 @@ def main(argv=None) -> int:
                     "before) on --before-lab, which it never saw, and its stand-ins: a before/after row")
     ap.add_argument("--before-lab", default="bccd")
     ap.add_argument("--copy-to", type=Path, help="also write the table here")
+    ap.add_argument("--start-from", type=Path, metavar="LOLO_DIR", help="a recipe that starts from another model's "
+                    "weights (configs/accurate.yaml starts from fast's): each run starts from LOLO_DIR/RUN/best, "
+                    "the run of the same name that never saw the same lab, so no fold sees its lab through its start")
     args = ap.parse_args(argv)
     recipe = yaml.safe_load(args.config.read_text())
     suffix = ""
@@ -174,7 +179,10 @@ def main(argv=None) -> int:
     folds = [f for f in FOLDS if not args.only or f in args.only.split(",")]
     seconds = {}
     for name in folds:
-        seconds[name + suffix] = train(name + suffix, fold_config(recipe, FOLDS[name], args.epochs), args.out)
+        cfg = fold_config(recipe, FOLDS[name], args.epochs)
+        if args.start_from:
+            cfg["pretrained"] = str((args.start_from / name / "best.safetensors").resolve())
+        seconds[name + suffix] = train(name + suffix, cfg, args.out)
     if args.train_only:
         return 0
     rows = []

@@ -637,6 +637,34 @@ def test_the_chooser_shows_both_zoo_models_in_headless_chromium(tmp_path, monkey
         assert driver.find_element(By.ID, "fields-model").text == "Counted with accurate (160 px)"
         wait.until(lambda d: d.execute_script("return Array.from(document.images).every(i => i.complete)"))
         assert not console_errors(driver)
+
+
+@pytest.mark.skipif(not all(m.installed for m in ZOO.values()), reason="not every zoo model is installed")
+def test_the_installed_zoo_in_headless_chromium(tmp_path):
+    """The models this install ships, as a lab sees them: each option carries its own card's Raabin-WBC
+    accuracy, and a count with accurate says so (WBCNET_SCREENSHOT=1: docs/serve/zoo.png)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    cards = {n: json.loads(m.path.with_suffix(".json").read_text())["card"] for n, m in ZOO.items()}
+    raabin = {n: next(f for f in c["figures"] if f["set"].startswith("raabin")) for n, c in cards.items()}
+    fields = sorted(FIELDS.glob("*.jpg"))[:2]
+    with running(load_model("fast"), tmp_path / "data") as url, chrome(tmp_path / "profile") as driver:
+        driver.get(url + "/")
+        wait = WebDriverWait(driver, 60)
+        chooser = Select(driver.find_element(By.ID, "model-choice"))
+        wait.until(lambda d: len(chooser.options) == 2 and "mhcnn" in d.find_element(By.ID, "model").text)
+        for option, name in zip(chooser.options, ("fast", "accurate")):
+            assert option.text.startswith(f"{name} \u2014") and f"Raabin acc {raabin[name]['accuracy']:.3f}" in option.text
+        chooser.select_by_value("accurate")
+        wait.until(lambda d: d.find_element(By.ID, "model").text.startswith("Model accurate (mhcnn, 160 px"))
+        assert f"macro-F1 {raabin['accurate']['macro_f1']:.3f}" in driver.find_element(By.ID, "model-choice-note").text
+        driver.find_element(By.CSS_SELECTOR, "input[name=mode][value=fields]").click()
+        driver.find_element(By.ID, "files").send_keys("\n".join(str(p) for p in fields))
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#field-pictures img")) == len(fields))
+        assert driver.find_element(By.ID, "fields-model").text == "Counted with accurate (160 px)"
+        wait.until(lambda d: d.execute_script("return Array.from(document.images).every(i => i.complete)"))
+        assert not console_errors(driver)
         if os.environ.get("WBCNET_SCREENSHOT"):
             # A select's open list is drawn outside the page, where a screenshot never sees it: shown
             # here as a list box, so the picture has both models' lines.

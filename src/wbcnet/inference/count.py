@@ -29,7 +29,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..cells.locate import CellBox, crop_square, search_field
-from ..cells.preprocess import cell_input, from_meta
+from ..cells.preprocess import cell_inputs, from_meta
 from ..core.errors import WbcnetError
 from ..core.imageio import ImageReadError, load_rgb
 from ..core.results import (Candidate, CellResult, ClassCount, ClassError, CountResult, Differential, FieldResult,
@@ -169,9 +169,9 @@ def find_field_cells(path: str, prep, pictures: bool = False, finder_weights: st
     result.rejected = search.rejected
     result.red_cell_px = search.red_cell_px if search.red_cell_px == search.red_cell_px else None
     result.scale_unsure = prep.finder != "classic" and scale_is_unsure(search)
-    for box in search.cells:
-        window = crop_square(rgb, box, _WINDOW_CONTEXT)
-        arr, _ = cell_input(window, prep)
+    # The finder re-centres every window in one batch (a batch of one takes torch's slow path).
+    windows = [crop_square(rgb, box, _WINDOW_CONTEXT) for box in search.cells]
+    for box, (arr, _) in zip(search.cells, cell_inputs(windows, prep) if windows else []):
         result.boxes.append(box)
         result.edge.append(is_cut_by_edge(box, result.width, result.height))
         result.inputs.append(arr.transpose(2, 0, 1))
