@@ -99,6 +99,9 @@ def main(argv=None) -> int:
         cores = os.cpu_count() or 1
         bound = 1 / (1 / (crop * cores) + 1 / model_rate)
         row(f"bound of the parts: input making on {cores} cores, then the model", bound)
+        # Issue 30's yardstick: what predict could reach if finding the cell cost nothing.
+        decode_bound = 1 / (1 / (decode * cores) + 1 / model_rate)
+        row(f"bound of decoding alone on {cores} cores, then the model (no finder)", decode_bound)
         t0 = time.perf_counter()
         subprocess.run(["wbcnet", "predict", str(Path(tmp) / "cells"), "--out", str(Path(tmp) / "p.csv"), "--no-progress"],
                        check=True, capture_output=True)
@@ -126,7 +129,8 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-c", "import torch"], check=True)
         torch_import = time.perf_counter() - t0
-    lines += ["", f"The whole command runs at {whole / bound:.2f}x the bound of its parts. `wbcnet predict one.jpg`: "
+    lines += ["", f"The whole command runs at {whole / bound:.2f}x the bound of its parts and at {whole / decode_bound:.2f}x "
+              f"the bound of decoding and the model alone. `wbcnet predict one.jpg`: "
               f"{one:.2f} s wall, of which `import torch` alone takes {torch_import:.2f} s."]
     print(lines[-1])
     args.out.parent.mkdir(parents=True, exist_ok=True)
