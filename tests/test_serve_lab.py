@@ -155,12 +155,14 @@ FIELDS = Path(__file__).parent / "data" / "fields"
 
 def two_zoo_models(folder: Path, monkeypatch) -> Path:
     """An install with both zoo models: the package's assets folder is `folder` (zoo.ASSETS, read when a
-    zoo model's path is asked for), holding a copy of the shipped fast model as fast.* (no card, as
-    shipped so far) and, as accurate.*, a stand-in for the model being trained: fast's weights in a
+    zoo model's path is asked for), holding a copy of the shipped fast model as fast.* (its card taken
+    out) and, as accurate.*, a stand-in for the model being trained: fast's weights in a
     160 px model (its position grid resized), with ACCURATE_CARD in its JSON."""
     folder.mkdir(parents=True)
-    for suffix in (".safetensors", ".json"):
-        shutil.copy(SHIPPED.with_suffix(suffix), folder / f"fast{suffix}")
+    shutil.copy(SHIPPED.with_suffix(".safetensors"), folder / "fast.safetensors")
+    doc = json.loads(SHIPPED.with_suffix(".json").read_text())
+    doc.pop("card", None)  # a model shipped before cards: the page must say so, not fail
+    (folder / "fast.json").write_text(json.dumps(doc))
     _, meta = load_model(SHIPPED.with_suffix(".safetensors"))
     big = dataclasses.replace(meta, img_size=160, model_args={**meta.model_args, "img_size": 160}, card=ACCURATE_CARD)
     model = create_model(meta.model, num_classes=len(meta.classes), pretrained=SHIPPED.with_suffix(".safetensors"),

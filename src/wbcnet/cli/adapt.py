@@ -40,5 +40,5 @@ def run_command(opts, a, args) -> int:
     else:
         out = lab_adapt.adapt_lab(parent, a.out, labelled=a.data, unlabelled=a.unlabelled, kind=a.unlabelled_kind,
                                   lr=a.lr, semi=semi, **run)
-        print(f"done: {out} (use it with --checkpoint {out})")
+        print(f"done: {out} (use it with --model {out})")
     return 0
