@@ -65,7 +65,7 @@ def count_result():
                         box=(5, 5, 9, 9), edge=True)]
     fields = [FieldResult("a.jpg", 10, 10, cells), FieldResult("b.jpg", error="truncated"),
               FieldResult("c.jpg", 10, 10)]
-    return CountResult(fields, diff, CLASSES, 0.5, True, "ckpt.safetensors", target=5)
+    return CountResult(fields, diff, CLASSES, 0.5, True, "ckpt.safetensors", target=5, model="fast")
 
 
 def test_a_count_summary_is_count_json():
@@ -74,10 +74,10 @@ def test_a_count_summary_is_count_json():
     assert s == {"fields": 3, "unreadable": [["b.jpg", "truncated"]], "fields_without_cells": 1, "cells_found": 2,
                  "rejected": 0, "implausible_fields": [], "scale_unsure_fields": [],
                  "counted": 1, "referred": 0, "edge_skipped": 1, "min_confidence": 0.5, "shift_check": True,
-                 "checkpoint": "ckpt.safetensors", "finder": "shipped", "classes": CLASSES,
+                 "model": "fast", "checkpoint": "ckpt.safetensors", "finder": "shipped", "classes": CLASSES,
                  "target": {"cells": 5, "reached": False}, "warnings": []}
     d = r.to_dict()
-    assert "checkpoint" not in d  # a server's paths are not the client's business
+    assert "checkpoint" not in d and d["model"] == "fast"  # a server's paths are not the client's business; the name is
     assert d["fields"][0]["cells"][1]["flag"] == "edge" and d["differential"]["classes"]["Basophil"]["count"] == 1
     assert (d["cells_found"], d["counted"], d["target_reached"]) == (2, 1, False)
     assert r.differential.to_rows()[0] == ["Basophil", 1, "100.0", "0.0", "100.0", 0]
