@@ -112,6 +112,12 @@ def figures(models: list[str], lolo: dict[str, Path]) -> list[str]:
                          f"{float(r['standin_yellow cast']):.3f} / {float(r['standin_low-res camera']):.3f}"
                          if r else "not measured")
         lines.append(f"| `{m}` | {meta['img_size']} px | " + " | ".join(cells) + " |")
+    for m in models:  # a backbone that saw every lab: the model's own recipe left no lab out
+        pre = json.loads(ZOO[m].path.with_suffix(".json").read_text()).get("pretrained") or {}
+        if pre.get("method") and m in lolo:
+            lines += ["", f"`{m}` starts from a `wbcnet pretrain` ({pre['method']}) backbone learned from every lab's "
+                      "pictures, labels unused; its never-seen columns are its recipe from a random start "
+                      "(benchmarks/results/pretrain.md has what the backbone buys)."]
     return lines
 
 

@@ -121,7 +121,16 @@ def section(run: Path, name: str, model, meta, rows, results, sets) -> str:
     sources = "\n".join(f"  - `{s['name']}`: `{s['path']}`, {s['images']['train']} train / {s['images']['val']} "
                         f"val / {s['images']['test']} test cells" for s in meta.sources)
     start = ""
-    if meta.pretrained:
+    if meta.pretrained and meta.pretrained.get("method"):  # a `wbcnet pretrain` backbone
+        pre = meta.pretrained
+        cells = ", ".join(f"{c['name']} {c['cells']:,}" for c in pre.get("sources", []))
+        start = (f"\n- Started from a `wbcnet pretrain` backbone ({pre['method']}, SHA-256 `{pre['weights_sha256'][:12]}`): "
+                 f"every layer but the classifier, learned without labels from {pre['cells']:,} cells ({cells}). "
+                 f"Its cells were the train and val rows of this split and the cells the finder cuts from the "
+                 f"fourth lab's fields: no test cell. Its command and log: "
+                 f"[docs/training-logs/pretrain-all.log](docs/training-logs/pretrain-all.log), "
+                 f"its gain: [benchmarks/results/pretrain.md](benchmarks/results/pretrain.md).")
+    elif meta.pretrained:
         sha = meta.pretrained["weights_sha256"]
         same = [m.name for m in ZOO.values() if m.installed and m.name != name and sha256_file(m.path) == sha]
         what = f"the `{same[0]}` model's weights" if same else f"`{Path(meta.pretrained['path']).name}`"
@@ -211,6 +220,16 @@ def write_card() -> None:
         "(not measured yet: python -m benchmarks.lolo --copy-to benchmarks/results/lolo.md)"
     finder_md = DOCS / "finder.md"
     finder = finder_md.read_text() if finder_md.exists() else ""
+    fast_meta = json.loads(ZOO["fast"].path.with_suffix(".json").read_text()) if ZOO["fast"].installed else {}
+    backbone = (fast_meta.get("pretrained") or {}).get("method")
+    # A backbone pretrained on every lab's pictures leaves no lab out of the shipped fast model's recipe:
+    # its folds are the recipe from a random start (and, labelled so, the backbone's BCCD figure).
+    simclr = ("" if not backbone else
+              f"\n\nThe shipped `fast` model starts from a {backbone} backbone learned from every lab's pictures "
+              "(labels unused), so no lab was left out of its own recipe: the folds below are the same recipe "
+              "from a random start. What the backbone buys, on cells it never saw, and the BCCD figure of the "
+              "recipe with the backbone but without BCCD's labels (not a leave-one-lab-out figure: the backbone "
+              "saw BCCD's crops) are in [benchmarks/results/pretrain.md](benchmarks/results/pretrain.md).")
     sections = [(DOCS / f"{m.name}.md").read_text() for m in ZOO.values()
                 if m.installed and (DOCS / f"{m.name}.md").exists()]
     card = f"""# Model card: the models wbcnet comes with
@@ -233,7 +252,7 @@ is not the training augmentation); `python -m benchmarks.lolo`, table
 lab like one of these that the model never saw; the shipped models themselves saw all three.
 The table is the `fast` recipe's; the `accurate` recipe's fold that left BCCD out (the only one of
 its folds run) is in [lolo.md](benchmarks/results/lolo.md#the-accurate-recipe-issue-30-bccd-left-out),
-and both side by side in [benchmarks/results/zoo.md](benchmarks/results/zoo.md).
+and both side by side in [benchmarks/results/zoo.md](benchmarks/results/zoo.md).{simclr}
 
 {lolo}
 
