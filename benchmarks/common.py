@@ -79,6 +79,15 @@ def git_state() -> str:
     return commit + (f" (with uncommitted changes to {', '.join(changed)})" if changed else "")
 
 
+def n_to_e(metrics: dict) -> int | None:
+    """Neutrophils called eosinophils, from an evaluation's metrics.json: the error that makes an
+    eosinophilia out of a normal count (scripts/ship_model.py's cards, benchmarks/pretrain_gain.py)."""
+    classes = metrics["classes"]
+    if "Neutrophil" not in classes or "Eosinophil" not in classes:
+        return None
+    return int(metrics["confusion_matrix"][classes.index("Neutrophil")][classes.index("Eosinophil")])
+
+
 # ---------------------------------------------------------------------------------------------
 # Tables
 

@@ -20,15 +20,9 @@ import argparse
 import json
 from pathlib import Path
 
-from benchmarks.common import cpu_summary, git_state, table_lines
+from benchmarks.common import cpu_summary, git_state, n_to_e, table_lines
 
 LABS = ("raabin", "pbc")
-
-
-def n_to_e(metrics: dict) -> int:
-    """Neutrophils called eosinophils (scripts/ship_model.py's figure)."""
-    c = metrics["classes"]
-    return int(metrics["confusion_matrix"][c.index("Neutrophil")][c.index("Eosinophil")])
 
 
 def score(name: str, run: str, split: str, standins: Path | None, out: Path, threads: int | None) -> dict:

@@ -97,6 +97,7 @@ def figures(models: list[str], lolo: dict[str, Path]) -> list[str]:
              " | N→E (Raabin test) | " + " | ".join(f"{lab} never seen: macro-F1 (95% CI) / blur+pale / yellow / "
                                                       f"low-res" for lab in labs) + " |",
              "|---" * (3 + 2 * len(labs)) + "|"]
+    notes = []
     for m in models:
         meta = json.loads(ZOO[m].path.with_suffix(".json").read_text())
         figs = {f["set"].split()[0]: f for f in (meta.get("card") or {}).get("figures", [])}
@@ -112,13 +113,12 @@ def figures(models: list[str], lolo: dict[str, Path]) -> list[str]:
                          f"{float(r['standin_yellow cast']):.3f} / {float(r['standin_low-res camera']):.3f}"
                          if r else "not measured")
         lines.append(f"| `{m}` | {meta['img_size']} px | " + " | ".join(cells) + " |")
-    for m in models:  # a backbone that saw every lab: the model's own recipe left no lab out
-        pre = json.loads(ZOO[m].path.with_suffix(".json").read_text()).get("pretrained") or {}
-        if pre.get("method") and m in lolo:
-            lines += ["", f"`{m}` starts from a `wbcnet pretrain` ({pre['method']}) backbone learned from every lab's "
-                      "pictures, labels unused; its never-seen columns are its recipe from a random start "
-                      "(benchmarks/results/pretrain.md has what the backbone buys)."]
-    return lines
+        pre = meta.get("pretrained") or {}
+        if pre.get("method") and m in lolo:  # a backbone that saw every lab: the model's own recipe left no lab out
+            notes.append(f"`{m}` starts from a `wbcnet pretrain` ({pre['method']}) backbone learned from every lab's "
+                         "pictures, labels unused; its never-seen columns are its recipe from a random start "
+                         "(benchmarks/results/pretrain.md has what the backbone buys).")
+    return lines + [line for note in notes for line in ("", note)]
 
 
 def main(argv=None) -> int:

@@ -30,7 +30,7 @@ from wbcnet.models.zoo import ZOO
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # benchmarks/, as `python -m benchmarks.X` finds it
-from benchmarks.common import cpu_summary  # noqa: E402
+from benchmarks.common import cpu_summary, n_to_e  # noqa: E402
 
 ASSETS = REPO / "src" / "wbcnet" / "assets"
 DOCS = REPO / "docs" / "model_card"
@@ -54,14 +54,6 @@ def per_class_table(m: dict) -> str:
     for c, v in m["per_class"].items():
         out.append(f"| {c} | {v['precision']:.4f} | {v['recall']:.4f} | {v['f1']:.4f} | {v['support']} |")
     return "\n".join(out)
-
-
-def n_to_e(m: dict) -> int | None:
-    """Neutrophils called eosinophils: the error that makes an eosinophilia out of a normal count."""
-    classes = m["classes"]
-    if "Neutrophil" not in classes or "Eosinophil" not in classes:
-        return None
-    return int(m["confusion_matrix"][classes.index("Neutrophil")][classes.index("Eosinophil")])
 
 
 def ship(run: Path, name: str, bccd: Path) -> tuple:
